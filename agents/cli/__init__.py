@@ -1,0 +1,1 @@
+"""Command-line front ends: argument parsing and wiring only; the work is in the library."""

@@ -1,0 +1,134 @@
+"""agents-read: any source (CSV, TSV, JSON, JSONL, text, SQLite) as JSON Lines on stdout."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
+from agents.errors import DataError, ExitStatus, UsageError
+from agents.formats import FORMATS, resolve
+from agents.formats._options import ReadOptions
+from agents.reading import Selection, read_records
+from agents.records import encode
+
+PROG = "agents-read"
+
+DESCRIPTION = """\
+Read SOURCE and write one JSON object per record to stdout, each with its ID under "_id".
+
+examples:
+  agents-read words.csv | head -3
+  agents-read data.db -q "SELECT id, word FROM words" --id id
+  agents-read big.jsonl.gz --shard 2/4 > part2.jsonl
+"""
+
+
+def build_parser(streams: Streams) -> Parser:
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG,
+                    streams=streams)
+    parser.add_argument("source", nargs="?", default="-", metavar="SOURCE",
+                        help="file, sqlite://PATH?query=… URL, or - for stdin (default: -)")
+    parser.add_argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
+                        help=f"input format: {', '.join(FORMATS)} "
+                             "(default: from the extension; jsonl for stdin)")
+    parser.add_argument("--id", metavar="FIELD", dest="id_field",
+                        help="use FIELD as each record's ID (default: an existing _id, else "
+                             "the row or line number, or the SQLite primary key or rowid)")
+    parser.add_argument("-n", "--limit", type=_count, metavar="N",
+                        help="stop after N records (default: all)")
+    parser.add_argument("--shard", type=_shard, metavar="K/N",
+                        help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report a bad row or line on stderr and go on (exit 3 at the end); "
+                             "default: stop with exit 1")
+    parser.add_argument("--encoding", default="utf-8", metavar="NAME",
+                        help="text encoding of the input (default: utf-8; a BOM is skipped)")
+    csv = parser.add_argument_group("CSV and TSV")
+    csv.add_argument("-d", "--delimiter", metavar="CHAR",
+                     help="field delimiter (default: ',' for CSV, tab for TSV; '\\t' for tab)")
+    csv.add_argument("--no-header", action="store_true",
+                     help="the first row is data; columns are named column1, column2, …")
+    csv.add_argument("--columns", type=_names, metavar="A,B,…",
+                     help="column names to use instead of the header row (with --no-header, "
+                          "or to rename the header's columns)")
+    json = parser.add_argument_group("JSON")
+    json.add_argument("--key", metavar="PATH",
+                      help="dotted path to the array that holds the records, e.g. data.items")
+    sqlite = parser.add_argument_group("SQLite (always opened read-only)")
+    sqlite.add_argument("-q", "--query", metavar="SQL", help="a SELECT whose rows are the records")
+    sqlite.add_argument("-t", "--table", metavar="NAME",
+                        help="read every row of table NAME in key order "
+                             "(default: the only table, if there is one)")
+    return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise UsageError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise UsageError(f"expected a number ≥ 0, got {text}")
+    return value
+
+
+def _shard(text: str) -> tuple[int, int]:
+    part, _, total = text.partition("/")
+    try:
+        k, n = int(part), int(total)
+    except ValueError:
+        raise UsageError(f"--shard takes K/N, e.g. 2/4, not {text!r}") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return k, n
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",")]
+
+
+def main(argv: Sequence[str] | None = None, streams: Streams | None = None) -> int:
+    streams = streams or Streams()
+    return run(PROG, lambda reporter: _read(argv, streams, reporter), streams)
+
+
+def _read(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> int:
+    args = build_parser(streams).parse_args(argv)
+    location = resolve(args.source, args.format, default="jsonl")
+    options = ReadOptions(
+        encoding=args.encoding,
+        delimiter=args.delimiter,
+        no_header=args.no_header,
+        columns=args.columns,
+        key=args.key,
+        query=args.query or location.query,
+        table=args.table or location.table,
+    )
+    if location.format != "sqlite" and (options.query or options.table):
+        raise UsageError("-q/--query and --table are for SQLite sources")
+    selection = Selection(id_field=args.id_field, limit=args.limit, shard=args.shard)
+    skipped = 0
+
+    def bad(error: DataError) -> None:
+        nonlocal skipped
+        if not args.skip_bad:
+            raise error
+        skipped += 1
+        reporter.warning(f"{error.message} (skipped)", error.hint if skipped == 1 else None)
+
+    out = streams.stdout
+    interactive = location.path == "-"
+    for record in read_records(location, options, selection, streams.stdin, bad):
+        out.write(encode(record))
+        if interactive:
+            out.flush()
+    out.flush()
+    if skipped:
+        reporter.warning(f"skipped {skipped} bad {'row' if skipped == 1 else 'rows'}")
+        return int(ExitStatus.PARTIAL)
+    return int(ExitStatus.OK)
+
+
+def entry_point() -> None:
+    exit_with(main(sys.argv[1:]))

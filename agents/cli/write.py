@@ -1,0 +1,169 @@
+"""agents-write: JSON Lines on stdin into CSV, TSV, JSON, JSONL, text or SQLite."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import sys
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
+
+from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
+from agents.errors import DataError, ExitStatus, UsageError
+from agents.formats import FORMATS, resolve
+from agents.formats._options import BadRowHandler, WriteOptions
+from agents.formats.jsonl import describe_json_error, type_name
+from agents.records import Record, decode, decode_error
+from agents.writing import AtomicTarget, StreamTarget, Target, open_target
+
+PROG = "agents-write"
+
+DESCRIPTION = """\
+Write the JSON Lines records on stdin to TARGET, in the format its extension names.
+
+examples:
+  agents-read words.csv | agents-write words.json
+  agents-map -p prompt.txt < words.jsonl | agents-write --append out.csv
+  agents-write results.db --table results < results.jsonl
+"""
+
+
+def build_parser(streams: Streams) -> Parser:
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG,
+                    streams=streams)
+    parser.add_argument("target", metavar="TARGET",
+                        help="file to write, sqlite://PATH?table=NAME, or - for stdout")
+    parser.add_argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
+                        help=f"output format: {', '.join(FORMATS)} "
+                             "(default: from the extension; jsonl for stdout)")
+    parser.add_argument("-a", "--append", action="store_true",
+                        help="add to an existing target as records arrive: skip IDs it holds "
+                             "as successes, replace its error records, repair a torn last line "
+                             "(default: replace the target atomically at the end)")
+    parser.add_argument("--skip-bad", action="store_true",
+                        help="report an input line that is not a JSON object and go on "
+                             "(exit 3 at the end); default: stop with exit 1")
+    csv = parser.add_argument_group("CSV and TSV")
+    csv.add_argument("--columns", type=lambda text: [n.strip() for n in text.split(",")],
+                     metavar="A,B,…",
+                     help="write exactly these columns in this order (default: every key, "
+                          "in first-seen order)")
+    csv.add_argument("-d", "--delimiter", metavar="CHAR",
+                     help="field delimiter (default: ',' for CSV, tab for TSV)")
+    text = parser.add_argument_group("text")
+    text.add_argument("--field", default="content", metavar="NAME",
+                      help="the field written as each line of a text target (default: content)")
+    sqlite = parser.add_argument_group("SQLite")
+    sqlite.add_argument("-t", "--table", metavar="NAME",
+                        help="table to create or upsert into (default: records)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, streams: Streams | None = None) -> int:
+    streams = streams or Streams()
+    return run(PROG, lambda reporter: _write(argv, streams, reporter), streams)
+
+
+def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> int:
+    args = build_parser(streams).parse_args(argv)
+    location = resolve(args.target, args.format, default="jsonl")
+    if location.format != "sqlite" and args.table:
+        raise UsageError("--table is for SQLite targets")
+    options = WriteOptions(columns=args.columns, delimiter=args.delimiter, field=args.field,
+                           table=args.table or location.table, append=args.append)
+    target = open_target(location, options, streams.stdout)
+    if target.repaired_bytes:
+        reporter.warning(f"{location.path}: removed a torn last line "
+                         f"({target.repaired_bytes} bytes) left by an earlier run")
+    skipped_lines = 0
+
+    def bad(error: DataError) -> None:
+        nonlocal skipped_lines
+        if not args.skip_bad:
+            raise error
+        skipped_lines += 1
+        reporter.warning(f"{error.message} (skipped)")
+
+    drain = _Drain(target, streams.stdin)
+    try:
+        with drain.signals():
+            for record in _records(streams.stdin, bad):
+                target.write(record)
+    except BaseException:
+        target.abort()
+        raise
+    target.commit()
+    if args.append and target.skipped:
+        reporter.info(f"{target.skipped} records already in {location.path} were skipped")
+    if drain.interrupted:
+        reporter.info(f"interrupted: {target.written} records written to {location.path}")
+        return int(ExitStatus.INTERRUPTED)
+    if skipped_lines:
+        reporter.warning(f"skipped {skipped_lines} bad input "
+                         f"{'line' if skipped_lines == 1 else 'lines'}")
+        return int(ExitStatus.PARTIAL)
+    return int(ExitStatus.OK)
+
+
+def _records(stdin: BinaryIO, bad: BadRowHandler) -> Iterator[Record]:
+    for number, line in enumerate(stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            record = decode(line)
+        except decode_error as error:
+            reason, hint = describe_json_error(error)
+            bad(DataError(f"<stdin>:{number}", reason, hint))
+            continue
+        if not isinstance(record, dict):
+            found = type_name(record)
+            bad(DataError(f"<stdin>:{number}", f"expected a JSON object, found {found}"))
+            continue
+        yield record
+
+
+class _Drain:
+    """The first Ctrl-C lets a durable target keep what is still coming down the pipe.
+
+    In a pipeline Ctrl-C reaches every process; the writer keeps reading until its input ends so
+    that results already paid for upstream are kept, then exits 130. A second Ctrl-C, or any
+    Ctrl-C when nothing would be gained (an atomic target, input that is not a pipe), stops at
+    once.
+    """
+
+    def __init__(self, target: Target, stdin: BinaryIO) -> None:
+        self.interrupted = False
+        self.keeps_partial = not isinstance(target, AtomicTarget | StreamTarget)
+        try:
+            self.from_pipe = stat.S_ISFIFO(os.fstat(stdin.fileno()).st_mode)
+        except (OSError, ValueError, AttributeError):
+            self.from_pipe = False
+
+    def _on_sigint(self, signum: int, frame: object) -> None:
+        if self.interrupted or not (self.keeps_partial and self.from_pipe):
+            raise KeyboardInterrupt
+        self.interrupted = True
+
+    def signals(self) -> _Installed:
+        return _Installed(self._on_sigint)
+
+
+class _Installed:
+    def __init__(self, handler: object) -> None:
+        self.handler = handler
+        self.previous: object = None
+
+    def __enter__(self) -> None:
+        try:
+            self.previous = signal.signal(signal.SIGINT, self.handler)  # type: ignore[arg-type]
+        except ValueError:  # not the main thread
+            self.previous = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]
+
+
+def entry_point() -> None:
+    exit_with(main(sys.argv[1:]))

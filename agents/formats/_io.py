@@ -1,0 +1,181 @@
+"""Opening sources and targets: stdin/stdout, gzip, decoding with line numbers, atomic files."""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import gzip
+import io
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, cast
+
+from agents.errors import DataError, SourceError, TargetError
+
+ENCODING_HINT = "use --encoding to name the file's encoding (for example --encoding latin-1)"
+
+
+@dataclass
+class Source:
+    """An opened input: its display name, binary stream and, for files, its path."""
+
+    name: str
+    stream: BinaryIO
+    path: str | None = None
+
+    def close(self) -> None:
+        if self.path is not None:
+            self.stream.close()
+
+
+def open_source(location: str, stdin: BinaryIO) -> Source:
+    """Open a path (``-`` is stdin; ``.gz`` is decompressed) or fail with a one-line error."""
+    if location == "-":
+        return Source("<stdin>", _maybe_gunzip(stdin))
+    try:
+        stream: BinaryIO = open(location, "rb")
+    except FileNotFoundError:
+        raise SourceError(f"{location}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{location}: is a directory, not a file") from None
+    except PermissionError:
+        raise SourceError(f"{location}: cannot read the file: permission denied") from None
+    except OSError as error:
+        raise SourceError(f"{location}: cannot open: {error.strerror}") from None
+    if location.endswith(".gz"):
+        stream = gzip.GzipFile(fileobj=stream, mode="rb")  # type: ignore[assignment]
+    return Source(location, stream, location)
+
+
+def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
+    """stdin that starts with gzip's magic bytes is decompressed, like ``zcat -f``."""
+    peekable: Any = stream if hasattr(stream, "peek") else io.BufferedReader(stream)
+    if peekable.peek(2)[:2] == b"\x1f\x8b":
+        return cast(BinaryIO, gzip.GzipFile(fileobj=peekable, mode="rb"))
+    return cast(BinaryIO, peekable)
+
+
+@dataclass
+class LineCounter:
+    """The number of the physical line last read, for error messages."""
+
+    line: int = 0
+
+
+def _is_ascii_compatible(encoding: str) -> bool:
+    name = codecs.lookup(encoding).name
+    return not name.startswith(("utf-16", "utf-32"))
+
+
+def decoded_lines(
+    source: Source, encoding: str, counter: LineCounter
+) -> Iterator[str]:
+    """Lines of text with their endings kept, counting lines so errors can name them.
+
+    Decoding line by line (rather than through a TextIOWrapper) lets an invalid byte be reported
+    with its line number. UTF-8 input may start with a byte-order mark, which is dropped.
+    """
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise SourceError(f"unknown encoding {encoding!r}", ENCODING_HINT) from None
+    if not _is_ascii_compatible(encoding):
+        text = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
+        for counter.line, line in enumerate(text, 1):
+            yield line
+        return
+    first_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    decode = _decoder(first_encoding)
+    for raw in source.stream:
+        counter.line += 1
+        try:
+            yield decode(raw)
+        except UnicodeDecodeError as error:
+            raise DataError(
+                f"{source.name}:{counter.line}",
+                f"invalid {encoding} at byte {error.start + 1} of the line",
+                ENCODING_HINT,
+            ) from None
+        if counter.line == 1:
+            decode = _decoder(encoding)
+
+
+def _decoder(encoding: str) -> Callable[[bytes], str]:
+    return lambda raw: raw.decode(encoding)
+
+
+# Writing ------------------------------------------------------------------------------------
+
+
+@dataclass
+class AtomicFile:
+    """A temporary file beside ``path`` that replaces it on :meth:`commit`, or vanishes on abort.
+
+    An interrupted or failed write therefore leaves the old target exactly as it was.
+    """
+
+    path: str
+    stream: BinaryIO = field(init=False)
+    temp_path: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        folder = os.path.dirname(os.path.abspath(self.path))
+        base = os.path.basename(self.path)
+        try:
+            fd, self.temp_path = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=folder)
+        except FileNotFoundError:
+            raise TargetError(f"{self.path}: the folder {folder} does not exist") from None
+        except PermissionError:
+            raise TargetError(f"{self.path}: cannot write in {folder}: permission denied") from None
+        except OSError as error:
+            raise TargetError(f"{self.path}: cannot write: {error.strerror}") from None
+        self.stream = os.fdopen(fd, "w+b")
+
+    def commit(self) -> None:
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        if os.path.exists(self.path):
+            with contextlib.suppress(OSError):
+                os.chmod(self.temp_path, os.stat(self.path).st_mode & 0o7777)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(self.temp_path, 0o666 & ~umask)
+        os.replace(self.temp_path, self.path)
+        _fsync_folder(self.path)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.stream.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.temp_path)
+
+
+def _fsync_folder(path: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def check_writable(path: str) -> None:
+    """Fail early, before reading any input, when ``path`` cannot be created or replaced."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise TargetError(f"{path}: is a directory")
+    if not os.path.isdir(folder):
+        raise TargetError(f"{path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise TargetError(f"{path}: cannot write in {folder}: permission denied")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise TargetError(f"{path}: the file is read-only")
+
+
+def stdout_binary() -> BinaryIO:
+    return sys.stdout.buffer

@@ -1,0 +1,40 @@
+"""Options shared by the format readers and writers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from agents.errors import DataError
+from agents.records import Record
+
+#: Called with each bad row or line: raises it, or (with --skip-bad) reports it and returns.
+BadRowHandler = Callable[[DataError], None]
+
+#: What a format reader yields: the record's default ID (row or line number, primary key)
+#: and the record itself.
+Positioned = Iterator[tuple[object, Record]]
+
+
+@dataclass
+class ReadOptions:
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+    no_header: bool = False
+    columns: list[str] | None = None
+    key: str | None = None
+    query: str | None = None
+    table: str | None = None
+
+
+@dataclass
+class WriteOptions:
+    columns: list[str] | None = None
+    delimiter: str | None = None
+    field: str = "content"
+    table: str | None = None
+    append: bool = False
+
+
+def raise_bad(error: DataError) -> None:
+    raise error

@@ -1,0 +1,205 @@
+"""CSV and TSV: header row as keys, quoted fields with delimiters and newlines, ragged rows named.
+
+Writing: columns are the union of the records' keys in first-seen order (or --columns). A key
+that first appears after the header was written rewrites the file once with the wider header, so
+the output is a valid table at every moment. Nulls are empty cells, booleans ``true``/``false``,
+objects and arrays JSON text; CSV keeps no types, so reading it back gives strings.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
+
+import orjson
+
+from agents.errors import DataError, TargetError
+from agents.formats._io import LineCounter, Source, decoded_lines
+from agents.formats._options import BadRowHandler, Positioned, ReadOptions
+from agents.records import Record
+
+# A 10 MB field is legitimate data; the csv module's default limit is 128 KiB.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+
+
+def delimiter_for(fmt: str, explicit: str | None) -> str:
+    if explicit is None:
+        return DELIMITERS[fmt]
+    if explicit in ("\\t", "tab"):
+        return "\t"
+    if len(explicit) != 1:
+        from agents.errors import UsageError
+
+        raise UsageError(f"--delimiter must be one character, not {explicit!r}")
+    return explicit
+
+
+def header_names(row: list[str]) -> list[str]:
+    """Column names from a header row: blanks named columnN, repeats suffixed _2, _3…"""
+    names: list[str] = []
+    seen: set[str] = set()
+    for index, raw in enumerate(row, 1):
+        name = raw if raw != "" else f"column{index}"
+        candidate, suffix = name, 2
+        while candidate in seen:
+            candidate, suffix = f"{name}_{suffix}", suffix + 1
+        seen.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def read(source: Source, fmt: str, options: ReadOptions, bad: BadRowHandler) -> Positioned:
+    counter = LineCounter()
+    lines = decoded_lines(source, options.encoding, counter)
+    reader = csv.reader(lines, delimiter=delimiter_for(fmt, options.delimiter), strict=True)
+    rows = _rows(reader, source.name, counter, bad)
+    header: list[str] | None = list(options.columns) if options.columns else None
+    if header is None and not options.no_header:
+        first = next(rows, None)
+        if first is None:
+            return
+        header = header_names(first[1])
+    number = 0
+    for start_line, row in rows:
+        if header is None:
+            header = [f"column{index}" for index in range(1, len(row) + 1)]
+        number += 1
+        if len(row) != len(header):
+            bad(
+                DataError(
+                    f"{source.name}:{start_line}",
+                    f"row {number} has {len(row)} fields but the header has {len(header)}",
+                )
+            )
+            continue
+        yield number, dict(zip(header, row, strict=True))
+
+
+def _rows(
+    reader: Iterator[list[str]], name: str, counter: LineCounter, bad: BadRowHandler
+) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank rows with the line each starts on; parse errors go to ``bad``."""
+    while True:
+        start = counter.line + 1
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            message = str(error)
+            if "unexpected end of data" in message:
+                reason = 'unterminated quoted field (a " is never closed)'
+                bad(DataError(f"{name}:{start}", reason))
+                return
+            bad(DataError(f"{name}:{counter.line}", f"malformed CSV: {message}"))
+            continue
+        if row:
+            yield start, row
+
+
+# Writing ------------------------------------------------------------------------------------
+
+_SPECIAL = frozenset((dict, list, bool))
+
+
+def cell(value: Any) -> Any:
+    """A JSON value as a CSV cell: objects and arrays as JSON, booleans as true/false."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, dict | list):
+        return orjson.dumps(value).decode()
+    return value
+
+
+class Writer:
+    """Rows into a seekable binary file that may be rewritten when new columns appear."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        fmt: str,
+        delimiter: str | None,
+        columns: list[str] | None,
+        existing: list[str] | None = None,
+    ) -> None:
+        self.stream = stream
+        self.delimiter = delimiter_for(fmt, delimiter)
+        self.fixed = columns is not None
+        self.columns: list[str] = list(columns or existing or [])
+        self.index = set(self.columns)
+        self.header_written = existing is not None
+        self.text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
+        self.writer = csv.writer(self.text, delimiter=self.delimiter, lineterminator="\n")
+
+    def write(self, record: Record) -> None:
+        if not self.fixed and not self.index.issuperset(record):
+            self._add_columns([key for key in record if key not in self.index])
+        if not self.header_written:
+            self.writer.writerow(self.columns)
+            self.header_written = True
+        values = [record.get(column) for column in self.columns]
+        if not _SPECIAL.isdisjoint(map(type, values)):
+            values = [cell(value) for value in values]
+        self.writer.writerow(values)
+
+    def write_many(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.write(record)
+
+    def flush(self) -> None:
+        self.text.flush()
+
+    def close(self) -> None:
+        if not self.header_written and self.columns:
+            self.writer.writerow(self.columns)
+            self.header_written = True
+        self.text.flush()
+        self.text.detach()
+
+    def _add_columns(self, new: list[str]) -> None:
+        self.columns.extend(new)
+        self.index.update(new)
+        if self.header_written:
+            self._rewrite_with_header()
+
+    def _rewrite_with_header(self) -> None:
+        """Rewrite everything written so far under the wider header, rows padded with blanks.
+
+        The old rows are spooled to a temporary file first, so memory stays flat.
+        """
+        self.text.flush()
+        with tempfile.TemporaryFile() as spool:
+            self.stream.seek(0)
+            shutil.copyfileobj(self.stream, spool)
+            spool.seek(0)
+            self.stream.seek(0)
+            self.stream.truncate()
+            old = csv.reader(
+                io.TextIOWrapper(spool, encoding="utf-8", newline=""), delimiter=self.delimiter
+            )
+            next(old, None)
+            self.writer.writerow(self.columns)
+            width = len(self.columns)
+            for row in old:
+                self.writer.writerow(row + [""] * (width - len(row)))
+            self.text.flush()
+
+
+def read_header(path: str, fmt: str, delimiter: str | None) -> list[str] | None:
+    """The header of an existing CSV target, or None when it is empty."""
+    with open(path, "rb") as stream:
+        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        try:
+            row = next(csv.reader(text, delimiter=delimiter_for(fmt, delimiter)), None)
+        except (csv.Error, UnicodeDecodeError) as error:
+            raise TargetError(f"{path}: not a readable {fmt.upper()} file: {error}") from None
+        return row

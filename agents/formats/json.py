@@ -1,0 +1,85 @@
+"""JSON documents: a top-level array is one record per element, an object is one record.
+
+The whole document is parsed at once; a single huge JSON array is the one input whose memory
+grows with its size (use JSONL for streams). Written as one array, one record per line.
+"""
+
+from __future__ import annotations
+
+from typing import Any, BinaryIO
+
+import orjson
+
+from agents.errors import DataError
+from agents.formats._io import Source
+from agents.formats._options import BadRowHandler, Positioned, ReadOptions
+from agents.formats.jsonl import describe_json_error, type_name
+from agents.records import Record
+
+
+def parse_document(source: Source, encoding: str) -> Any:
+    data = source.stream.read()
+    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+        data = data.decode(encoding).encode("utf-8")
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    if not data.strip():
+        return []
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as error:
+        reason, hint = describe_json_error(error)
+        line = getattr(error, "lineno", None)
+        where = f"{source.name}:{line}" if line else source.name
+        raise DataError(where, reason, hint) from None
+
+
+def select(document: Any, key: str | None, name: str) -> Any:
+    """The value at a dotted --key path (``data.items``), naming the first missing step."""
+    if not key:
+        return document
+    value = document
+    for step in key.split("."):
+        if isinstance(value, dict) and step in value:
+            value = value[step]
+        elif isinstance(value, list) and step.isdigit() and int(step) < len(value):
+            value = value[int(step)]
+        else:
+            raise DataError(name, f"--key {key}: no {step!r} in the document")
+    return value
+
+
+def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
+    value = select(parse_document(source, options.encoding), options.key, source.name)
+    if isinstance(value, dict):
+        yield 1, value
+        return
+    if not isinstance(value, list):
+        raise DataError(source.name, f"expected an array or an object, found {type_name(value)}",
+                        "use --key to pick the array that holds the records")
+    for number, element in enumerate(value, 1):
+        if not isinstance(element, dict):
+            bad(DataError(f"{source.name}: element {number}",
+                          f"expected a JSON object, found {type_name(element)}"))
+            continue
+        yield number, element
+
+
+class Writer:
+    """One JSON array, a record per line, written as records arrive."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def write(self, record: Record) -> None:
+        self.stream.write(b",\n" if self.count else b"[\n")
+        self.stream.write(orjson.dumps(record))
+        self.count += 1
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.write(b"\n]\n" if self.count else b"[]\n")
+        self.stream.flush()

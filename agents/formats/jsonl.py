@@ -1,0 +1,69 @@
+"""JSON Lines: one object per line, blank lines skipped; written compact, one per line."""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import orjson
+
+from agents.errors import DataError
+from agents.formats._io import ENCODING_HINT, LineCounter, Source, decoded_lines
+from agents.formats._options import BadRowHandler, Positioned, ReadOptions
+from agents.records import Record, encode
+
+
+def describe_json_error(error: orjson.JSONDecodeError) -> tuple[str, str | None]:
+    """A short reason for a JSON parse failure and, for bad bytes, the --encoding hint."""
+    message = str(error.msg) if hasattr(error, "msg") else str(error)
+    if "utf-8" in message.lower() or "surrogate" in message.lower():
+        return "invalid UTF-8", ENCODING_HINT
+    return f"invalid JSON: {message}", None
+
+
+def type_name(value: object) -> str:
+    return {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
+
+
+def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
+    for number, raw in enumerate(_lines(source, options.encoding), 1):
+        if number == 1 and isinstance(raw, bytes) and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        if not raw.strip():
+            continue
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as error:
+            reason, hint = describe_json_error(error)
+            bad(DataError(f"{source.name}:{number}", reason, hint))
+            continue
+        if not isinstance(value, dict):
+            found = type_name(value)
+            bad(DataError(f"{source.name}:{number}", f"expected a JSON object, found {found}"))
+            continue
+        yield number, value
+
+
+def _lines(source: Source, encoding: str) -> Iterator[bytes | str]:
+    """Raw bytes for UTF-8 (orjson validates them itself), decoded text otherwise."""
+    if codecs.lookup(encoding).name == "utf-8":
+        yield from source.stream
+    else:
+        yield from decoded_lines(source, encoding, LineCounter())
+
+
+class Writer:
+    def __init__(self, stream: BinaryIO) -> None:
+        self.stream = stream
+
+    def write(self, record: Record) -> None:
+        self.stream.write(encode(record))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()

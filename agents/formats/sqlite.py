@@ -1,0 +1,298 @@
+"""SQLite: read with a query or a table, always read-only; written as upserts keyed by the ID.
+
+Reading opens the file in SQLite's read-only mode *and* installs an authorizer that allows only
+reads, so no query (UPDATE, INSERT, CREATE, ATTACH, a WAL pragma) can change a byte or leave a
+-wal/-shm file behind. Writing creates the table from the records with the ID as TEXT primary key,
+adds columns for new keys, and replaces a row whose ID comes again, in batched transactions.
+
+Types: integers, reals, text and nulls are stored as they are. Objects and arrays go to a column
+declared ``JSON`` (its values are JSON text and are parsed again when read); booleans become 0/1.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import sqlite3
+import time
+import urllib.parse
+from typing import Any
+
+import orjson
+
+from agents.errors import DataError, SourceError, TargetError, UsageError
+from agents.formats._options import Positioned, ReadOptions
+from agents.records import ID_KEY, InvalidID, Record, canonical_id
+
+JSON_TYPE = "JSON"
+
+# Python registers DATE and TIMESTAMP converters that would reformat (or crash on) such columns;
+# agents passes values through unchanged, and only JSON columns are decoded.
+sqlite3.converters.pop("DATE", None)
+sqlite3.converters.pop("TIMESTAMP", None)
+sqlite3.register_converter(JSON_TYPE, orjson.loads)
+
+_READ_ACTIONS = {
+    sqlite3.SQLITE_SELECT,
+    sqlite3.SQLITE_READ,
+    sqlite3.SQLITE_FUNCTION,
+    getattr(sqlite3, "SQLITE_RECURSIVE", 33),
+}
+
+_ACTION_NAMES = {
+    getattr(sqlite3, name): name.removeprefix("SQLITE_").replace("_", " ")
+    for name in dir(sqlite3)
+    if name.startswith("SQLITE_") and name not in ("SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE")
+    and isinstance(getattr(sqlite3, name), int)
+}
+
+
+def quote_name(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+class _ReadOnlyGuard:
+    """An authorizer that lets a statement read and nothing else, remembering what it refused."""
+
+    def __init__(self) -> None:
+        self.refused: str | None = None
+
+    def __call__(self, action: int, *_: object) -> int:
+        if action in _READ_ACTIONS:
+            return sqlite3.SQLITE_OK
+        self.refused = self.refused or _ACTION_NAMES.get(action, f"action {action}")
+        return sqlite3.SQLITE_DENY
+
+
+def _open_read_only(path: str) -> sqlite3.Connection:
+    if path == "-":
+        raise UsageError("SQLite cannot be read from stdin", "give the database file's path")
+    if not os.path.exists(path):
+        raise SourceError(f"{path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{path}: cannot read the file: permission denied")
+    uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        connection = sqlite3.connect(uri, uri=True, detect_types=sqlite3.PARSE_DECLTYPES)
+        connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as error:
+        raise SourceError(f"{path}: not a SQLite database ({error})",
+                          "name the file's real format with --format") from None
+    return connection
+
+
+def _table_names(connection: sqlite3.Connection) -> list[str]:
+    rows = connection.execute(
+        "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+        "AND name NOT LIKE 'sqlite_%' ORDER BY name"
+    )
+    return [row[0] for row in rows]
+
+
+def _table_query(connection: sqlite3.Connection, table: str, path: str) -> tuple[str, bool]:
+    """SQL that reads ``table`` in key order, and whether its first column is the rowid."""
+    names = _table_names(connection)
+    if table not in names:
+        listing = ", ".join(names) if names else "none"
+        raise SourceError(f"{path}: no table named {table!r}", f"tables: {listing}")
+    info = connection.execute(f"PRAGMA table_info({quote_name(table)})").fetchall()
+    keys = [row[1] for row in sorted(info, key=lambda row: row[5]) if row[5] > 0]
+    if len(keys) == 1:
+        return f"SELECT * FROM {quote_name(table)} ORDER BY {quote_name(keys[0])}", False
+    try:
+        sql = f"SELECT _rowid_, * FROM {quote_name(table)} ORDER BY _rowid_"
+        connection.execute(sql + " LIMIT 0")
+        return sql, True
+    except sqlite3.OperationalError:  # a view, or a table WITHOUT ROWID
+        return f"SELECT * FROM {quote_name(table)}", False
+
+
+def read(path: str, options: ReadOptions) -> Positioned:
+    connection = _open_read_only(path)
+    try:
+        yield from _read(connection, path, options)
+    finally:
+        connection.close()
+
+
+def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Positioned:
+    with_rowid, key_column = False, None
+    if options.query:
+        sql = options.query
+    else:
+        table = options.table
+        if table is None:
+            names = _table_names(connection)
+            if len(names) != 1:
+                listing = ", ".join(names) if names else "none"
+                raise UsageError(f"{path}: say which table to read with --table or -q",
+                                 f"tables: {listing}")
+            table = names[0]
+        sql, with_rowid = _table_query(connection, table, path)
+        info = connection.execute(f"PRAGMA table_info({quote_name(table)})").fetchall()
+        keys = [row[1] for row in info if row[5] > 0]
+        key_column = keys[0] if len(keys) == 1 else None
+    guard = _ReadOnlyGuard()
+    connection.set_authorizer(guard)
+    try:
+        cursor = connection.execute(sql)
+    except sqlite3.Error as error:
+        raise _query_error(error, guard, path) from None
+    names = [column[0] for column in cursor.description or ()]
+    if with_rowid:
+        names = names[1:]
+    number = 0
+    while True:
+        try:
+            rows = cursor.fetchmany(1000)
+        except sqlite3.Error as error:
+            raise _query_error(error, guard, path) from None
+        if not rows:
+            return
+        for row in rows:
+            number += 1
+            values: Any = row[1:] if with_rowid else row
+            if bytes in map(type, values):
+                values = [_blob(value) for value in values]
+            record = dict(zip(names, values, strict=True))
+            if with_rowid:
+                yield row[0], record
+            elif key_column is not None:
+                yield record[key_column], record
+            else:
+                yield number, record
+
+
+def _blob(value: object) -> object:
+    """BLOBs as text when they are UTF-8, else base64 (JSON has no bytes)."""
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return base64.b64encode(value).decode("ascii")
+    return value
+
+
+def _query_error(error: sqlite3.Error, guard: _ReadOnlyGuard, path: str) -> SourceError:
+    if guard.refused is not None or "not authorized" in str(error):
+        return SourceError(
+            f"{path}: the query tries to change the database ({guard.refused or 'write'}); "
+            "agents-read opens SQLite read-only",
+            "read with SELECT; write with agents-write",
+        )
+    if "readonly" in str(error) or "read-only" in str(error):
+        return SourceError(f"{path}: the query tries to change the database; "
+                           "agents-read opens SQLite read-only")
+    return SourceError(f"{path}: SQL error: {error}")
+
+
+# Writing ------------------------------------------------------------------------------------
+
+BATCH_RECORDS = 1000
+BATCH_SECONDS = 1.0
+
+
+class Writer:
+    """Upserts records into one table, committing every 1,000 records or every second."""
+
+    def __init__(self, path: str, table: str | None) -> None:
+        self.path = path
+        self.table = table or "records"
+        try:
+            self.connection = sqlite3.connect(path, isolation_level=None)
+            self.connection.execute("PRAGMA schema_version").fetchone()
+        except sqlite3.DatabaseError as error:
+            raise TargetError(f"{path}: not a SQLite database ({error})") from None
+        self.types = self._existing_columns()
+        if self.types and ID_KEY not in self.types:
+            raise TargetError(
+                f"{path}: table {self.table!r} exists without an {ID_KEY} column",
+                "write to a new table with --table NAME",
+            )
+        self.statements: dict[tuple[str, ...], str] = {}
+        self.pending = 0
+        self.batch_started = 0.0
+        self.count = 0
+
+    def _existing_columns(self) -> dict[str, str]:
+        info = self.connection.execute(f"PRAGMA table_info({quote_name(self.table)})").fetchall()
+        return {row[1]: (row[2] or "").upper() for row in info}
+
+    def _create(self, record: Record) -> None:
+        columns = [f"{quote_name(ID_KEY)} TEXT PRIMARY KEY NOT NULL"]
+        for key, value in record.items():
+            if key != ID_KEY:
+                columns.append(f"{quote_name(key)}{self._declared(value)}")
+        self.connection.execute(f"CREATE TABLE {quote_name(self.table)} ({', '.join(columns)})")
+        self.types = self._existing_columns()
+
+    @staticmethod
+    def _declared(value: object) -> str:
+        return f" {JSON_TYPE}" if isinstance(value, dict | list) else ""
+
+    def _add_columns(self, record: Record) -> None:
+        for key, value in record.items():
+            if key not in self.types:
+                self.connection.execute(
+                    f"ALTER TABLE {quote_name(self.table)} "
+                    f"ADD COLUMN {quote_name(key)}{self._declared(value)}"
+                )
+                self.types[key] = JSON_TYPE if self._declared(value) else ""
+
+    def write(self, record: Record) -> None:
+        self.count += 1
+        if ID_KEY not in record:
+            raise DataError(f"record {self.count}", f"has no {ID_KEY}; SQLite rows are keyed by it",
+                            "read the data through agents-read, which gives every record an ID")
+        try:
+            record_id = canonical_id(record[ID_KEY])
+        except InvalidID as error:
+            raise DataError(f"record {self.count}", f"bad {ID_KEY}: {error}") from None
+        if not self.pending:
+            self.connection.execute("BEGIN IMMEDIATE")
+            self.batch_started = time.monotonic()
+        if not self.types:
+            self._create(record)
+        elif not record.keys() <= self.types.keys():
+            self._add_columns(record)
+        keys = tuple(record)
+        statement = self.statements.get(keys)
+        if statement is None:
+            statement = (
+                f"INSERT OR REPLACE INTO {quote_name(self.table)} "
+                f"({', '.join(map(quote_name, keys))}) VALUES ({', '.join('?' * len(keys))})"
+            )
+            self.statements[keys] = statement
+        values = [self._value(key, value) for key, value in record.items()]
+        values[keys.index(ID_KEY)] = record_id
+        self.connection.execute(statement, values)
+        self.pending += 1
+        if self.pending >= BATCH_RECORDS or time.monotonic() - self.batch_started >= BATCH_SECONDS:
+            self.flush()
+
+    def _value(self, key: str, value: Any) -> Any:
+        if value is None:
+            return None
+        if self.types.get(key) == JSON_TYPE:
+            return orjson.dumps(value).decode()
+        if isinstance(value, dict | list):
+            return orjson.dumps(value).decode()
+        if isinstance(value, bool):
+            return int(value)
+        return value
+
+    def flush(self) -> None:
+        if self.pending:
+            self.connection.execute("COMMIT")
+            self.pending = 0
+
+    def close(self) -> None:
+        self.flush()
+        self.connection.close()
+
+    def abort(self) -> None:
+        """Keep what was committed; the open batch is committed too, since each row is whole."""
+        try:
+            self.flush()
+        finally:
+            self.connection.close()

@@ -1,0 +1,53 @@
+"""Plain text: one record per line, ``{"line_number": N, "content": "..."}``; written back from a
+single field (``--field``, default ``content``), one line per record."""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+import orjson
+
+from agents.errors import DataError, UsageError
+from agents.formats._io import LineCounter, Source, decoded_lines
+from agents.formats._options import BadRowHandler, Positioned, ReadOptions
+from agents.records import Record
+
+
+def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
+    counter = LineCounter()
+    for line in decoded_lines(source, options.encoding, counter):
+        if line.endswith("\n"):
+            line = line[:-2] if line.endswith("\r\n") else line[:-1]
+        yield counter.line, {"line_number": counter.line, "content": line}
+
+
+class Writer:
+    def __init__(self, stream: BinaryIO, field: str) -> None:
+        if not field:
+            raise UsageError("text output needs --field NAME: the field written on each line")
+        self.stream = stream
+        self.field = field
+        self.count = 0
+
+    def write(self, record: Record) -> None:
+        self.count += 1
+        if self.field not in record:
+            raise DataError(
+                f"record {self.count}",
+                f"has no field {self.field!r} to write as text",
+                "name the field with --field NAME",
+            )
+        value = record[self.field]
+        if value is None:
+            text = b""
+        elif isinstance(value, str):
+            text = value.encode("utf-8")
+        else:
+            text = orjson.dumps(value)
+        self.stream.write(text + b"\n")
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()

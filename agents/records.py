@@ -1,0 +1,98 @@
+"""The stream contract between agents-read, agents-map and agents-write (see agents(7)).
+
+One UTF-8 JSON object per line. Every record carries its ID under :data:`ID_KEY`; IDs compare by
+their canonical string form, so ``7`` and ``"7"`` are the same ID in a CSV round trip, as a SQLite
+key and for shard hashing. A record that failed is kept as an *error record*:
+``{"_id": ..., "error": "...", "error_type": "...", "attempts": N, "item": {...}}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+#: The reserved key that holds a record's ID.
+ID_KEY = "_id"
+
+#: Keys that make a record an error record (see :func:`is_error_record`).
+ERROR_KEYS = ("error", "error_type", "item")
+
+Record = dict[str, Any]
+
+
+class InvalidID(ValueError):
+    """A value that cannot serve as an ID (null, a boolean, an object or an array)."""
+
+
+def canonical_id(value: object) -> str:
+    """The string an ID compares by: strings as they are, integral numbers without a fraction.
+
+    ``7``, ``7.0`` and ``"7"`` are all ``"7"``. Booleans, nulls, objects and arrays are not IDs.
+    """
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or value is None:
+        raise InvalidID(f"{orjson.dumps(value).decode()} cannot be an ID")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value))
+        return repr(value)
+    raise InvalidID(f"a {type(value).__name__} cannot be an ID; use a string or a number")
+
+
+def shard_of(record_id: str, count: int) -> int:
+    """The shard (1..count) an ID belongs to: BLAKE2b-64 of its UTF-8 canonical form, mod count.
+
+    Stable across processes, machines and Python versions (unlike ``hash()``).
+    """
+    digest = hashlib.blake2b(record_id.encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count + 1
+
+
+def with_id(record: Record, record_id: object) -> Record:
+    """The record with its ID as the first key (an existing ID key is replaced)."""
+    if record.get(ID_KEY, _MISSING) == record_id and next(iter(record)) == ID_KEY:
+        return record
+    out: Record = {ID_KEY: record_id}
+    for key, value in record.items():
+        if key != ID_KEY:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
+
+
+def is_error_record(record: Record) -> bool:
+    """True for the error records written for records that failed."""
+    return all(key in record for key in ERROR_KEYS)
+
+
+def error_record(
+    record_id: object, error: str, error_type: str, attempts: int, item: Record
+) -> Record:
+    """An error record in the shape every command reads and writes."""
+    return {
+        ID_KEY: record_id,
+        "error": error,
+        "error_type": error_type,
+        "attempts": attempts,
+        "item": item,
+    }
+
+
+def encode(record: Record) -> bytes:
+    """One compact JSON line, newline included."""
+    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+
+decode_error = orjson.JSONDecodeError
+
+
+def decode(line: bytes | str) -> Any:
+    """Parse one JSON value (usually a line of JSONL); raises :data:`decode_error`."""
+    return orjson.loads(line)

@@ -1,0 +1,341 @@
+"""agents-write as a library: where records go, atomically or by durable appends.
+
+Two modes:
+
+* one-shot (the default): records go to a temporary file beside the target, renamed into place
+  when the input ends, so an interrupted or failed run leaves the old target untouched. ``.gz``
+  targets are compressed at that moment.
+* append (``--append``): records are added to the existing target as they arrive and flushed
+  one by one; a torn last line left by a crash is repaired first; an ID already present as a
+  success is skipped, and a newer record replaces an ID's earlier error record.
+
+SQLite targets are always upserts keyed by the ID, in batched transactions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import BinaryIO, Protocol
+
+import orjson
+
+from agents.errors import TargetError, UsageError
+from agents.formats import Location
+from agents.formats._io import AtomicFile, check_writable
+from agents.formats._options import WriteOptions
+from agents.records import ID_KEY, InvalidID, Record, canonical_id, is_error_record
+from agents.resume import DoneIDs, done_ids, repair_torn_csv, repair_torn_jsonl
+
+#: How often an append-mode target is fsynced while records arrive.
+FSYNC_SECONDS = 1.0
+
+
+class FormatWriter(Protocol):
+    def write(self, record: Record) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def format_writer(fmt: str, stream: BinaryIO, options: WriteOptions,
+                  existing_columns: list[str] | None = None) -> FormatWriter:
+    if fmt in ("csv", "tsv"):
+        from agents.formats import csv
+
+        return csv.Writer(stream, fmt, options.delimiter, options.columns, existing_columns)
+    if fmt == "json":
+        from agents.formats import json
+
+        return json.Writer(stream)
+    if fmt == "text":
+        from agents.formats import text
+
+        return text.Writer(stream, options.field)
+    from agents.formats import jsonl
+
+    return jsonl.Writer(stream)
+
+
+class Target:
+    """An opened output. ``write`` each record, then ``commit`` on success or ``abort``."""
+
+    written = 0
+    skipped = 0
+    repaired_bytes = 0
+
+    def write(self, record: Record) -> None:
+        raise NotImplementedError
+
+    def commit(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+
+class StreamTarget(Target):
+    """Standard output. CSV/TSV without --columns is spooled so a late new column loses nothing."""
+
+    def __init__(self, fmt: str, options: WriteOptions, stdout: BinaryIO) -> None:
+        self.stdout = stdout
+        self.spool: BinaryIO | None = None
+        stream = stdout
+        if fmt in ("csv", "tsv") and options.columns is None:
+            self.spool = tempfile.TemporaryFile()
+            stream = self.spool
+        self.writer = format_writer(fmt, stream, options)
+
+    def write(self, record: Record) -> None:
+        self.writer.write(record)
+        self.written += 1
+
+    def commit(self) -> None:
+        self.writer.close()
+        if self.spool is not None:
+            self.spool.seek(0)
+            shutil.copyfileobj(self.spool, self.stdout)
+            self.spool.close()
+        self.stdout.flush()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.flush()
+            self.stdout.flush()
+
+
+class AtomicTarget(Target):
+    """A file replaced whole at commit; ``.gz`` targets are compressed from a plain spool."""
+
+    def __init__(self, location: Location, options: WriteOptions) -> None:
+        self.location = location
+        check_writable(location.path)
+        self.compress = location.path.endswith(".gz")
+        self.file = AtomicFile(location.path)
+        self.spool: BinaryIO | None = tempfile.TemporaryFile() if self.compress else None
+        self.writer = format_writer(location.format, self.spool or self.file.stream, options)
+
+    def write(self, record: Record) -> None:
+        self.writer.write(record)
+        self.written += 1
+
+    def commit(self) -> None:
+        self.writer.close()
+        if self.spool is not None:
+            self.spool.seek(0)
+            with gzip.GzipFile(fileobj=self.file.stream, mode="wb", mtime=0) as packed:
+                shutil.copyfileobj(self.spool, packed)
+            self.spool.close()
+        self.file.commit()
+
+    def abort(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+        self.file.abort()
+
+
+class _Skipper:
+    """The append-mode rule: skip IDs done as successes, let newer records replace errors."""
+
+    def __init__(self, done: DoneIDs) -> None:
+        self.done = done
+        self.replaced: set[str] = set()
+
+    def admit(self, record: Record) -> bool:
+        if ID_KEY not in record:
+            return True
+        try:
+            key = canonical_id(record[ID_KEY])
+        except InvalidID:
+            return True
+        if key in self.done.succeeded:
+            return False
+        failed = is_error_record(record)
+        if key in self.done.failed:
+            self.replaced.add(key)
+        self.done.add(key, failed)
+        return True
+
+
+class AppendTarget(Target):
+    """JSONL, CSV or TSV appended to in place, one flushed write per record."""
+
+    def __init__(self, location: Location, options: WriteOptions) -> None:
+        path, fmt = location.path, location.format
+        check_writable(path)
+        if os.path.exists(path):
+            if fmt == "jsonl":
+                self.repaired_bytes = repair_torn_jsonl(path)
+            else:
+                self.repaired_bytes = repair_torn_csv(path, fmt, options.delimiter)
+        self.location = location
+        self.options = options
+        self.skipper = _Skipper(done_ids(path, fmt, delimiter=options.delimiter))
+        existing: list[str] | None = None
+        if fmt in ("csv", "tsv") and os.path.exists(path) and os.path.getsize(path):
+            from agents.formats.csv import read_header
+
+            existing = read_header(path, fmt, options.delimiter)
+        self.stream: BinaryIO = open(path, "r+b" if os.path.exists(path) else "w+b")
+        self.stream.seek(0, os.SEEK_END)
+        self.writer = format_writer(fmt, self.stream, options, existing)
+        self.last_sync = time.monotonic()
+
+    @property
+    def skipped_ids(self) -> int:
+        return self.skipped
+
+    def write(self, record: Record) -> None:
+        if not self.skipper.admit(record):
+            self.skipped += 1
+            return
+        self.writer.write(record)
+        self.writer.flush()
+        self.written += 1
+        if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
+            os.fsync(self.stream.fileno())
+            self.last_sync = time.monotonic()
+
+    def commit(self) -> None:
+        self.writer.close()
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        if self.skipper.replaced:
+            compact(self.location, self.options, self.skipper.replaced)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+        self.stream.close()
+
+
+def compact(location: Location, options: WriteOptions, replaced: set[str]) -> None:
+    """Keep only the last record of each replaced ID (older error records go), atomically."""
+    from agents.formats._options import ReadOptions, raise_bad
+    from agents.reading import Selection, read_records
+
+    last: dict[str, int] = {}
+    read_options = ReadOptions(delimiter=options.delimiter)
+    for position, record in enumerate(
+            read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)):
+        key = _key(record)
+        if key in replaced:
+            last[key] = position
+    file = AtomicFile(location.path)
+    try:
+        writer = format_writer(location.format, file.stream, options)
+        for position, record in enumerate(
+                read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)):
+            key = _key(record)
+            if key in replaced and last.get(key) != position:
+                continue
+            writer.write(record)
+        writer.close()
+        file.commit()
+    except BaseException:
+        file.abort()
+        raise
+
+
+def _key(record: Record) -> str | None:
+    try:
+        return canonical_id(record.get(ID_KEY))
+    except InvalidID:
+        return None
+
+
+class JsonAppendTarget(Target):
+    """A JSON array cannot grow in place: the old records and the new go to a new file."""
+
+    def __init__(self, location: Location, options: WriteOptions) -> None:
+        self.atomic = AtomicTarget(location, options)
+        self.old: list[Record] = []
+        self.skipper = _Skipper(DoneIDs())
+        if os.path.exists(location.path) and os.path.getsize(location.path):
+            with open(location.path, "rb") as stream:
+                try:
+                    document = orjson.loads(stream.read())
+                except orjson.JSONDecodeError:
+                    self.atomic.abort()
+                    raise TargetError(f"{location.path}: the existing output is not valid JSON",
+                                      "fix or move it, or write to a new file") from None
+            self.old = [item for item in (document if isinstance(document, list) else [document])
+                        if isinstance(item, dict)]
+            for record in self.old:
+                self.skipper.admit(record)
+            self.skipper.replaced.clear()
+
+    def write(self, record: Record) -> None:
+        if not self.skipper.admit(record):
+            self.skipped += 1
+            return
+        self.old.append(record)
+        self.written += 1
+
+    def commit(self) -> None:
+        replaced = self.skipper.replaced
+        last = {_key(record): index for index, record in enumerate(self.old)}
+        for index, record in enumerate(self.old):
+            key = _key(record)
+            if key in replaced and last[key] != index:
+                continue
+            self.atomic.write(record)
+        self.atomic.commit()
+
+    def abort(self) -> None:
+        self.atomic.abort()
+
+
+class SqliteTarget(Target):
+    def __init__(self, location: Location, options: WriteOptions) -> None:
+        from agents.formats.sqlite import Writer
+
+        if location.path == "-":
+            raise UsageError("SQLite cannot be written to stdout", "give a database file path")
+        check_writable(location.path)
+        table = options.table or location.table
+        self.skipper = (_Skipper(done_ids(location.path, "sqlite", table=table or "records"))
+                        if options.append else None)
+        self.writer = Writer(location.path, table)
+
+    def write(self, record: Record) -> None:
+        if self.skipper is not None and not self.skipper.admit(record):
+            self.skipped += 1
+            return
+        self.writer.write(record)
+        self.written += 1
+
+    def commit(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        self.writer.abort()
+
+
+def open_target(location: Location, options: WriteOptions, stdout: BinaryIO) -> Target:
+    """The target for ``location`` in the mode ``options`` asks for."""
+    fmt = location.format
+    if fmt == "sqlite":
+        return SqliteTarget(location, options)
+    if location.path == "-":
+        if options.append:
+            raise UsageError("--append needs a file to append to, not stdout")
+        return StreamTarget(fmt, options, stdout)
+    if not options.append:
+        return AtomicTarget(location, options)
+    if location.path.endswith(".gz"):
+        raise UsageError("--append cannot add to a compressed file",
+                         "append to an uncompressed target and compress it at the end")
+    if fmt == "text":
+        raise UsageError("--append needs IDs, and text output keeps none",
+                         "append to JSONL, CSV, TSV, JSON or SQLite instead")
+    if fmt == "json":
+        return JsonAppendTarget(location, options)
+    return AppendTarget(location, options)
