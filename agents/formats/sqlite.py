@@ -39,12 +39,16 @@ _READ_ACTIONS = {
     getattr(sqlite3, "SQLITE_RECURSIVE", 33),
 }
 
-_ACTION_NAMES = {
-    getattr(sqlite3, name): name.removeprefix("SQLITE_").replace("_", " ")
-    for name in dir(sqlite3)
-    if name.startswith("SQLITE_") and name not in ("SQLITE_OK", "SQLITE_DENY", "SQLITE_IGNORE")
-    and isinstance(getattr(sqlite3, name), int)
-}
+# SQLite's authorizer action codes (sqlite3.h), named for the error message. Python's sqlite3
+# module mixes these constants with result codes of the same values, so they are listed here.
+_ACTION_NAMES = dict(enumerate(
+    "CREATE INDEX, CREATE TABLE, CREATE TEMP INDEX, CREATE TEMP TABLE, CREATE TEMP TRIGGER, "
+    "CREATE TEMP VIEW, CREATE TRIGGER, CREATE VIEW, DELETE, DROP INDEX, DROP TABLE, "
+    "DROP TEMP INDEX, DROP TEMP TABLE, DROP TEMP TRIGGER, DROP TEMP VIEW, DROP TRIGGER, "
+    "DROP VIEW, INSERT, PRAGMA, READ, SELECT, TRANSACTION, UPDATE, ATTACH, DETACH, ALTER TABLE, "
+    "REINDEX, ANALYZE, CREATE VTABLE, DROP VTABLE, FUNCTION, SAVEPOINT, RECURSIVE".split(", "),
+    start=1,
+))
 
 
 def quote_name(name: str) -> str:
@@ -52,16 +56,31 @@ def quote_name(name: str) -> str:
 
 
 class _ReadOnlyGuard:
-    """An authorizer that lets a statement read and nothing else, remembering what it refused."""
+    """An authorizer that lets a statement read and nothing else, remembering what it refused.
 
-    def __init__(self) -> None:
+    SQLite stops at the first refusal, which for CREATE or DROP is the write to its schema
+    table; the message then names the statement by its leading keywords instead.
+    """
+
+    def __init__(self, sql: str) -> None:
+        self.sql = sql
         self.refused: str | None = None
 
-    def __call__(self, action: int, *_: object) -> int:
+    def __call__(self, action: int, table: str | None, *_: object) -> int:
         if action in _READ_ACTIONS:
             return sqlite3.SQLITE_OK
-        self.refused = self.refused or _ACTION_NAMES.get(action, f"action {action}")
+        if self.refused is None:
+            internal = bool(table and table.startswith("sqlite_"))
+            self.refused = (_leading_keywords(self.sql) if internal
+                            else _ACTION_NAMES.get(action, f"action {action}"))
         return sqlite3.SQLITE_DENY
+
+
+def _leading_keywords(sql: str) -> str:
+    words = sql.split()[:3]
+    if len(words) > 1 and words[0].upper() in ("CREATE", "DROP", "ALTER"):
+        return " ".join(word.upper() for word in words[:2])
+    return words[0].upper() if words else "write"
 
 
 def _open_read_only(path: str) -> sqlite3.Connection:
@@ -132,7 +151,7 @@ def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Po
         info = connection.execute(f"PRAGMA table_info({quote_name(table)})").fetchall()
         keys = [row[1] for row in info if row[5] > 0]
         key_column = keys[0] if len(keys) == 1 else None
-    guard = _ReadOnlyGuard()
+    guard = _ReadOnlyGuard(sql)
     connection.set_authorizer(guard)
     try:
         cursor = connection.execute(sql)

@@ -1,0 +1,59 @@
+"""Helpers shared by the tests: in-process runs with captured streams, and real subprocesses."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+
+from agents.cli import read, write
+from agents.cli._run import Streams
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / "bin"
+COMMANDS = {"agents-read": read.main, "agents-write": write.main}
+
+
+@dataclass
+class Result:
+    status: int
+    stdout: bytes
+    stderr: str
+
+    @property
+    def records(self) -> list[dict[str, object]]:
+        return [orjson.loads(line) for line in self.stdout.splitlines() if line.strip()]
+
+
+def run(command: str, *args: str, stdin: bytes = b"") -> Result:
+    """Run a command in-process with its own streams, as main(argv, streams)."""
+    out, err = io.BytesIO(), io.StringIO()
+    streams = Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err)
+    status = COMMANDS[command](list(args), streams)
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+def shell(script: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run a shell pipeline with the checkout's bin/ first on PATH."""
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def jsonl(*records: dict[str, object]) -> bytes:
+    return b"".join(orjson.dumps(record) + b"\n" for record in records)
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+def python() -> str:
+    return sys.executable
