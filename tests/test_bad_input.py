@@ -41,7 +41,11 @@ def test_unreadable_file() -> None:
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root without setpriv to drop privileges")
-            command = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *command]
+            drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+            probe = subprocess.run([*drop, *command[:2], "--version"], capture_output=True)
+            if probe.returncode != 0:
+                pytest.skip("the checkout is not readable by the user 'nobody'")
+            command = [*drop, *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert done.returncode == 2
         assert done.stderr == f"agents-read: error: {source}: cannot read the file: permission denied\n"
