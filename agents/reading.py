@@ -22,8 +22,9 @@ class Selection:
     shard: tuple[int, int] | None = None  # (K, N), K from 1 to N
 
 
-def positioned(location: Location, options: ReadOptions, stdin: BinaryIO,
-               bad: BadRowHandler) -> tuple[Source | None, Positioned]:
+def positioned(
+    location: Location, options: ReadOptions, stdin: BinaryIO, bad: BadRowHandler
+) -> tuple[Source | None, Positioned]:
     """The format reader for ``location``, yielding (default ID, record) pairs."""
     if location.format == "sqlite":
         from agents.formats import sqlite
@@ -86,8 +87,13 @@ def select(records: Iterator[Record], selection: Selection, name: str) -> Iterat
                 return
 
 
-def read_records(location: Location, options: ReadOptions, selection: Selection,
-                 stdin: BinaryIO, bad: BadRowHandler) -> Iterator[Record]:
+def read_records(
+    location: Location,
+    options: ReadOptions,
+    selection: Selection,
+    stdin: BinaryIO,
+    bad: BadRowHandler,
+) -> Iterator[Record]:
     """Every selected record of ``location`` as it streams in."""
     source, pairs = positioned(location, options, stdin, bad)
     name = source.name if source else location.path

@@ -146,8 +146,9 @@ def _csv_tail(path: str, fmt: str, delimiter: str | None) -> _CsvTail:
 # Done IDs -----------------------------------------------------------------------------------
 
 
-def done_ids(path: str, fmt: str, *, delimiter: str | None = None,
-             table: str | None = None) -> DoneIDs:
+def done_ids(
+    path: str, fmt: str, *, delimiter: str | None = None, table: str | None = None
+) -> DoneIDs:
     """The IDs an existing output holds; an absent or empty output holds none."""
     done = DoneIDs()
     if fmt != "sqlite" and (not os.path.exists(path) or os.path.getsize(path) == 0):
@@ -171,8 +172,10 @@ def _jsonl_ids(path: str, done: DoneIDs) -> None:
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                raise TargetError(f"{path}:{number}: the existing output is not valid JSONL",
-                                  "fix or move that line, or write to a new file") from None
+                raise TargetError(
+                    f"{path}:{number}: the existing output is not valid JSONL",
+                    "fix or move that line, or write to a new file",
+                ) from None
             if isinstance(record, dict) and ID_KEY in record:
                 done.add(record[ID_KEY], is_error_record(record))
 
@@ -198,8 +201,10 @@ def _json_ids(path: str, done: DoneIDs) -> None:
         try:
             document = orjson.loads(stream.read())
         except orjson.JSONDecodeError:
-            raise TargetError(f"{path}: the existing output is not valid JSON",
-                              "fix or move it, or write to a new file") from None
+            raise TargetError(
+                f"{path}: the existing output is not valid JSON",
+                "fix or move it, or write to a new file",
+            ) from None
     for record in document if isinstance(document, list) else [document]:
         if isinstance(record, dict) and ID_KEY in record:
             done.add(record[ID_KEY], is_error_record(record))
@@ -211,15 +216,20 @@ def _sqlite_ids(path: str, table: str, done: DoneIDs) -> None:
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            columns = {row[1] for row in connection.execute(
-                f"PRAGMA table_info({quote_name(table)})")}
+            columns = {
+                row[1] for row in connection.execute(f"PRAGMA table_info({quote_name(table)})")
+            }
             if ID_KEY not in columns:
                 return
             has_errors = all(key in columns for key in ERROR_KEYS)
-            error_sql = (f"{quote_name('error_type')} IS NOT NULL AND {quote_name('item')} "
-                         "IS NOT NULL") if has_errors else "0"
+            error_sql = (
+                (f"{quote_name('error_type')} IS NOT NULL AND {quote_name('item')} IS NOT NULL")
+                if has_errors
+                else "0"
+            )
             rows = connection.execute(
-                f"SELECT {quote_name(ID_KEY)}, {error_sql} FROM {quote_name(table)}")
+                f"SELECT {quote_name(ID_KEY)}, {error_sql} FROM {quote_name(table)}"
+            )
             for record_id, failed in rows:
                 done.add(record_id, bool(failed))
         finally:

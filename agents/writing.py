@@ -42,8 +42,9 @@ class FormatWriter(Protocol):
     def close(self) -> None: ...
 
 
-def format_writer(fmt: str, stream: BinaryIO, options: WriteOptions,
-                  existing_columns: list[str] | None = None) -> FormatWriter:
+def format_writer(
+    fmt: str, stream: BinaryIO, options: WriteOptions, existing_columns: list[str] | None = None
+) -> FormatWriter:
     if fmt in ("csv", "tsv"):
         from agents.formats import csv
 
@@ -224,7 +225,8 @@ def compact(location: Location, options: WriteOptions, replaced: set[str]) -> No
     last: dict[str, int] = {}
     read_options = ReadOptions(delimiter=options.delimiter)
     for position, record in enumerate(
-            read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)):
+        read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)
+    ):
         key = _key(record)
         if key in replaced:
             last[key] = position
@@ -232,7 +234,8 @@ def compact(location: Location, options: WriteOptions, replaced: set[str]) -> No
     try:
         writer = format_writer(location.format, file.stream, options)
         for position, record in enumerate(
-                read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)):
+            read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)
+        ):
             key = _key(record)
             if key in replaced and last.get(key) != position:
                 continue
@@ -264,10 +267,15 @@ class JsonAppendTarget(Target):
                     document = orjson.loads(stream.read())
                 except orjson.JSONDecodeError:
                     self.atomic.abort()
-                    raise TargetError(f"{location.path}: the existing output is not valid JSON",
-                                      "fix or move it, or write to a new file") from None
-            self.old = [item for item in (document if isinstance(document, list) else [document])
-                        if isinstance(item, dict)]
+                    raise TargetError(
+                        f"{location.path}: the existing output is not valid JSON",
+                        "fix or move it, or write to a new file",
+                    ) from None
+            self.old = [
+                item
+                for item in (document if isinstance(document, list) else [document])
+                if isinstance(item, dict)
+            ]
             for record in self.old:
                 self.skipper.admit(record)
             self.skipper.replaced.clear()
@@ -301,8 +309,11 @@ class SqliteTarget(Target):
             raise UsageError("SQLite cannot be written to stdout", "give a database file path")
         check_writable(location.path)
         table = options.table or location.table
-        self.skipper = (_Skipper(done_ids(location.path, "sqlite", table=table or "records"))
-                        if options.append else None)
+        self.skipper = (
+            _Skipper(done_ids(location.path, "sqlite", table=table or "records"))
+            if options.append
+            else None
+        )
         self.writer = Writer(location.path, table)
 
     def write(self, record: Record) -> None:
@@ -331,11 +342,15 @@ def open_target(location: Location, options: WriteOptions, stdout: BinaryIO) -> 
     if not options.append:
         return AtomicTarget(location, options)
     if location.path.endswith(".gz"):
-        raise UsageError("--append cannot add to a compressed file",
-                         "append to an uncompressed target and compress it at the end")
+        raise UsageError(
+            "--append cannot add to a compressed file",
+            "append to an uncompressed target and compress it at the end",
+        )
     if fmt == "text":
-        raise UsageError("--append needs IDs, and text output keeps none",
-                         "append to JSONL, CSV, TSV, JSON or SQLite instead")
+        raise UsageError(
+            "--append needs IDs, and text output keeps none",
+            "append to JSONL, CSV, TSV, JSON or SQLite instead",
+        )
     if fmt == "json":
         return JsonAppendTarget(location, options)
     return AppendTarget(location, options)

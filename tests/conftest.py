@@ -39,11 +39,14 @@ def run(command: str, *args: str, stdin: bytes = b"") -> Result:
     return Result(status, out.getvalue(), err.getvalue())
 
 
-def shell(script: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def shell(
+    script: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     """Run a shell pipeline with the checkout's bin/ first on PATH."""
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    return subprocess.run(["bash", "-c", script], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def jsonl(*records: dict[str, object]) -> bytes:

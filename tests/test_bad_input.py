@@ -36,8 +36,11 @@ def test_unreadable_file() -> None:
         source = folder / "secret.csv"
         source.write_text("a\n1\n")
         source.chmod(0)
-        command = [sys.executable, str(Path(__file__).parent.parent / "bin" / "agents-read"),
-                   str(source)]
+        command = [
+            sys.executable,
+            str(Path(__file__).parent.parent / "bin" / "agents-read"),
+            str(source),
+        ]
         if os.geteuid() == 0:
             if shutil.which("setpriv") is None:
                 pytest.skip("running as root without setpriv to drop privileges")
@@ -48,7 +51,10 @@ def test_unreadable_file() -> None:
             command = [*drop, *command]
         done = subprocess.run(command, capture_output=True, text=True, timeout=30)
         assert done.returncode == 2
-        assert done.stderr == f"agents-read: error: {source}: cannot read the file: permission denied\n"
+        assert (
+            done.stderr
+            == f"agents-read: error: {source}: cannot read the file: permission denied\n"
+        )
     finally:
         shutil.rmtree(folder)
 
@@ -80,7 +86,7 @@ def test_unterminated_quote_keeps_rows_before(tmp: Path) -> None:
     assert result.status == 1
     assert result.records == [{"_id": 1, "a": "1", "b": "2"}]
     assert result.stderr == (
-        f"agents-read: error: {source}:3: unterminated quoted field (a \" is never closed)\n"
+        f'agents-read: error: {source}:3: unterminated quoted field (a " is never closed)\n'
     )
 
 
@@ -89,7 +95,10 @@ def test_ragged_row_named_and_skippable(tmp: Path) -> None:
     result = run("agents-read", source)
     assert result.status == 1
     assert result.records == [{"_id": 1, "a": "1", "b": "2"}]
-    assert result.stderr == f"agents-read: error: {source}:3: row 2 has 3 fields but the header has 2\n"
+    assert (
+        result.stderr
+        == f"agents-read: error: {source}:3: row 2 has 3 fields but the header has 2\n"
+    )
     skipped = run("agents-read", source, "--skip-bad")
     assert skipped.status == 3
     assert [r["_id"] for r in skipped.records] == [1, 3]
@@ -118,7 +127,10 @@ def test_invalid_jsonl_line_and_skip_bad(tmp: Path) -> None:
     assert skipped.records == [{"_id": 1, "a": 1}, {"_id": 4, "a": 4}]
     lines = skipped.stderr.splitlines()
     assert lines[0].startswith(f"agents-read: warning: {source}:2: invalid JSON")
-    assert lines[1] == f"agents-read: warning: {source}:3: expected a JSON object, found an array (skipped)"
+    assert (
+        lines[1]
+        == f"agents-read: warning: {source}:3: expected a JSON object, found an array (skipped)"
+    )
     assert lines[2] == "agents-read: warning: skipped 2 bad rows"
 
 
@@ -131,7 +143,10 @@ def test_invalid_utf8_names_line_and_hints_encoding(tmp: Path, name: str) -> Non
     line = 2 if name.endswith("jsonl") else 3
     first, hint = result.stderr.splitlines()
     assert first.startswith(f"agents-read: error: {source}:{line}: invalid ")
-    assert hint == "  hint: use --encoding to name the file's encoding (for example --encoding latin-1)"
+    assert (
+        hint
+        == "  hint: use --encoding to name the file's encoding (for example --encoding latin-1)"
+    )
     assert len(result.records) == (1 if name.endswith("jsonl") else (1 if name == "bad.csv" else 2))
 
 
@@ -232,8 +247,7 @@ def test_unknown_flag_is_a_usage_error() -> None:
     result = run("agents-read", "--bogus")
     assert result.status == 2
     assert result.stderr == (
-        "agents-read: error: unrecognized arguments: --bogus\n"
-        "  hint: see 'agents-read --help'\n"
+        "agents-read: error: unrecognized arguments: --bogus\n  hint: see 'agents-read --help'\n"
     )
 
 

@@ -61,7 +61,9 @@ def test_bom_and_encoding(tmp: Path) -> None:
     bom = write(tmp / "bom.csv", b"\xef\xbb\xbfword\ncaf\xc3\xa9\n")
     assert run("agents-read", bom).records == [{"_id": 1, "word": "café"}]
     latin = write(tmp / "latin.csv", "word\ncafé\n".encode("latin-1"))
-    assert run("agents-read", latin, "--encoding", "latin-1").records == [{"_id": 1, "word": "café"}]
+    assert run("agents-read", latin, "--encoding", "latin-1").records == [
+        {"_id": 1, "word": "café"}
+    ]
     utf16 = write(tmp / "u16.csv", "word\ncafé\n".encode("utf-16"))
     assert run("agents-read", utf16, "--encoding", "utf-16").records == [{"_id": 1, "word": "café"}]
 
@@ -99,7 +101,10 @@ def test_json_array_object_and_key(tmp: Path) -> None:
     assert run("agents-read", nested, "--key", "data.items").records == [{"_id": 1, "a": 1}]
     missing = run("agents-read", nested, "--key", "data.nope")
     assert missing.status == 1
-    assert missing.stderr == f"agents-read: error: {nested}: --key data.nope: no 'nope' in the document\n"
+    assert (
+        missing.stderr
+        == f"agents-read: error: {nested}: --key data.nope: no 'nope' in the document\n"
+    )
 
 
 def test_text_one_record_per_line(tmp: Path) -> None:
@@ -114,7 +119,9 @@ def test_text_one_record_per_line(tmp: Path) -> None:
 
 def test_stdin_defaults_to_jsonl_and_format_flag(tmp: Path) -> None:
     assert run("agents-read", stdin=b'{"a": 1}\n').records == [{"_id": 1, "a": 1}]
-    assert run("agents-read", "-", "--format", "csv", stdin=b"a\n1\n").records == [{"_id": 1, "a": "1"}]
+    assert run("agents-read", "-", "--format", "csv", stdin=b"a\n1\n").records == [
+        {"_id": 1, "a": "1"}
+    ]
     odd = write(tmp / "data.dat", "a\n1\n")
     assert run("agents-read", odd, "-f", "csv").records == [{"_id": 1, "a": "1"}]
 
@@ -176,7 +183,10 @@ def test_sqlite_table_uses_primary_key_and_decodes_json(tmp: Path) -> None:
 def test_sqlite_query_and_url(tmp: Path) -> None:
     db = make_db(tmp / "d.db")
     result = run("agents-read", db, "-q", "SELECT id, word FROM words ORDER BY word", "--id", "id")
-    assert result.records == [{"_id": 10, "id": 10, "word": "apple"}, {"_id": 3, "id": 3, "word": "pear"}]
+    assert result.records == [
+        {"_id": 10, "id": 10, "word": "apple"},
+        {"_id": 3, "id": 3, "word": "pear"},
+    ]
     url = f"sqlite://{db}?query=SELECT%20word%20FROM%20plain"
     assert run("agents-read", url).records == [{"_id": 1, "word": "x"}, {"_id": 2, "word": "y"}]
     assert run("agents-read", f"sqlite://{db}?table=plain").records[0] == {"_id": 1, "word": "x"}

@@ -22,15 +22,20 @@ def big_csv(path: Path, rows: int = 200_000) -> Path:
 
 def test_head_closes_the_pipe_quietly(tmp: Path) -> None:
     source = big_csv(tmp / "big.csv")
-    done = shell(f"agents-read {source} | head -1; echo \"status=${{PIPESTATUS[0]}}\"")
-    assert done.stdout == '{"_id":1,"id":"0","word":"word0","note":"a note, with a comma"}\nstatus=141\n'
+    done = shell(f'agents-read {source} | head -1; echo "status=${{PIPESTATUS[0]}}"')
+    assert (
+        done.stdout
+        == '{"_id":1,"id":"0","word":"word0","note":"a note, with a comma"}\nstatus=141\n'
+    )
     assert done.stderr == ""
 
 
 def test_write_to_closed_stdout_is_quiet(tmp: Path) -> None:
     source = big_csv(tmp / "big.csv")
-    done = shell(f"agents-read {source} | agents-write - -f jsonl | head -2 >/dev/null; "
-                 "echo \"${PIPESTATUS[@]}\"")
+    done = shell(
+        f"agents-read {source} | agents-write - -f jsonl | head -2 >/dev/null; "
+        'echo "${PIPESTATUS[@]}"'
+    )
     statuses = done.stdout.split()
     assert statuses[1:] == ["141", "0"]
     assert statuses[0] in ("0", "141")
@@ -38,9 +43,13 @@ def test_write_to_closed_stdout_is_quiet(tmp: Path) -> None:
 
 
 def start(command: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, str(BIN / command[0]), *command[1:]],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+    return subprocess.Popen(
+        [sys.executable, str(BIN / command[0]), *command[1:]],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )  # type: ignore[call-overload]
 
 
 def wait_for(condition: object, timeout: float = 10) -> None:
@@ -113,8 +122,11 @@ def test_second_ctrl_c_stops_at_once_with_whole_lines(tmp: Path) -> None:
 def test_ctrl_c_stops_agents_read(tmp: Path) -> None:
     fifo = tmp / "in.csv"
     os.mkfifo(fifo)
-    process = subprocess.Popen([sys.executable, str(BIN / "agents-read"), str(fifo)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, str(BIN / "agents-read"), str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     with fifo.open("w") as feed:
         feed.write("a\n1\n")
         feed.flush()

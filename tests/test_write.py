@@ -98,8 +98,15 @@ def test_sqlite_upsert_new_columns_and_types(tmp: Path) -> None:
         ("3", "new", None, None, None),
     ]
     back = run("agents-read", str(db), "--table", "words").records
-    assert back[0] == {"_id": "1", "word": "apple", "n": 1, "ok": 1, "tags": ["a"], "none": None,
-                       "extra": None}
+    assert back[0] == {
+        "_id": "1",
+        "word": "apple",
+        "n": 1,
+        "ok": 1,
+        "tags": ["a"],
+        "none": None,
+        "extra": None,
+    }
     assert back[1]["extra"] == {"k": 1}
 
 
@@ -117,8 +124,12 @@ def test_sqlite_url_and_default_table(tmp: Path) -> None:
 def test_append_skips_ids_already_done(tmp: Path) -> None:
     target = tmp / "out.jsonl"
     run("agents-write", str(target), stdin=jsonl({"_id": 1, "r": "a"}, {"_id": 2, "r": "b"}))
-    result = run("agents-write", "--append", str(target),
-                 stdin=jsonl({"_id": "1", "r": "again"}, {"_id": 3, "r": "c"}))
+    result = run(
+        "agents-write",
+        "--append",
+        str(target),
+        stdin=jsonl({"_id": "1", "r": "again"}, {"_id": 3, "r": "c"}),
+    )
     assert result.status == 0
     assert result.stderr == f"agents-write: 1 records already in {target} were skipped\n"
     assert target.read_text() == '{"_id":1,"r":"a"}\n{"_id":2,"r":"b"}\n{"_id":3,"r":"c"}\n'
@@ -154,8 +165,12 @@ def test_append_keeps_a_whole_last_line_without_newline(tmp: Path) -> None:
 def test_append_to_csv_repairs_torn_row_and_adds_columns(tmp: Path) -> None:
     target = tmp / "out.csv"
     target.write_text('_id,r\n1,a\n2,"torn\nrow')
-    result = run("agents-write", "-a", str(target),
-                 stdin=jsonl({"_id": 1, "r": "skip"}, {"_id": 2, "r": "b", "extra": "x"}))
+    result = run(
+        "agents-write",
+        "-a",
+        str(target),
+        stdin=jsonl({"_id": 1, "r": "skip"}, {"_id": 2, "r": "b", "extra": "x"}),
+    )
     assert result.status == 0
     assert "removed a torn last line (11 bytes)" in result.stderr
     assert target.read_text() == "_id,r,extra\n1,a,\n2,b,x\n"
@@ -182,9 +197,36 @@ def test_append_to_json_and_sqlite(tmp: Path) -> None:
 
 def test_append_refuses_text_gz_and_stdout(tmp: Path) -> None:
     text = run("agents-write", "-a", str(tmp / "o.txt"), stdin=b"")
-    assert (text.status, text.stderr) == (2, (
-        "agents-write: error: --append needs IDs, and text output keeps none\n"
-        "  hint: append to JSONL, CSV, TSV, JSON or SQLite instead\n"
-    ))
+    assert (text.status, text.stderr) == (
+        2,
+        (
+            "agents-write: error: --append needs IDs, and text output keeps none\n"
+            "  hint: append to JSONL, CSV, TSV, JSON or SQLite instead\n"
+        ),
+    )
     assert run("agents-write", "-a", str(tmp / "o.jsonl.gz"), stdin=b"").status == 2
     assert run("agents-write", "-a", "-", stdin=b"").status == 2
+
+
+def test_sqlite_edge_values(tmp: Path) -> None:
+    db = tmp / "out.db"
+    big = run("agents-write", str(db), stdin=b'{"_id": 1, "n": 18446744073709551615}\n')
+    assert big.status == 0, big.stderr
+    assert sqlite3.connect(db).execute("SELECT n FROM records").fetchall() == [
+        ("18446744073709551615",)
+    ]
+    nul = run("agents-write", str(tmp / "nul.db"), stdin=jsonl({"_id": 1, "a\x00b": 1}))
+    assert (nul.status, nul.stderr) == (
+        1,
+        (
+            "agents-write: error: record 1: has a key with a NUL character, "
+            "which SQLite cannot name a column\n"
+        ),
+    )
+
+
+def test_csv_lone_carriage_return_reads_back(tmp: Path) -> None:
+    target = tmp / "out.csv"
+    run("agents-write", str(target), stdin=jsonl({"_id": 1, "a": "x\ry", "b": "plain"}))
+    assert target.read_bytes() == b'_id,a,b\n"1","x\ry","plain"\n'
+    assert run("agents-read", str(target)).records == [{"_id": "1", "a": "x\ry", "b": "plain"}]

@@ -91,6 +91,7 @@ class Reporter:
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
     """Turn SIGTERM into :class:`Terminated` for the duration, so files are cleaned up."""
+
     def handler(signum: int, frame: object) -> None:
         raise Terminated
 

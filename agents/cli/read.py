@@ -25,41 +25,82 @@ examples:
 
 
 def build_parser(streams: Streams) -> Parser:
-    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG,
-                    streams=streams)
-    parser.add_argument("source", nargs="?", default="-", metavar="SOURCE",
-                        help="file, sqlite://PATH?query=… URL, or - for stdin (default: -)")
-    parser.add_argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
-                        help=f"input format: {', '.join(FORMATS)} "
-                             "(default: from the extension; jsonl for stdin)")
-    parser.add_argument("--id", metavar="FIELD", dest="id_field",
-                        help="use FIELD as each record's ID (default: an existing _id, else "
-                             "the row or line number, or the SQLite primary key or rowid)")
-    parser.add_argument("-n", "--limit", type=_count, metavar="N",
-                        help="stop after N records (default: all)")
-    parser.add_argument("--shard", type=_shard, metavar="K/N",
-                        help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="report a bad row or line on stderr and go on (exit 3 at the end); "
-                             "default: stop with exit 1")
-    parser.add_argument("--encoding", default="utf-8", metavar="NAME",
-                        help="text encoding of the input (default: utf-8; a BOM is skipped)")
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
+    parser.add_argument(
+        "source",
+        nargs="?",
+        default="-",
+        metavar="SOURCE",
+        help="file, sqlite://PATH?query=… URL, or - for stdin (default: -)",
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        metavar="FORMAT",
+        help=f"input format: {', '.join(FORMATS)} (default: from the extension; jsonl for stdin)",
+    )
+    parser.add_argument(
+        "--id",
+        metavar="FIELD",
+        dest="id_field",
+        help="use FIELD as each record's ID (default: an existing _id, else "
+        "the row or line number, or the SQLite primary key or rowid)",
+    )
+    parser.add_argument(
+        "-n", "--limit", type=_count, metavar="N", help="stop after N records (default: all)"
+    )
+    parser.add_argument(
+        "--shard",
+        type=_shard,
+        metavar="K/N",
+        help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="report a bad row or line on stderr and go on (exit 3 at the end); "
+        "default: stop with exit 1",
+    )
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help="text encoding of the input (default: utf-8; a BOM is skipped)",
+    )
     csv = parser.add_argument_group("CSV and TSV")
-    csv.add_argument("-d", "--delimiter", metavar="CHAR",
-                     help="field delimiter (default: ',' for CSV, tab for TSV; '\\t' for tab)")
-    csv.add_argument("--no-header", action="store_true",
-                     help="the first row is data; columns are named column1, column2, …")
-    csv.add_argument("--columns", type=_names, metavar="A,B,…",
-                     help="column names to use instead of the header row (with --no-header, "
-                          "or to rename the header's columns)")
+    csv.add_argument(
+        "-d",
+        "--delimiter",
+        metavar="CHAR",
+        help="field delimiter (default: ',' for CSV, tab for TSV; '\\t' for tab)",
+    )
+    csv.add_argument(
+        "--no-header",
+        action="store_true",
+        help="the first row is data; columns are named column1, column2, …",
+    )
+    csv.add_argument(
+        "--columns",
+        type=_names,
+        metavar="A,B,…",
+        help="column names to use instead of the header row (with --no-header, "
+        "or to rename the header's columns)",
+    )
     json = parser.add_argument_group("JSON")
-    json.add_argument("--key", metavar="PATH",
-                      help="dotted path to the array that holds the records, e.g. data.items")
+    json.add_argument(
+        "--key",
+        metavar="PATH",
+        help="dotted path to the array that holds the records, e.g. data.items",
+    )
     sqlite = parser.add_argument_group("SQLite (always opened read-only)")
     sqlite.add_argument("-q", "--query", metavar="SQL", help="a SELECT whose rows are the records")
-    sqlite.add_argument("-t", "--table", metavar="NAME",
-                        help="read every row of table NAME in key order "
-                             "(default: the only table, if there is one)")
+    sqlite.add_argument(
+        "-t",
+        "--table",
+        metavar="NAME",
+        help="read every row of table NAME in key order (default: the only table, if there is one)",
+    )
     return parser
 
 

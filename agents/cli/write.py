@@ -30,33 +30,55 @@ examples:
 
 
 def build_parser(streams: Streams) -> Parser:
-    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG,
-                    streams=streams)
-    parser.add_argument("target", metavar="TARGET",
-                        help="file to write, sqlite://PATH?table=NAME, or - for stdout")
-    parser.add_argument("-f", "--format", choices=FORMATS, metavar="FORMAT",
-                        help=f"output format: {', '.join(FORMATS)} "
-                             "(default: from the extension; jsonl for stdout)")
-    parser.add_argument("-a", "--append", action="store_true",
-                        help="add to an existing target as records arrive: skip IDs it holds "
-                             "as successes, replace its error records, repair a torn last line "
-                             "(default: replace the target atomically at the end)")
-    parser.add_argument("--skip-bad", action="store_true",
-                        help="report an input line that is not a JSON object and go on "
-                             "(exit 3 at the end); default: stop with exit 1")
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
+    parser.add_argument(
+        "target", metavar="TARGET", help="file to write, sqlite://PATH?table=NAME, or - for stdout"
+    )
+    parser.add_argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        metavar="FORMAT",
+        help=f"output format: {', '.join(FORMATS)} (default: from the extension; jsonl for stdout)",
+    )
+    parser.add_argument(
+        "-a",
+        "--append",
+        action="store_true",
+        help="add to an existing target as records arrive: skip IDs it holds "
+        "as successes, replace its error records, repair a torn last line "
+        "(default: replace the target atomically at the end)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="report an input line that is not a JSON object and go on "
+        "(exit 3 at the end); default: stop with exit 1",
+    )
     csv = parser.add_argument_group("CSV and TSV")
-    csv.add_argument("--columns", type=lambda text: [n.strip() for n in text.split(",")],
-                     metavar="A,B,…",
-                     help="write exactly these columns in this order (default: every key, "
-                          "in first-seen order)")
-    csv.add_argument("-d", "--delimiter", metavar="CHAR",
-                     help="field delimiter (default: ',' for CSV, tab for TSV)")
+    csv.add_argument(
+        "--columns",
+        type=lambda text: [n.strip() for n in text.split(",")],
+        metavar="A,B,…",
+        help="write exactly these columns in this order (default: every key, in first-seen order)",
+    )
+    csv.add_argument(
+        "-d",
+        "--delimiter",
+        metavar="CHAR",
+        help="field delimiter (default: ',' for CSV, tab for TSV)",
+    )
     text = parser.add_argument_group("text")
-    text.add_argument("--field", default="content", metavar="NAME",
-                      help="the field written as each line of a text target (default: content)")
+    text.add_argument(
+        "--field",
+        default="content",
+        metavar="NAME",
+        help="the field written as each line of a text target (default: content)",
+    )
     sqlite = parser.add_argument_group("SQLite")
-    sqlite.add_argument("-t", "--table", metavar="NAME",
-                        help="table to create or upsert into (default: records)")
+    sqlite.add_argument(
+        "-t", "--table", metavar="NAME", help="table to create or upsert into (default: records)"
+    )
     return parser
 
 
@@ -70,12 +92,19 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
     location = resolve(args.target, args.format, default="jsonl")
     if location.format != "sqlite" and args.table:
         raise UsageError("--table is for SQLite targets")
-    options = WriteOptions(columns=args.columns, delimiter=args.delimiter, field=args.field,
-                           table=args.table or location.table, append=args.append)
+    options = WriteOptions(
+        columns=args.columns,
+        delimiter=args.delimiter,
+        field=args.field,
+        table=args.table or location.table,
+        append=args.append,
+    )
     target = open_target(location, options, streams.stdout)
     if target.repaired_bytes:
-        reporter.warning(f"{location.path}: removed a torn last line "
-                         f"({target.repaired_bytes} bytes) left by an earlier run")
+        reporter.warning(
+            f"{location.path}: removed a torn last line "
+            f"({target.repaired_bytes} bytes) left by an earlier run"
+        )
     skipped_lines = 0
 
     def bad(error: DataError) -> None:
@@ -100,8 +129,9 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         reporter.info(f"interrupted: {target.written} records written to {location.path}")
         return int(ExitStatus.INTERRUPTED)
     if skipped_lines:
-        reporter.warning(f"skipped {skipped_lines} bad input "
-                         f"{'line' if skipped_lines == 1 else 'lines'}")
+        reporter.warning(
+            f"skipped {skipped_lines} bad input {'line' if skipped_lines == 1 else 'lines'}"
+        )
         return int(ExitStatus.PARTIAL)
     return int(ExitStatus.OK)
 

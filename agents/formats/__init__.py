@@ -61,8 +61,10 @@ def resolve(location: str, explicit: str | None, *, default: str | None = None) 
         path = urllib.parse.unquote(parsed.netloc + parsed.path)
         params = urllib.parse.parse_qs(parsed.query)
         if not path:
-            raise UsageError(f"{location}: the URL names no database file",
-                             "write sqlite://PATH?table=NAME or sqlite://PATH?query=SELECT…")
+            raise UsageError(
+                f"{location}: the URL names no database file",
+                "write sqlite://PATH?table=NAME or sqlite://PATH?query=SELECT…",
+            )
         return Location(
             path,
             "sqlite",

@@ -70,9 +70,7 @@ def _is_ascii_compatible(encoding: str) -> bool:
     return not name.startswith(("utf-16", "utf-32"))
 
 
-def decoded_lines(
-    source: Source, encoding: str, counter: LineCounter
-) -> Iterator[str]:
+def decoded_lines(source: Source, encoding: str, counter: LineCounter) -> Iterator[str]:
     """Lines of text with their endings kept, counting lines so errors can name them.
 
     Decoding line by line (rather than through a TextIOWrapper) lets an invalid byte be reported

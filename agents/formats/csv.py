@@ -13,8 +13,8 @@ import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
-from typing import Any, BinaryIO
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
@@ -22,6 +22,9 @@ from agents.errors import DataError, TargetError
 from agents.formats._io import LineCounter, Source, decoded_lines
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 from agents.records import Record
+
+if TYPE_CHECKING:
+    from _csv import _QuotingType
 
 # A 10 MB field is legitimate data; the csv module's default limit is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -121,7 +124,14 @@ def cell(value: Any) -> Any:
 
 
 class Writer:
-    """Rows into a seekable binary file that may be rewritten when new columns appear."""
+    """Rows into a seekable binary file that may be rewritten when new columns appear.
+
+    Rows are rendered in batches. Python's csv module quotes a field holding a newline but not
+    one holding a lone carriage return (its lineterminator is "\n" here), which would not read
+    back; a batch containing "\r" is therefore re-rendered with such rows fully quoted.
+    """
+
+    BATCH = 512
 
     def __init__(
         self,
@@ -137,35 +147,55 @@ class Writer:
         self.columns: list[str] = list(columns or existing or [])
         self.index = set(self.columns)
         self.header_written = existing is not None
+        self.pending: list[list[Any]] = []
         self.text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
-        self.writer = csv.writer(self.text, delimiter=self.delimiter, lineterminator="\n")
 
     def write(self, record: Record) -> None:
         if not self.fixed and not self.index.issuperset(record):
             self._add_columns([key for key in record if key not in self.index])
         if not self.header_written:
-            self.writer.writerow(self.columns)
+            self.pending.append(list(self.columns))
             self.header_written = True
         values = [record.get(column) for column in self.columns]
         if not _SPECIAL.isdisjoint(map(type, values)):
             values = [cell(value) for value in values]
-        self.writer.writerow(values)
-
-    def write_many(self, records: Iterable[Record]) -> None:
-        for record in records:
-            self.write(record)
+        self.pending.append(values)
+        if len(self.pending) >= self.BATCH:
+            self._drain()
 
     def flush(self) -> None:
+        self._drain()
         self.text.flush()
 
     def close(self) -> None:
         if not self.header_written and self.columns:
-            self.writer.writerow(self.columns)
+            self.pending.append(list(self.columns))
             self.header_written = True
-        self.text.flush()
+        self.flush()
         self.text.detach()
 
+    def _render(self, rows: list[list[Any]], quoting: _QuotingType = csv.QUOTE_MINIMAL) -> str:
+        buffer = io.StringIO()
+        csv.writer(
+            buffer, delimiter=self.delimiter, lineterminator="\n", quoting=quoting
+        ).writerows(rows)
+        return buffer.getvalue()
+
+    def _drain(self) -> None:
+        if not self.pending:
+            return
+        text = self._render(self.pending)
+        if "\r" in text:
+            text = "".join(
+                self._render([row], csv.QUOTE_ALL) if "\r" in line else line
+                for row in self.pending
+                for line in [self._render([row])]
+            )
+        self.text.write(text)
+        self.pending.clear()
+
     def _add_columns(self, new: list[str]) -> None:
+        self._drain()
         self.columns.extend(new)
         self.index.update(new)
         if self.header_written:
@@ -187,10 +217,13 @@ class Writer:
                 io.TextIOWrapper(spool, encoding="utf-8", newline=""), delimiter=self.delimiter
             )
             next(old, None)
-            self.writer.writerow(self.columns)
+            self.pending.append(list(self.columns))
             width = len(self.columns)
             for row in old:
-                self.writer.writerow(row + [""] * (width - len(row)))
+                self.pending.append(row + [""] * (width - len(row)))
+                if len(self.pending) >= self.BATCH:
+                    self._drain()
+            self._drain()
             self.text.flush()
 
 

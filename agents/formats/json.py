@@ -55,12 +55,19 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
         yield 1, value
         return
     if not isinstance(value, list):
-        raise DataError(source.name, f"expected an array or an object, found {type_name(value)}",
-                        "use --key to pick the array that holds the records")
+        raise DataError(
+            source.name,
+            f"expected an array or an object, found {type_name(value)}",
+            "use --key to pick the array that holds the records",
+        )
     for number, element in enumerate(value, 1):
         if not isinstance(element, dict):
-            bad(DataError(f"{source.name}: element {number}",
-                          f"expected a JSON object, found {type_name(element)}"))
+            bad(
+                DataError(
+                    f"{source.name}: element {number}",
+                    f"expected a JSON object, found {type_name(element)}",
+                )
+            )
             continue
         yield number, element
 

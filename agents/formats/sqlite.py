@@ -41,14 +41,46 @@ _READ_ACTIONS = {
 
 # SQLite's authorizer action codes (sqlite3.h), named for the error message. Python's sqlite3
 # module mixes these constants with result codes of the same values, so they are listed here.
-_ACTION_NAMES = dict(enumerate(
-    "CREATE INDEX, CREATE TABLE, CREATE TEMP INDEX, CREATE TEMP TABLE, CREATE TEMP TRIGGER, "
-    "CREATE TEMP VIEW, CREATE TRIGGER, CREATE VIEW, DELETE, DROP INDEX, DROP TABLE, "
-    "DROP TEMP INDEX, DROP TEMP TABLE, DROP TEMP TRIGGER, DROP TEMP VIEW, DROP TRIGGER, "
-    "DROP VIEW, INSERT, PRAGMA, READ, SELECT, TRANSACTION, UPDATE, ATTACH, DETACH, ALTER TABLE, "
-    "REINDEX, ANALYZE, CREATE VTABLE, DROP VTABLE, FUNCTION, SAVEPOINT, RECURSIVE".split(", "),
-    start=1,
-))
+_ACTION_NAMES = dict(
+    enumerate(
+        [
+            "CREATE INDEX",
+            "CREATE TABLE",
+            "CREATE TEMP INDEX",
+            "CREATE TEMP TABLE",
+            "CREATE TEMP TRIGGER",
+            "CREATE TEMP VIEW",
+            "CREATE TRIGGER",
+            "CREATE VIEW",
+            "DELETE",
+            "DROP INDEX",
+            "DROP TABLE",
+            "DROP TEMP INDEX",
+            "DROP TEMP TABLE",
+            "DROP TEMP TRIGGER",
+            "DROP TEMP VIEW",
+            "DROP TRIGGER",
+            "DROP VIEW",
+            "INSERT",
+            "PRAGMA",
+            "READ",
+            "SELECT",
+            "TRANSACTION",
+            "UPDATE",
+            "ATTACH",
+            "DETACH",
+            "ALTER TABLE",
+            "REINDEX",
+            "ANALYZE",
+            "CREATE VTABLE",
+            "DROP VTABLE",
+            "FUNCTION",
+            "SAVEPOINT",
+            "RECURSIVE",
+        ],
+        start=1,
+    )
+)
 
 
 def quote_name(name: str) -> str:
@@ -71,8 +103,11 @@ class _ReadOnlyGuard:
             return sqlite3.SQLITE_OK
         if self.refused is None:
             internal = bool(table and table.startswith("sqlite_"))
-            self.refused = (_leading_keywords(self.sql) if internal
-                            else _ACTION_NAMES.get(action, f"action {action}"))
+            self.refused = (
+                _leading_keywords(self.sql)
+                if internal
+                else _ACTION_NAMES.get(action, f"action {action}")
+            )
         return sqlite3.SQLITE_DENY
 
 
@@ -95,8 +130,9 @@ def _open_read_only(path: str) -> sqlite3.Connection:
         connection = sqlite3.connect(uri, uri=True, detect_types=sqlite3.PARSE_DECLTYPES)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as error:
-        raise SourceError(f"{path}: not a SQLite database ({error})",
-                          "name the file's real format with --format") from None
+        raise SourceError(
+            f"{path}: not a SQLite database ({error})", "name the file's real format with --format"
+        ) from None
     return connection
 
 
@@ -144,8 +180,9 @@ def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Po
             names = _table_names(connection)
             if len(names) != 1:
                 listing = ", ".join(names) if names else "none"
-                raise UsageError(f"{path}: say which table to read with --table or -q",
-                                 f"tables: {listing}")
+                raise UsageError(
+                    f"{path}: say which table to read with --table or -q", f"tables: {listing}"
+                )
             table = names[0]
         sql, with_rowid = _table_query(connection, table, path)
         info = connection.execute(f"PRAGMA table_info({quote_name(table)})").fetchall()
@@ -200,8 +237,9 @@ def _query_error(error: sqlite3.Error, guard: _ReadOnlyGuard, path: str) -> Sour
             "read with SELECT; write with agents-write",
         )
     if "readonly" in str(error) or "read-only" in str(error):
-        return SourceError(f"{path}: the query tries to change the database; "
-                           "agents-read opens SQLite read-only")
+        return SourceError(
+            f"{path}: the query tries to change the database; agents-read opens SQLite read-only"
+        )
     return SourceError(f"{path}: SQL error: {error}")
 
 
@@ -261,8 +299,11 @@ class Writer:
     def write(self, record: Record) -> None:
         self.count += 1
         if ID_KEY not in record:
-            raise DataError(f"record {self.count}", f"has no {ID_KEY}; SQLite rows are keyed by it",
-                            "read the data through agents-read, which gives every record an ID")
+            raise DataError(
+                f"record {self.count}",
+                f"has no {ID_KEY}; SQLite rows are keyed by it",
+                "read the data through agents-read, which gives every record an ID",
+            )
         try:
             record_id = canonical_id(record[ID_KEY])
         except InvalidID as error:
@@ -270,6 +311,11 @@ class Writer:
         if not self.pending:
             self.connection.execute("BEGIN IMMEDIATE")
             self.batch_started = time.monotonic()
+        if any("\x00" in key for key in record):
+            raise DataError(
+                f"record {self.count}",
+                "has a key with a NUL character, which SQLite cannot name a column",
+            )
         if not self.types:
             self._create(record)
         elif not record.keys() <= self.types.keys():
@@ -298,6 +344,8 @@ class Writer:
             return orjson.dumps(value).decode()
         if isinstance(value, bool):
             return int(value)
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return str(value)  # beyond SQLite's 64-bit integers: kept exactly, as text
         return value
 
     def flush(self) -> None:
