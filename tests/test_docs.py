@@ -1,0 +1,96 @@
+"""The man pages: they render, document every option and exit status, and their examples run."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, shell
+
+from agents.cli import read, write
+from agents.cli._run import Streams
+from agents.errors import ExitStatus
+
+MAN = ROOT / "man"
+PAGES = {"agents-read": read.build_parser, "agents-write": write.build_parser}
+
+
+def roff_to_text(line: str) -> str:
+    """Undo the roff escapes used in the pages' example lines."""
+    for escape, plain in (("\\-", "-"), ("\\e", "\\"), ("\\(aq", "'"), ("\\(dq", '"')):
+        line = line.replace(escape, plain)
+    return line
+
+
+def examples(page: Path) -> list[str]:
+    text = page.read_text()
+    section = text.split(".SH EXAMPLES", 1)[1].split("\n.SH ", 1)[0]
+    commands: list[str] = []
+    for block in re.findall(r"^\.EX\n(.*?)^\.EE", section, flags=re.S | re.M):
+        commands += [roff_to_text(line[2:]) for line in block.splitlines() if line.startswith("$ ")]
+    return commands
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in MAN.iterdir()))
+def test_page_renders_without_warnings(page: str) -> None:
+    done = subprocess.run(
+        ["groff", "-t", "-man", "-Tutf8", "-ww", "-z", str(MAN / page)],
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    if shutil.which("man"):
+        shown = subprocess.run(
+            ["man", "-l", str(MAN / page)],
+            capture_output=True,
+            text=True,
+            env={"MANPAGER": "cat", "PATH": "/usr/bin:/bin"},
+        )
+        assert shown.returncode == 0 and "EXIT STATUS" in shown.stdout
+
+
+@pytest.mark.parametrize("command", sorted(PAGES))
+def test_every_option_is_documented(command: str) -> None:
+    page = (MAN / f"{command}.1").read_text().replace("\\-", "-")
+    parser = PAGES[command](Streams())
+    options = [flag for action in parser._actions for flag in action.option_strings]
+    missing = [flag for flag in options if not re.search(rf"\\fB{re.escape(flag)}\\fR", page)]
+    assert missing == []
+    documented = set(re.findall(r"\\fB(--?[a-z][a-z-]*)\\fR", page))
+    unknown = documented - set(options)
+    assert unknown == set(), "the page documents options the command does not have"
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in MAN.iterdir()))
+def test_every_exit_status_is_documented(page: str) -> None:
+    text = (MAN / page).read_text()
+    statuses = set(re.findall(r"^\.B (\d+)$", text, flags=re.M))
+    expected = {str(int(s)) for s in ExitStatus}
+    if page != "agents.7":  # agents-read and agents-write have no spending caps to stop at
+        expected.discard(str(int(ExitStatus.CAPPED)))
+    assert expected <= statuses
+
+
+@pytest.mark.parametrize("page", sorted(p.name for p in MAN.iterdir()))
+def test_examples_run(page: str, tmp_path: Path) -> None:
+    commands = examples(MAN / page)
+    assert commands, f"{page} has no examples"
+    work = tmp_path / "examples"
+    shutil.copytree(ROOT / "docs" / "examples", work)
+    for command in commands:
+        done = shell(
+            f"set -o pipefail; {command}" if "| head" not in command else command, cwd=work
+        )
+        assert done.returncode == 0, f"{page}: {command}\n{done.stderr}"
+        assert "Traceback" not in done.stderr
+
+
+def test_help_and_version_for_every_command() -> None:
+    for command in PAGES:
+        helped = shell(f"{command} --help")
+        assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command}")
+        version = shell(f"{command} --version")
+        assert (version.returncode, version.stdout) == (0, f"{command} 0.1.0\n")
