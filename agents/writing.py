@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from typing import BinaryIO, Protocol
 
 import orjson
@@ -38,6 +39,7 @@ FSYNC_SECONDS = 1.0
 
 class FormatWriter(Protocol):
     def write(self, record: Record) -> None: ...
+    def write_many(self, records: Iterable[Record]) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 
@@ -72,6 +74,10 @@ class Target:
     def write(self, record: Record) -> None:
         raise NotImplementedError
 
+    def write_many(self, records: list[Record]) -> None:
+        for record in records:
+            self.write(record)
+
     def commit(self) -> None:
         raise NotImplementedError
 
@@ -94,6 +100,10 @@ class StreamTarget(Target):
     def write(self, record: Record) -> None:
         self.writer.write(record)
         self.written += 1
+
+    def write_many(self, records: list[Record]) -> None:
+        self.writer.write_many(records)
+        self.written += len(records)
 
     def commit(self) -> None:
         self.writer.close()
@@ -123,6 +133,10 @@ class AtomicTarget(Target):
     def write(self, record: Record) -> None:
         self.writer.write(record)
         self.written += 1
+
+    def write_many(self, records: list[Record]) -> None:
+        self.writer.write_many(records)
+        self.written += len(records)
 
     def commit(self) -> None:
         self.writer.close()

@@ -6,15 +6,14 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import BinaryIO
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
-from agents.formats._options import BadRowHandler, WriteOptions
-from agents.formats.jsonl import describe_json_error, type_name
-from agents.records import Record, decode, decode_error
+from agents.formats._options import WriteOptions
+from agents.formats.jsonl import batches
 from agents.writing import AtomicTarget, StreamTarget, Target, open_target
 
 PROG = "agents-write"
@@ -117,8 +116,8 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
     drain = _Drain(target, streams.stdin)
     try:
         with drain.signals():
-            for record in _records(streams.stdin, bad):
-                target.write(record)
+            for batch in batches(streams.stdin, "<stdin>", bad):
+                target.write_many(batch)
     except BaseException:
         target.abort()
         raise
@@ -134,23 +133,6 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         )
         return int(ExitStatus.PARTIAL)
     return int(ExitStatus.OK)
-
-
-def _records(stdin: BinaryIO, bad: BadRowHandler) -> Iterator[Record]:
-    for number, line in enumerate(stdin, 1):
-        if not line.strip():
-            continue
-        try:
-            record = decode(line)
-        except decode_error as error:
-            reason, hint = describe_json_error(error)
-            bad(DataError(f"<stdin>:{number}", reason, hint))
-            continue
-        if not isinstance(record, dict):
-            found = type_name(record)
-            bad(DataError(f"<stdin>:{number}", f"expected a JSON object, found {found}"))
-            continue
-        yield record
 
 
 class _Drain:

@@ -13,7 +13,9 @@ import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
@@ -151,17 +153,48 @@ class Writer:
         self.text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
 
     def write(self, record: Record) -> None:
+        self.write_many((record,))
+
+    def write_many(self, records: Iterable[Record]) -> None:
+        """Render records into the pending batch.
+
+        The common case, records whose keys are all known columns, is handled a batch at a time
+        by C-level loops (itemgetter, map); anything else goes record by record.
+        """
+        batch = records if isinstance(records, list | tuple) else list(records)
+        if self.columns and (self.fixed or all(map(self.index.issuperset, batch))):
+            try:
+                rows: list[Any] = list(map(self._getter(), batch))
+            except KeyError:  # some record lacks a column: fill the blanks one by one
+                rows = [list(map(record.get, self.columns)) for record in batch]
+            if not _SPECIAL.isdisjoint(map(type, chain.from_iterable(rows))):
+                rows = [[cell(value) for value in row] for row in rows]
+            if not self.header_written:
+                self.pending.append(list(self.columns))
+                self.header_written = True
+            self.pending.extend(rows)
+        else:
+            for record in batch:
+                self._write_one(record)
+        if len(self.pending) >= self.BATCH:
+            self._drain()
+
+    def _getter(self) -> Callable[[Record], tuple[Any, ...]]:
+        if len(self.columns) == 1:
+            only = self.columns[0]
+            return lambda record: (record[only],)
+        return itemgetter(*self.columns)
+
+    def _write_one(self, record: Record) -> None:
         if not self.fixed and not self.index.issuperset(record):
             self._add_columns([key for key in record if key not in self.index])
         if not self.header_written:
             self.pending.append(list(self.columns))
             self.header_written = True
-        values = [record.get(column) for column in self.columns]
+        values = list(map(record.get, self.columns))
         if not _SPECIAL.isdisjoint(map(type, values)):
             values = [cell(value) for value in values]
         self.pending.append(values)
-        if len(self.pending) >= self.BATCH:
-            self._drain()
 
     def flush(self) -> None:
         self._drain()

@@ -6,6 +6,7 @@ grows with its size (use JSONL for streams). Written as one array, one record pe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, BinaryIO
 
 import orjson
@@ -83,6 +84,10 @@ class Writer:
         self.stream.write(b",\n" if self.count else b"[\n")
         self.stream.write(orjson.dumps(record))
         self.count += 1
+
+    def write_many(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.write(record)
 
     def flush(self) -> None:
         self.stream.flush()

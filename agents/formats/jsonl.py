@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import codecs
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import orjson
@@ -62,8 +62,70 @@ class Writer:
     def write(self, record: Record) -> None:
         self.stream.write(encode(record))
 
+    def write_many(self, records: Iterable[Record]) -> None:
+        self.stream.write(b"".join(map(encode, records)))
+
     def flush(self) -> None:
         self.stream.flush()
 
     def close(self) -> None:
         self.stream.flush()
+
+
+def batches(stream: BinaryIO, name: str, bad: BadRowHandler) -> Iterator[list[Record]]:
+    """Objects from a JSON Lines stream, in batches of whatever has arrived.
+
+    Each read takes the bytes already available (``read1``), so a fast producer yields large
+    batches (cheap per record) and a slow one yields each record as soon as its line is whole,
+    which keeps an appended output current. Bad lines go to ``bad`` with their line number.
+    """
+    number = 0
+    for lines in _whole_lines(stream):
+        try:
+            batch = list(map(orjson.loads, lines))
+            if set(map(type, batch)) == {dict}:
+                number += len(lines)
+                yield batch
+                continue
+        except orjson.JSONDecodeError:
+            pass
+        checked: list[Record] = []
+        for line in lines:
+            number += 1
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                reason, hint = describe_json_error(error)
+                bad(DataError(f"{name}:{number}", reason, hint))
+                continue
+            if not isinstance(value, dict):
+                found = type_name(value)
+                bad(DataError(f"{name}:{number}", f"expected a JSON object, found {found}"))
+                continue
+            checked.append(value)
+        if checked:
+            yield checked
+
+
+def _whole_lines(stream: BinaryIO, size: int = 1 << 16) -> Iterator[list[bytes]]:
+    """Lists of complete lines (without their newlines) as they become available."""
+    read = getattr(stream, "read1", stream.read)
+    partial: list[bytes] = []
+    while True:
+        chunk = read(size)
+        if not chunk:
+            if partial:
+                yield [b"".join(partial)]
+            return
+        if b"\n" not in chunk:
+            partial.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        if partial:
+            partial.append(lines[0])
+            lines[0] = b"".join(partial)
+        tail = lines.pop()
+        partial = [tail] if tail else []
+        yield lines

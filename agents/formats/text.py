@@ -3,6 +3,7 @@ single field (``--field``, default ``content``), one line per record."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import BinaryIO
 
 import orjson
@@ -45,6 +46,10 @@ class Writer:
         else:
             text = orjson.dumps(value)
         self.stream.write(text + b"\n")
+
+    def write_many(self, records: Iterable[Record]) -> None:
+        for record in records:
+            self.write(record)
 
     def flush(self) -> None:
         self.stream.flush()
