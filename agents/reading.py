@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -22,10 +23,10 @@ class Selection:
     shard: tuple[int, int] | None = None  # (K, N), K from 1 to N
 
 
-def positioned(
+def format_reader(
     location: Location, options: ReadOptions, stdin: BinaryIO, bad: BadRowHandler
 ) -> tuple[Source | None, Positioned]:
-    """The format reader for ``location``, yielding (default ID, record) pairs."""
+    """The reader for ``location``'s format, yielding records that start with a default ID."""
     if location.format == "sqlite":
         from agents.formats import sqlite
 
@@ -48,43 +49,61 @@ def positioned(
     return source, text.read(source, options, bad)
 
 
-def with_ids(pairs: Positioned, selection: Selection, name: str) -> Iterator[Record]:
-    """Records with their ID first: from --id, an existing ID key, or the row/line/key position."""
-    field = selection.id_field
-    for position, record in pairs:
-        if field is not None:
-            if field not in record:
-                raise DataError(f"{name}: record {position}", f"has no field {field!r} for --id")
-            record_id = record[field]
-        elif ID_KEY in record:
-            record_id = record[ID_KEY]
-        else:
-            record_id = position
-        out = {ID_KEY: record_id}
-        out.update(record)
-        out[ID_KEY] = record_id
-        yield out
-
-
-def select(records: Iterator[Record], selection: Selection, name: str) -> Iterator[Record]:
-    """Apply --shard and --limit, checking that every ID can be compared."""
-    remaining = selection.limit
-    if remaining is not None and remaining <= 0:
-        return
-    shard = selection.shard
+def _id_from_field(records: Positioned, field: str, name: str) -> Iterator[Record]:
+    """--id FIELD: the field's value replaces the default ID (which names a record lacking it)."""
     for record in records:
-        if shard is not None:
-            try:
-                key = canonical_id(record[ID_KEY])
-            except InvalidID as error:
-                raise DataError(f"{name}", f"record with {ID_KEY} {error}") from None
-            if shard_of(key, shard[1]) != shard[0]:
-                continue
+        if field not in record:
+            position = record[ID_KEY]
+            raise DataError(f"{name}: record {position}", f"has no field {field!r} for --id")
+        record[ID_KEY] = record[field]
         yield record
-        if remaining is not None:
-            remaining -= 1
-            if remaining == 0:
-                return
+
+
+def _shard(records: Iterator[Record], shard: tuple[int, int], name: str) -> Iterator[Record]:
+    wanted, count = shard
+    for record in records:
+        try:
+            key = canonical_id(record[ID_KEY])
+        except InvalidID as error:
+            raise DataError(name, f"record with {ID_KEY} {error}") from None
+        if shard_of(key, count) == wanted:
+            yield record
+
+
+def _limit(records: Iterator[Record], limit: int) -> Iterator[Record]:
+    if limit <= 0:
+        return
+    for count, record in enumerate(records, 1):
+        yield record
+        if count == limit:
+            return
+
+
+@contextmanager
+def open_records(
+    location: Location,
+    options: ReadOptions,
+    selection: Selection,
+    stdin: BinaryIO,
+    bad: BadRowHandler,
+) -> Iterator[Iterator[Record]]:
+    """Every selected record of ``location`` as it streams in, its ID first.
+
+    A context manager, so that the input is closed however the caller stops reading.
+    """
+    source, records = format_reader(location, options, stdin, bad)
+    name = source.name if source else location.path
+    try:
+        if selection.id_field is not None:
+            records = _id_from_field(records, selection.id_field, name)
+        if selection.shard is not None:
+            records = _shard(records, selection.shard, name)
+        if selection.limit is not None:
+            records = _limit(records, selection.limit)
+        yield records
+    finally:
+        if source is not None:
+            source.close()
 
 
 def read_records(
@@ -94,11 +113,6 @@ def read_records(
     stdin: BinaryIO,
     bad: BadRowHandler,
 ) -> Iterator[Record]:
-    """Every selected record of ``location`` as it streams in."""
-    source, pairs = positioned(location, options, stdin, bad)
-    name = source.name if source else location.path
-    try:
-        yield from select(with_ids(pairs, selection, name), selection, name)
-    finally:
-        if source is not None:
-            source.close()
+    """The records of :func:`open_records` as one generator, for callers that read them all."""
+    with open_records(location, options, selection, stdin, bad) as records:
+        yield from records

@@ -1,7 +1,7 @@
 """CSV ⇄ JSONL: agents-read and agents-write beside DuckDB and csvkit, measured in one run.
 
     python bench/csv_jsonl.py                 # 10 k, 100 k and 1 M rows
-    python bench/csv_jsonl.py --sizes 10000   # a quick look
+    python bench/csv_jsonl.py --sizes 10000 --repeat 1   # a quick look
 
 Every command is a separate process timed from launch to exit; CPU time (user + sys) and peak
 RSS come from the kernel's rusage of that process (os.wait4). Needs `pip install -e '.[bench]'`.
@@ -35,8 +35,19 @@ class Measure:
         return self.rows / self.wall
 
 
+REPEAT = 3
+
+
 def measure(name: str, rows: int, command: list[str], stdin: Path | None = None,
             stdout: Path | None = None) -> Measure:
+    """The run with the median wall time of REPEAT runs."""
+    runs = sorted((measure_once(name, rows, command, stdin, stdout) for _ in range(REPEAT)),
+                  key=lambda m: m.wall)
+    return runs[len(runs) // 2]
+
+
+def measure_once(name: str, rows: int, command: list[str], stdin: Path | None,
+                 stdout: Path | None) -> Measure:
     with open(stdin or os.devnull, "rb") as source, open(stdout or os.devnull, "wb") as sink:
         start = time.perf_counter()
         process = subprocess.Popen(command, stdin=source, stdout=sink)
@@ -115,7 +126,11 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")],
                         default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--repeat", type=int, default=REPEAT,
+                        help="runs per command; the median wall time is reported (default: 3)")
     args = parser.parse_args()
+    globals()["REPEAT"] = args.repeat
+    print(f"Each figure: the median of {args.repeat} runs, by wall time.\n")
     print(report(run(args.sizes)))
 
 

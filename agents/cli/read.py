@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import BinaryIO
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
 from agents.formats._options import ReadOptions
-from agents.reading import Selection, read_records
-from agents.records import encode
+from agents.reading import Selection, open_records
+from agents.records import Record, encode
 
 PROG = "agents-read"
 
@@ -159,16 +160,32 @@ def _read(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> i
         reporter.warning(f"{error.message} (skipped)", error.hint if skipped == 1 else None)
 
     out = streams.stdout
-    interactive = location.path == "-"
-    for record in read_records(location, options, selection, streams.stdin, bad):
-        out.write(encode(record))
-        if interactive:
-            out.flush()
+    with open_records(location, options, selection, streams.stdin, bad) as records:
+        if location.path == "-":  # records from a pipe go on as they come
+            for record in records:
+                out.write(encode(record))
+                out.flush()
+        else:
+            _write_batched(records, out)
     out.flush()
     if skipped:
         reporter.warning(f"skipped {skipped} bad {'row' if skipped == 1 else 'rows'}")
         return int(ExitStatus.PARTIAL)
     return int(ExitStatus.OK)
+
+
+def _write_batched(records: Iterator[Record], out: BinaryIO, size: int = 1024) -> None:
+    """Write lines in batches (far fewer calls); a failure still writes every record before it."""
+    batch: list[bytes] = []
+    try:
+        for record in records:
+            batch.append(encode(record))
+            if len(batch) >= size:
+                out.write(b"".join(batch))
+                batch.clear()
+    finally:
+        if batch:
+            out.write(b"".join(batch))
 
 
 def entry_point() -> None:

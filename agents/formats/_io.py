@@ -9,8 +9,9 @@ import io
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, BinaryIO, cast
 
 from agents.errors import DataError, SourceError, TargetError
@@ -58,51 +59,76 @@ def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
     return cast(BinaryIO, peekable)
 
 
-@dataclass
-class LineCounter:
-    """The number of the physical line last read, for error messages."""
-
-    line: int = 0
-
-
 def _is_ascii_compatible(encoding: str) -> bool:
     name = codecs.lookup(encoding).name
     return not name.startswith(("utf-16", "utf-32"))
 
 
-def decoded_lines(source: Source, encoding: str, counter: LineCounter) -> Iterator[str]:
-    """Lines of text with their endings kept, counting lines so errors can name them.
+CHUNK_BYTES = 1 << 16
 
-    Decoding line by line (rather than through a TextIOWrapper) lets an invalid byte be reported
-    with its line number. UTF-8 input may start with a byte-order mark, which is dropped.
+
+def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
+    """The input as text, in chunks that each end at a line end (but perhaps the last).
+
+    Decoding whole chunks is fast; cutting them at newlines lets an invalid byte be reported with
+    its line number after every line before it was delivered. A UTF-8 byte-order mark is dropped.
+    UTF-16 and UTF-32, where a newline byte can sit inside a character, go through a text stream.
     """
     try:
-        codecs.lookup(encoding)
+        codec = codecs.lookup(encoding)
     except LookupError:
         raise SourceError(f"unknown encoding {encoding!r}", ENCODING_HINT) from None
     if not _is_ascii_compatible(encoding):
-        text = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
-        for counter.line, line in enumerate(text, 1):
-            yield line
+        wide = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
+        for lines in iter(lambda: wide.readlines(CHUNK_BYTES), []):
+            yield "".join(lines)
         return
-    first_encoding = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
-    decode = _decoder(first_encoding)
-    for raw in source.stream:
-        counter.line += 1
+    lines_before = 0
+    first = True
+    for chunk in _line_chunks(source.stream):
+        if first and codec.name == "utf-8" and chunk.startswith(codecs.BOM_UTF8):
+            chunk = chunk[len(codecs.BOM_UTF8) :]
+        first = False
         try:
-            yield decode(raw)
+            text = chunk.decode(encoding)
         except UnicodeDecodeError as error:
+            good = chunk.rfind(b"\n", 0, error.start) + 1
+            if good:
+                yield chunk[:good].decode(encoding)
+            line = lines_before + chunk.count(b"\n", 0, error.start) + 1
             raise DataError(
-                f"{source.name}:{counter.line}",
-                f"invalid {encoding} at byte {error.start + 1} of the line",
+                f"{source.name}:{line}",
+                f"invalid {encoding} at byte {error.start - good + 1} of the line",
                 ENCODING_HINT,
             ) from None
-        if counter.line == 1:
-            decode = _decoder(encoding)
+        lines_before += chunk.count(b"\n")
+        yield text
 
 
-def _decoder(encoding: str) -> Callable[[bytes], str]:
-    return lambda raw: raw.decode(encoding)
+def _line_chunks(stream: BinaryIO) -> Iterator[bytes]:
+    """Raw chunks of about CHUNK_BYTES, each cut just after a newline (but perhaps the last)."""
+    read = getattr(stream, "read1", stream.read)
+    parts: list[bytes] = []
+    while True:
+        data = read(CHUNK_BYTES)
+        if not data:
+            if parts:
+                yield b"".join(parts)
+            return
+        cut = data.rfind(b"\n") + 1
+        if cut == 0:
+            parts.append(data)
+            continue
+        parts.append(data[:cut])
+        yield b"".join(parts)
+        parts = [data[cut:]] if cut < len(data) else []
+
+
+def csv_lines(source: Source, encoding: str) -> Iterator[str]:
+    """Lines for the csv module: split at \n, \r\n or \r, endings kept, as it expects."""
+    return chain.from_iterable(
+        io.StringIO(text, newline="") for text in decoded_chunks(source, encoding)
+    )
 
 
 # Writing ------------------------------------------------------------------------------------

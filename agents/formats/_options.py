@@ -11,9 +11,9 @@ from agents.records import Record
 #: Called with each bad row or line: raises it, or (with --skip-bad) reports it and returns.
 BadRowHandler = Callable[[DataError], None]
 
-#: What a format reader yields: the record's default ID (row or line number, primary key)
-#: and the record itself.
-Positioned = Iterator[tuple[object, Record]]
+#: What a format reader yields: records whose first key is the ID key, holding the default ID
+#: (row or line number, primary key), unless the source itself has an ID field, which wins.
+Positioned = Iterator[Record]
 
 
 @dataclass

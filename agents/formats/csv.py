@@ -13,7 +13,7 @@ import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from itertools import chain
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import orjson
 
 from agents.errors import DataError, TargetError
-from agents.formats._io import LineCounter, Source, decoded_lines
+from agents.formats._io import Source, csv_lines
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import Record
+from agents.records import ID_KEY, Record
 
 if TYPE_CHECKING:
     from _csv import _QuotingType
@@ -61,52 +61,45 @@ def header_names(row: list[str]) -> list[str]:
 
 
 def read(source: Source, fmt: str, options: ReadOptions, bad: BadRowHandler) -> Positioned:
-    counter = LineCounter()
-    lines = decoded_lines(source, options.encoding, counter)
-    reader = csv.reader(lines, delimiter=delimiter_for(fmt, options.delimiter), strict=True)
-    rows = _rows(reader, source.name, counter, bad)
+    reader = csv.reader(
+        csv_lines(source, options.encoding),
+        delimiter=delimiter_for(fmt, options.delimiter),
+        strict=True,
+    )
     header: list[str] | None = list(options.columns) if options.columns else None
-    if header is None and not options.no_header:
-        first = next(rows, None)
-        if first is None:
-            return
-        header = header_names(first[1])
+    needs_header = header is None and not options.no_header
     number = 0
-    for start_line, row in rows:
-        if header is None:
-            header = [f"column{index}" for index in range(1, len(row) + 1)]
-        number += 1
-        if len(row) != len(header):
-            bad(
-                DataError(
-                    f"{source.name}:{start_line}",
-                    f"row {number} has {len(row)} fields but the header has {len(header)}",
-                )
-            )
-            continue
-        yield number, dict(zip(header, row, strict=True))
-
-
-def _rows(
-    reader: Iterator[list[str]], name: str, counter: LineCounter, bad: BadRowHandler
-) -> Iterator[tuple[int, list[str]]]:
-    """Non-blank rows with the line each starts on; parse errors go to ``bad``."""
+    end = 0  # the line the previous row ended on, so a row's first line is end + 1
     while True:
-        start = counter.line + 1
         try:
-            row = next(reader)
-        except StopIteration:
+            for row in reader:
+                if not row:  # a blank line
+                    end = reader.line_num
+                    continue
+                if needs_header:
+                    header, needs_header = header_names(row), False
+                    end = reader.line_num
+                    continue
+                if header is None:
+                    header = [f"column{index}" for index in range(1, len(row) + 1)]
+                number += 1
+                if len(row) == len(header):
+                    record: Record = {ID_KEY: number}
+                    record.update(zip(header, row, strict=True))
+                    yield record
+                else:
+                    reason = f"row {number} has {len(row)} fields but the header has {len(header)}"
+                    bad(DataError(f"{source.name}:{end + 1}", reason))
+                end = reader.line_num
             return
         except csv.Error as error:
             message = str(error)
             if "unexpected end of data" in message:
                 reason = 'unterminated quoted field (a " is never closed)'
-                bad(DataError(f"{name}:{start}", reason))
+                bad(DataError(f"{source.name}:{end + 1}", reason))
                 return
-            bad(DataError(f"{name}:{counter.line}", f"malformed CSV: {message}"))
-            continue
-        if row:
-            yield start, row
+            bad(DataError(f"{source.name}:{reader.line_num}", f"malformed CSV: {message}"))
+            end = reader.line_num
 
 
 # Writing ------------------------------------------------------------------------------------
@@ -162,22 +155,35 @@ class Writer:
         by C-level loops (itemgetter, map); anything else goes record by record.
         """
         batch = records if isinstance(records, list | tuple) else list(records)
-        if self.columns and (self.fixed or all(map(self.index.issuperset, batch))):
-            try:
-                rows: list[Any] = list(map(self._getter(), batch))
-            except KeyError:  # some record lacks a column: fill the blanks one by one
-                rows = [list(map(record.get, self.columns)) for record in batch]
+        rows = self._known_rows(batch)
+        if rows is None:
+            for record in batch:
+                self._write_one(record)
+        else:
             if not _SPECIAL.isdisjoint(map(type, chain.from_iterable(rows))):
                 rows = [[cell(value) for value in row] for row in rows]
             if not self.header_written:
                 self.pending.append(list(self.columns))
                 self.header_written = True
             self.pending.extend(rows)
-        else:
-            for record in batch:
-                self._write_one(record)
         if len(self.pending) >= self.BATCH:
             self._drain()
+
+    def _known_rows(self, batch: list[Record] | tuple[Record, ...]) -> list[Any] | None:
+        """The batch's rows when every record has exactly the known columns (else None).
+
+        Every column present (itemgetter raises otherwise) and as many keys as columns means
+        the keys are the columns; with --columns, other keys are simply left out.
+        """
+        if not self.columns:
+            return None
+        try:
+            rows: list[Any] = list(map(self._getter(), batch))
+        except KeyError:
+            return None
+        if not self.fixed and set(map(len, batch)) != {len(self.columns)}:
+            return None
+        return rows
 
     def _getter(self) -> Callable[[Record], tuple[Any, ...]]:
         if len(self.columns) == 1:

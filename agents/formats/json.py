@@ -15,7 +15,7 @@ from agents.errors import DataError
 from agents.formats._io import Source
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 from agents.formats.jsonl import describe_json_error, type_name
-from agents.records import Record
+from agents.records import ID_KEY, Record
 
 
 def parse_document(source: Source, encoding: str) -> Any:
@@ -53,7 +53,7 @@ def select(document: Any, key: str | None, name: str) -> Any:
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
     value = select(parse_document(source, options.encoding), options.key, source.name)
     if isinstance(value, dict):
-        yield 1, value
+        yield _with_position(1, value)
         return
     if not isinstance(value, list):
         raise DataError(
@@ -70,7 +70,13 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
                 )
             )
             continue
-        yield number, element
+        yield _with_position(number, element)
+
+
+def _with_position(number: int, element: Record) -> Record:
+    record: Record = {ID_KEY: number}
+    record.update(element)
+    return record
 
 
 class Writer:

@@ -9,9 +9,9 @@ from typing import BinaryIO
 import orjson
 
 from agents.errors import DataError
-from agents.formats._io import ENCODING_HINT, LineCounter, Source, decoded_lines
+from agents.formats._io import ENCODING_HINT, Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import Record, encode
+from agents.records import ID_KEY, Record, encode
 
 
 def describe_json_error(error: orjson.JSONDecodeError) -> tuple[str, str | None]:
@@ -44,7 +44,9 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
             found = type_name(value)
             bad(DataError(f"{source.name}:{number}", f"expected a JSON object, found {found}"))
             continue
-        yield number, value
+        record = {ID_KEY: number}
+        record.update(value)
+        yield record
 
 
 def _lines(source: Source, encoding: str) -> Iterator[bytes | str]:
@@ -52,7 +54,8 @@ def _lines(source: Source, encoding: str) -> Iterator[bytes | str]:
     if codecs.lookup(encoding).name == "utf-8":
         yield from source.stream
     else:
-        yield from decoded_lines(source, encoding, LineCounter())
+        for text in decoded_chunks(source, encoding):
+            yield from text.splitlines()
 
 
 class Writer:

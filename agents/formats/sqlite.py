@@ -197,6 +197,7 @@ def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Po
     names = [column[0] for column in cursor.description or ()]
     if with_rowid:
         names = names[1:]
+    own_id = ID_KEY in names
     number = 0
     while True:
         try:
@@ -210,13 +211,15 @@ def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Po
             values: Any = row[1:] if with_rowid else row
             if bytes in map(type, values):
                 values = [_blob(value) for value in values]
-            record = dict(zip(names, values, strict=True))
-            if with_rowid:
-                yield row[0], record
+            record: Record = {ID_KEY: number}
+            record.update(zip(names, values, strict=True))
+            if own_id:
+                pass  # the source's own ID column wins, as for every format
+            elif with_rowid:
+                record[ID_KEY] = row[0]
             elif key_column is not None:
-                yield record[key_column], record
-            else:
-                yield number, record
+                record[ID_KEY] = record[key_column]
+            yield record
 
 
 def _blob(value: object) -> object:

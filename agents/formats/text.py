@@ -9,17 +9,21 @@ from typing import BinaryIO
 import orjson
 
 from agents.errors import DataError, UsageError
-from agents.formats._io import LineCounter, Source, decoded_lines
+from agents.formats._io import Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import Record
+from agents.records import ID_KEY, Record
 
 
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
-    counter = LineCounter()
-    for line in decoded_lines(source, options.encoding, counter):
-        if line.endswith("\n"):
-            line = line[:-2] if line.endswith("\r\n") else line[:-1]
-        yield counter.line, {"line_number": counter.line, "content": line}
+    number = 0
+    for text in decoded_chunks(source, options.encoding):
+        lines = text.split("\n")
+        if lines[-1] == "":  # the chunk ended with a newline
+            lines.pop()
+        for line in lines:
+            number += 1
+            content = line[:-1] if line.endswith("\r") else line
+            yield {ID_KEY: number, "line_number": number, "content": content}
 
 
 class Writer:
