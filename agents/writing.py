@@ -18,19 +18,19 @@ import contextlib
 import gzip
 import os
 import shutil
-import sys
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO, Protocol
 
 import orjson
 
+from agents.compaction import Unit, compact_file, jsonl_units, keep_last
 from agents.errors import TargetError, UsageError
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
 from agents.formats._options import WriteOptions
-from agents.records import ID_KEY, InvalidID, Record, canonical_id, is_error_record
+from agents.records import ID_KEY, InvalidID, Record, canonical_id, encode, is_error_record
 from agents.resume import DoneIDs, done_ids, repair_torn_csv, repair_torn_jsonl
 
 #: How often an append-mode target is fsynced while records arrive.
@@ -221,7 +221,12 @@ class AppendTarget(Target):
         os.fsync(self.stream.fileno())
         self.stream.close()
         if self.skipper.replaced:
-            compact(self.location, self.options, self.skipper.replaced)
+            compact_file(
+                self.location.path,
+                self.location.format,
+                self.options.delimiter,
+                self.skipper.replaced,
+            )
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
@@ -231,88 +236,61 @@ class AppendTarget(Target):
         self.stream.close()
 
 
-def compact(location: Location, options: WriteOptions, replaced: set[str]) -> None:
-    """Keep only the last record of each replaced ID (older error records go), atomically."""
-    from agents.formats._options import ReadOptions, raise_bad
-    from agents.reading import Selection, read_records
-
-    last: dict[str, int] = {}
-    read_options = ReadOptions(delimiter=options.delimiter)
-    for position, record in enumerate(
-        read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)
-    ):
-        key = _key(record)
-        if key in replaced:
-            last[key] = position
-    file = AtomicFile(location.path)
-    try:
-        writer = format_writer(location.format, file.stream, options)
-        for position, record in enumerate(
-            read_records(location, read_options, Selection(), sys.stdin.buffer, raise_bad)
-        ):
-            key = _key(record)
-            if key in replaced and last.get(key) != position:
-                continue
-            writer.write(record)
-        writer.close()
-        file.commit()
-    except BaseException:
-        file.abort()
-        raise
-
-
-def _key(record: Record) -> str | None:
-    try:
-        return canonical_id(record.get(ID_KEY))
-    except InvalidID:
-        return None
-
-
 class JsonAppendTarget(Target):
-    """A JSON array cannot grow in place: the old records and the new go to a new file."""
+    """A JSON array cannot grow in place: old and new records meet in a spool, then a new file.
+
+    The old array is parsed once (a JSON document is read whole, see agents(7)); the records
+    that arrive are spooled as JSON Lines, so they take no memory.
+    """
 
     def __init__(self, location: Location, options: WriteOptions) -> None:
         self.atomic = AtomicTarget(location, options)
-        self.old: list[Record] = []
+        self.spool: BinaryIO = tempfile.TemporaryFile()
         self.skipper = _Skipper(DoneIDs())
-        if os.path.exists(location.path) and os.path.getsize(location.path):
-            with open(location.path, "rb") as stream:
-                try:
-                    document = orjson.loads(stream.read())
-                except orjson.JSONDecodeError:
-                    self.atomic.abort()
-                    raise TargetError(
-                        f"{location.path}: the existing output is not valid JSON",
-                        "fix or move it, or write to a new file",
-                    ) from None
-            self.old = [
-                item
-                for item in (document if isinstance(document, list) else [document])
-                if isinstance(item, dict)
-            ]
-            for record in self.old:
+        try:
+            for record in _json_document(location.path):
                 self.skipper.admit(record)
-            self.skipper.replaced.clear()
+                self.spool.write(encode(record))
+        except BaseException:
+            self.abort()
+            raise
+        self.skipper.replaced.clear()
 
     def write(self, record: Record) -> None:
         if not self.skipper.admit(record):
             self.skipped += 1
             return
-        self.old.append(record)
+        self.spool.write(encode(record))
         self.written += 1
 
     def commit(self) -> None:
-        replaced = self.skipper.replaced
-        last = {_key(record): index for index, record in enumerate(self.old)}
-        for index, record in enumerate(self.old):
-            key = _key(record)
-            if key in replaced and last[key] != index:
-                continue
-            self.atomic.write(record)
+        def units() -> Iterator[Unit]:
+            self.spool.seek(0)
+            return jsonl_units(self.spool)
+
+        for line in keep_last(units, self.skipper.replaced):
+            self.atomic.write(orjson.loads(line))
+        self.spool.close()
         self.atomic.commit()
 
     def abort(self) -> None:
+        self.spool.close()
         self.atomic.abort()
+
+
+def _json_document(path: str) -> list[Record]:
+    if not os.path.exists(path) or not os.path.getsize(path):
+        return []
+    with open(path, "rb") as stream:
+        try:
+            document = orjson.loads(stream.read())
+        except orjson.JSONDecodeError:
+            raise TargetError(
+                f"{path}: the existing output is not valid JSON",
+                "fix or move it, or write to a new file",
+            ) from None
+    items = document if isinstance(document, list) else [document]
+    return [item for item in items if isinstance(item, dict)]
 
 
 class SqliteTarget(Target):

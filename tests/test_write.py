@@ -230,3 +230,41 @@ def test_csv_lone_carriage_return_reads_back(tmp: Path) -> None:
     run("agents-write", str(target), stdin=jsonl({"_id": 1, "a": "x\ry", "b": "plain"}))
     assert target.read_bytes() == b'_id,a,b\n"1","x\ry","plain"\n'
     assert run("agents-read", str(target)).records == [{"_id": "1", "a": "x\ry", "b": "plain"}]
+
+
+def test_append_to_csv_success_replaces_error_row_and_keeps_other_bytes(tmp: Path) -> None:
+    target = tmp / "out.csv"
+    failed = error_record(2, "HTTP 500", "server_error", 3, {"_id": 2, "w": "b"})
+    run("agents-write", str(target), stdin=jsonl({"_id": 1, "r": "two\nlines"}, failed))
+    before = target.read_text()
+    assert before.count("server_error") == 1
+    result = run("agents-write", "-a", str(target), stdin=jsonl({"_id": 2, "r": "b"}))
+    assert result.status == 0, result.stderr
+    assert target.read_text() == (
+        '_id,r,error,error_type,attempts,item\n1,"two\nlines",,,,\n2,b,,,,\n'
+    )
+    assert run("agents-read", str(target)).records[1] == {
+        "_id": "2",
+        "r": "b",
+        "error": "",
+        "error_type": "",
+        "attempts": "",
+        "item": "",
+    }
+
+
+def test_append_to_json_success_replaces_error(tmp: Path) -> None:
+    target = tmp / "out.json"
+    failed = error_record(1, "bad", "invalid_json", 2, {"_id": 1})
+    run("agents-write", str(target), stdin=jsonl(failed, {"_id": 2, "r": "b"}))
+    run("agents-write", "-a", str(target), stdin=jsonl({"_id": 2, "r": "x"}, {"_id": 1, "r": "a"}))
+    assert orjson.loads(target.read_bytes()) == [{"_id": 2, "r": "b"}, {"_id": 1, "r": "a"}]
+
+
+def test_append_newer_error_replaces_older_error(tmp: Path) -> None:
+    target = tmp / "out.jsonl"
+    first = error_record(1, "first", "server_error", 1, {"_id": 1})
+    second = error_record(1, "second", "server_error", 4, {"_id": 1})
+    run("agents-write", "-a", str(target), stdin=jsonl(first))
+    run("agents-write", "-a", str(target), stdin=jsonl(second))
+    assert [r["error"] for r in run("agents-read", str(target)).records] == ["second"]

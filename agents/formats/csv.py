@@ -143,7 +143,6 @@ class Writer:
         self.index = set(self.columns)
         self.header_written = existing is not None
         self.pending: list[list[Any]] = []
-        self.text = io.TextIOWrapper(stream, encoding="utf-8", newline="", write_through=False)
 
     def write(self, record: Record) -> None:
         self.write_many((record,))
@@ -204,14 +203,13 @@ class Writer:
 
     def flush(self) -> None:
         self._drain()
-        self.text.flush()
+        self.stream.flush()
 
     def close(self) -> None:
         if not self.header_written and self.columns:
             self.pending.append(list(self.columns))
             self.header_written = True
         self.flush()
-        self.text.detach()
 
     def _render(self, rows: list[list[Any]], quoting: _QuotingType = csv.QUOTE_MINIMAL) -> str:
         buffer = io.StringIO()
@@ -230,7 +228,7 @@ class Writer:
                 for row in self.pending
                 for line in [self._render([row])]
             )
-        self.text.write(text)
+        self.stream.write(text.encode("utf-8", errors="surrogatepass"))
         self.pending.clear()
 
     def _add_columns(self, new: list[str]) -> None:
@@ -245,7 +243,7 @@ class Writer:
 
         The old rows are spooled to a temporary file first, so memory stays flat.
         """
-        self.text.flush()
+        self.stream.flush()
         with tempfile.TemporaryFile() as spool:
             self.stream.seek(0)
             shutil.copyfileobj(self.stream, spool)
@@ -263,7 +261,7 @@ class Writer:
                 if len(self.pending) >= self.BATCH:
                     self._drain()
             self._drain()
-            self.text.flush()
+            self.stream.flush()
 
 
 def read_header(path: str, fmt: str, delimiter: str | None) -> list[str] | None:
