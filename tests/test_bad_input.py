@@ -257,3 +257,18 @@ def test_no_traceback_from_the_real_command(tmp: Path) -> None:
     assert completed.returncode == 1
     assert "Traceback" not in completed.stderr
     assert completed.stderr.startswith(f"agents-read: error: {source}:1: invalid JSON")
+
+
+def test_reading_a_wal_database_leaves_no_wal_or_shm(tmp: Path) -> None:
+    db = tmp / "wal.db"
+    connection = sqlite3.connect(db)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.executescript("CREATE TABLE t (a); INSERT INTO t VALUES (1);")
+    connection.close()
+    assert sorted(p.name for p in tmp.iterdir()) == ["wal.db"]
+    before = digest(db)
+    assert run("agents-read", str(db)).records == [{"_id": 1, "a": 1}]
+    refused = run("agents-read", str(db), "-q", "DELETE FROM t")
+    assert refused.status == 2
+    assert digest(db) == before
+    assert sorted(p.name for p in tmp.iterdir()) == ["wal.db"]

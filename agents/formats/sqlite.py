@@ -126,6 +126,11 @@ def _open_read_only(path: str) -> sqlite3.Connection:
     if not os.access(path, os.R_OK):
         raise SourceError(f"{path}: cannot read the file: permission denied")
     uri = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?mode=ro"
+    if _wal_mode(path) and not os.path.exists(path + "-wal"):
+        # Even read-only, SQLite creates -wal and -shm files to read a WAL database. With no
+        # -wal file there is no writer with the file open, so it can be read as immutable,
+        # which creates nothing.
+        uri += "&immutable=1"
     try:
         connection = sqlite3.connect(uri, uri=True, detect_types=sqlite3.PARSE_DECLTYPES)
         connection.execute("SELECT count(*) FROM sqlite_master").fetchone()
@@ -134,6 +139,13 @@ def _open_read_only(path: str) -> sqlite3.Connection:
             f"{path}: not a SQLite database ({error})", "name the file's real format with --format"
         ) from None
     return connection
+
+
+def _wal_mode(path: str) -> bool:
+    """True when the file's header says it is a WAL database (format versions 2 and 2)."""
+    with open(path, "rb") as stream:
+        header = stream.read(20)
+    return header.startswith(b"SQLite format 3\x00") and header[18:20] == b"\x02\x02"
 
 
 def _table_names(connection: sqlite3.Connection) -> list[str]:
