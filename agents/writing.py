@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import itertools
 import os
 import shutil
 import tempfile
@@ -29,7 +30,8 @@ from agents.compaction import Unit, compact_file, jsonl_units, keep_last
 from agents.errors import TargetError, UsageError
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
-from agents.formats._options import WriteOptions
+from agents.formats._options import BadRowHandler, WriteOptions
+from agents.formats.jsonl import batches, parse_lines
 from agents.records import ID_KEY, InvalidID, Record, canonical_id, encode, is_error_record
 from agents.resume import DoneIDs, done_ids, repair_torn_csv, repair_torn_jsonl
 
@@ -77,6 +79,11 @@ class Target:
     def write_many(self, records: list[Record]) -> None:
         for record in records:
             self.write(record)
+
+    def consume(self, stream: BinaryIO, name: str, bad: BadRowHandler) -> None:
+        """Write every record of the JSON Lines ``stream``, batch by batch as they arrive."""
+        for batch in batches(stream, name, bad):
+            self.write_many(batch)
 
     def commit(self) -> None:
         raise NotImplementedError
@@ -137,6 +144,28 @@ class AtomicTarget(Target):
     def write_many(self, records: list[Record]) -> None:
         self.writer.write_many(records)
         self.written += len(records)
+
+    def consume(self, stream: BinaryIO, name: str, bad: BadRowHandler) -> None:
+        """A large CSV or TSV input is rendered on every core (see agents.formats.csv_parallel)."""
+        from agents.formats import csv as csv_format
+
+        if not isinstance(self.writer, csv_format.Writer):
+            super().consume(stream, name, bad)
+            return
+        from agents.formats.csv_parallel import chunks, write_parallel
+
+        pieces = chunks(stream)
+        first = next(pieces, b"")
+        second = next(pieces, None)
+        if second is None:  # the input fits in one chunk: not worth starting workers
+            lines = first.split(b"\n")
+            if lines[-1] == b"":
+                lines.pop()
+            self.write_many(parse_lines(lines, name, 1, bad))
+            return
+        self.written += write_parallel(
+            itertools.chain([first, second], pieces), self.writer, self.location.format, name, bad
+        )
 
     def commit(self) -> None:
         self.writer.close()

@@ -13,7 +13,6 @@ from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
 from agents.formats._options import WriteOptions
-from agents.formats.jsonl import batches
 from agents.writing import AtomicTarget, StreamTarget, Target, open_target
 
 PROG = "agents-write"
@@ -116,8 +115,7 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
     drain = _Drain(target, streams.stdin)
     try:
         with drain.signals():
-            for batch in batches(streams.stdin, "<stdin>", bad):
-                target.write_many(batch)
+            target.consume(streams.stdin, "<stdin>", bad)
     except BaseException:
         target.abort()
         raise

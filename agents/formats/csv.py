@@ -192,7 +192,7 @@ class Writer:
 
     def _write_one(self, record: Record) -> None:
         if not self.fixed and not self.index.issuperset(record):
-            self._add_columns([key for key in record if key not in self.index])
+            self.add_columns([key for key in record if key not in self.index])
         if not self.header_written:
             self.pending.append(list(self.columns))
             self.header_written = True
@@ -231,7 +231,15 @@ class Writer:
         self.stream.write(text.encode("utf-8", errors="surrogatepass"))
         self.pending.clear()
 
-    def _add_columns(self, new: list[str]) -> None:
+    def write_rendered(self, rows: BinaryIO) -> None:
+        """Rows already rendered for the current columns (see agents.formats.csv_parallel)."""
+        if not self.header_written:
+            self.pending.append(list(self.columns))
+            self.header_written = True
+        self._drain()
+        shutil.copyfileobj(rows, self.stream, 1 << 20)
+
+    def add_columns(self, new: list[str]) -> None:
         self._drain()
         self.columns.extend(new)
         self.index.update(new)

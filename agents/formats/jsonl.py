@@ -82,34 +82,42 @@ def batches(stream: BinaryIO, name: str, bad: BadRowHandler) -> Iterator[list[Re
     batches (cheap per record) and a slow one yields each record as soon as its line is whole,
     which keeps an appended output current. Bad lines go to ``bad`` with their line number.
     """
-    number = 0
+    number = 1
     for lines in _whole_lines(stream):
+        batch = parse_lines(lines, name, number, bad)
+        number += len(lines)
+        if batch:
+            yield batch
+
+
+def parse_lines(lines: list[bytes], name: str, first: int, bad: BadRowHandler) -> list[Record]:
+    """The objects on ``lines`` (numbered from ``first``); blank lines skipped, bad ones to ``bad``.
+
+    The whole list is parsed by C-level loops first; only a list with a problem is gone through
+    line by line to name it.
+    """
+    try:
+        batch = list(map(orjson.loads, lines))
+        if set(map(type, batch)) <= {dict}:
+            return batch
+    except orjson.JSONDecodeError:
+        pass
+    checked: list[Record] = []
+    for number, line in enumerate(lines, first):
+        if not line.strip():
+            continue
         try:
-            batch = list(map(orjson.loads, lines))
-            if set(map(type, batch)) == {dict}:
-                number += len(lines)
-                yield batch
-                continue
-        except orjson.JSONDecodeError:
-            pass
-        checked: list[Record] = []
-        for line in lines:
-            number += 1
-            if not line.strip():
-                continue
-            try:
-                value = orjson.loads(line)
-            except orjson.JSONDecodeError as error:
-                reason, hint = describe_json_error(error)
-                bad(DataError(f"{name}:{number}", reason, hint))
-                continue
-            if not isinstance(value, dict):
-                found = type_name(value)
-                bad(DataError(f"{name}:{number}", f"expected a JSON object, found {found}"))
-                continue
-            checked.append(value)
-        if checked:
-            yield checked
+            value = orjson.loads(line)
+        except orjson.JSONDecodeError as error:
+            reason, hint = describe_json_error(error)
+            bad(DataError(f"{name}:{number}", reason, hint))
+            continue
+        if not isinstance(value, dict):
+            found = type_name(value)
+            bad(DataError(f"{name}:{number}", f"expected a JSON object, found {found}"))
+            continue
+        checked.append(value)
+    return checked
 
 
 def _whole_lines(stream: BinaryIO, size: int = 1 << 16) -> Iterator[list[bytes]]:
