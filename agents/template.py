@@ -1,0 +1,110 @@
+"""Prompt templates: ``{field}`` and ``{field.sub}`` filled from a record, nothing else touched.
+
+A placeholder is a brace pair around dotted identifiers (``{word}``, ``{meta.lang}``). ``{{`` and
+``}}`` are literal braces. Every other brace stays as written, so a prompt can show JSON
+(``Return {"es": "..."}``) without escaping. Nothing is ever evaluated: ``{x.__class__}`` is looked
+up as a key named ``__class__``, and ``{x[0]}``, ``{0}``, ``{}``, ``{x!r}`` and ``{x:>10}`` are
+plain text. String values go in as they are; other values as compact JSON.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import orjson
+
+from agents.records import Record
+
+_TOKEN = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*(?:\.[^\W\d]\w*)*)\}")
+
+#: A path into a record: ("meta", "lang") for {meta.lang}.
+Path = tuple[str, ...]
+
+
+class MissingFields(Exception):
+    """The record lacks fields the template names; ``names`` lists every one of them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+_MISSING = object()
+
+
+def _lookup(record: Record, name: str, path: Path) -> object:
+    if name in record:  # a flat key that itself contains a dot wins
+        return record[name]
+    value: object = record
+    for step in path:
+        if not isinstance(value, dict) or step not in value:
+            return _MISSING
+        value = value[step]
+    return value
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True)
+class Template:
+    """A parsed template: literal text and placeholders, in order."""
+
+    source: str
+    parts: tuple[str | tuple[str, Path], ...]
+
+    @classmethod
+    def parse(cls, source: str) -> Template:
+        parts: list[str | tuple[str, Path]] = []
+        literal: list[str] = []
+        position = 0
+        for match in _TOKEN.finditer(source):
+            literal.append(source[position : match.start()])
+            token = match.group(0)
+            if token == "{{":
+                literal.append("{")
+            elif token == "}}":
+                literal.append("}")
+            else:
+                if literal:
+                    parts.append("".join(literal))
+                    literal = []
+                name = match.group(1)
+                parts.append((name, tuple(name.split("."))))
+            position = match.end()
+        literal.append(source[position:])
+        if "".join(literal):
+            parts.append("".join(literal))
+        return cls(source, tuple(parts))
+
+    @property
+    def fields(self) -> list[str]:
+        """The placeholder names, each once, in order of first use."""
+        return list(dict.fromkeys(part[0] for part in self.parts if isinstance(part, tuple)))
+
+    def missing(self, record: Record) -> list[str]:
+        return [
+            name
+            for name in self.fields
+            if _lookup(record, name, tuple(name.split("."))) is _MISSING
+        ]
+
+    def render(self, record: Record) -> str:
+        """The filled template; raises :class:`MissingFields` naming every absent field."""
+        out: list[str] = []
+        missing: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = _lookup(record, *part)
+            if value is _MISSING:
+                if part[0] not in missing:
+                    missing.append(part[0])
+                continue
+            out.append(_text(value))
+        if missing:
+            raise MissingFields(missing)
+        return "".join(out)
