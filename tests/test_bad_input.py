@@ -272,3 +272,30 @@ def test_reading_a_wal_database_leaves_no_wal_or_shm(tmp: Path) -> None:
     assert refused.status == 2
     assert digest(db) == before
     assert sorted(p.name for p in tmp.iterdir()) == ["wal.db"]
+
+
+def test_line_numbers_stay_exact_across_batches(tmp: Path) -> None:
+    # Rows with quoted newlines (one spans two lines, one \r\n) before a bad row far into the
+    # file: the message must name the bad row's own first line.
+    rows = ["a,b"]
+    line = 1
+    for number in range(1, 2600):
+        if number % 10 == 0:
+            rows.append(f'{number},"two\nlines"')
+            line += 2
+        elif number % 15 == 0:
+            rows.append(f'{number},"crlf\r\ninside"')
+            line += 2
+        else:
+            rows.append(f"{number},plain")
+            line += 1
+    rows.append("2600,too,many")
+    source = write(tmp / "long.csv", "\n".join(rows) + "\n2601,fine\n")
+    result = run("agents-read", source)
+    assert result.status == 1
+    assert result.stderr == (
+        f"agents-read: error: {source}:{line + 1}: row 2600 has 3 fields but the header has 2\n"
+    )
+    assert len(result.records) == 2599
+    assert result.records[9]["b"] == "two\nlines"
+    assert result.records[14]["b"] == "crlf\r\ninside"

@@ -13,9 +13,9 @@ import io
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
-from itertools import chain
-from operator import itemgetter
+from collections.abc import Callable, Iterable, Iterator
+from itertools import chain, count, islice, repeat
+from operator import add, itemgetter
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
@@ -60,46 +60,102 @@ def header_names(row: list[str]) -> list[str]:
     return names
 
 
+#: Rows parsed per batch: a batch whose rows all have the header's width becomes records in
+#: C-level loops (map, zip, dict); only a batch with a problem is gone through row by row.
+READ_BATCH = 1024
+
+
 def read(source: Source, fmt: str, options: ReadOptions, bad: BadRowHandler) -> Positioned:
     reader = csv.reader(
         csv_lines(source, options.encoding),
         delimiter=delimiter_for(fmt, options.delimiter),
         strict=True,
     )
-    header: list[str] | None = list(options.columns) if options.columns else None
-    needs_header = header is None and not options.no_header
-    number = 0
-    end = 0  # the line the previous row ended on, so a row's first line is end + 1
-    while True:
-        try:
-            for row in reader:
-                if not row:  # a blank line
-                    end = reader.line_num
-                    continue
-                if needs_header:
-                    header, needs_header = header_names(row), False
-                    end = reader.line_num
-                    continue
-                if header is None:
-                    header = [f"column{index}" for index in range(1, len(row) + 1)]
-                number += 1
-                if len(row) == len(header):
-                    record: Record = {ID_KEY: number}
-                    record.update(zip(header, row, strict=True))
-                    yield record
-                else:
-                    reason = f"row {number} has {len(row)} fields but the header has {len(header)}"
-                    bad(DataError(f"{source.name}:{end + 1}", reason))
-                end = reader.line_num
+    state = _ReadState(source.name, bad, list(options.columns) if options.columns else None)
+    if state.header is None and not options.no_header:
+        first = state.first_row(reader)
+        if first is None:
             return
-        except csv.Error as error:
-            message = str(error)
-            if "unexpected end of data" in message:
-                reason = 'unterminated quoted field (a " is never closed)'
-                bad(DataError(f"{source.name}:{end + 1}", reason))
+        state.header = header_names(first)
+    while True:
+        start = reader.line_num
+        rows: list[list[str]] = []
+        failure: csv.Error | DataError | None = None
+        try:
+            rows.extend(islice(reader, READ_BATCH))  # keeps the rows taken before a failure
+        except (csv.Error, DataError) as error:
+            failure = error
+        if rows:
+            yield from state.records(rows, start)
+        if isinstance(failure, DataError):  # undecodable bytes: no row can be trusted after
+            raise failure
+        if failure is not None:
+            state.malformed(failure, start + sum(map(_lines_spanned, rows)), reader.line_num)
+            if "unexpected end of data" in str(failure):
                 return
-            bad(DataError(f"{source.name}:{reader.line_num}", f"malformed CSV: {message}"))
-            end = reader.line_num
+            continue
+        if not rows:
+            return
+
+
+def _lines_spanned(row: list[str]) -> int:
+    """Physical lines a parsed row took: its own line end plus those inside quoted fields."""
+    inside = sum(f.count("\n") + f.count("\r") - f.count("\r\n") for f in row)
+    return 1 + inside
+
+
+class _ReadState:
+    """What reading a CSV file keeps between batches: header, row count, error reporting."""
+
+    def __init__(self, name: str, bad: BadRowHandler, header: list[str] | None) -> None:
+        self.name = name
+        self.bad = bad
+        self.header = header
+        self.number = 0
+
+    def first_row(self, reader: Iterator[list[str]]) -> list[str] | None:
+        """The first non-blank row (the header)."""
+        try:
+            return next((row for row in reader if row), None)
+        except csv.Error as error:
+            self.malformed(error, 0, 0)
+            return None
+
+    def records(self, rows: list[list[str]], start: int) -> Iterator[Record]:
+        if self.header is None:  # --no-header: the first row's width names the columns
+            width = len(next((row for row in rows if row), []))
+            self.header = [f"column{index}" for index in range(1, width + 1)]
+        if set(map(len, rows)) == {len(self.header)}:
+            first = self.number + 1
+            self.number += len(rows)
+            keys = [ID_KEY, *self.header]
+            values = map(add, zip(count(first)), map(tuple, rows))
+            yield from map(dict, map(zip, repeat(keys), values))
+            return
+        line = start
+        for row in rows:
+            first_line = line + 1
+            line += _lines_spanned(row)
+            if not row:  # a blank line
+                continue
+            self.number += 1
+            if len(row) == len(self.header):
+                record: Record = {ID_KEY: self.number}
+                record.update(zip(self.header, row, strict=True))
+                yield record
+            else:
+                reason = (
+                    f"row {self.number} has {len(row)} fields but the header has {len(self.header)}"
+                )
+                self.bad(DataError(f"{self.name}:{first_line}", reason))
+
+    def malformed(self, error: csv.Error, row_start: int, current: int) -> None:
+        message = str(error)
+        if "unexpected end of data" in message:
+            reason = 'unterminated quoted field (a " is never closed)'
+            self.bad(DataError(f"{self.name}:{row_start + 1}", reason))
+        else:
+            self.bad(DataError(f"{self.name}:{current}", f"malformed CSV: {message}"))
 
 
 # Writing ------------------------------------------------------------------------------------
