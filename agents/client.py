@@ -1,0 +1,287 @@
+"""A thin OpenAI-compatible chat-completions client over aiohttp, and what its errors mean.
+
+Every failure of a call is a :class:`CallError` of one of three kinds, which decide what the run
+does with it (see agents-map(1))::
+
+    CallError
+    ├── Retryable     429, 408, 409, 5xx, timeouts, dropped connections, truncated bodies:
+    │                 tried again with backoff, honouring the server's Retry-After
+    ├── Fatal         401/403 (the key), 404 (the model or the URL): the run stops, exit 1
+    └── RecordFailed  400, 413, 422: this record's request is wrong; it becomes an error record
+
+Why aiohttp and not the ``openai`` SDK or ``httpx``: measured on this machine (README, design
+notes), only a bare aiohttp client keeps up at hundreds of requests in flight.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    base_url: str
+    api_key: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout: float = 60.0
+
+    @property
+    def url(self) -> str:
+        return self.base_url.rstrip("/") + "/chat/completions"
+
+    def redact(self, text: str) -> str:
+        """``text`` with the API key blotted out, wherever a server or library echoed it."""
+        if self.api_key and len(self.api_key) >= 4:
+            text = text.replace(self.api_key, "[redacted]")
+        return text
+
+
+@dataclass
+class Usage:
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+    def add(self, other: Usage) -> None:
+        self.prompt += other.prompt
+        self.completion += other.completion
+        self.cached += other.cached
+        self.reasoning += other.reasoning
+
+    @classmethod
+    def from_response(cls, body: dict[str, Any]) -> Usage:
+        usage = body.get("usage") or {}
+        if not isinstance(usage, dict):
+            return cls()
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt=_int(usage.get("prompt_tokens")),
+            completion=_int(usage.get("completion_tokens")),
+            cached=_int(
+                prompt_details.get("cached_tokens") if isinstance(prompt_details, dict) else 0
+            ),
+            reasoning=_int(
+                completion_details.get("reasoning_tokens")
+                if isinstance(completion_details, dict)
+                else 0
+            ),
+        )
+
+
+def _int(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    content: str | None
+    finish_reason: str | None
+    refusal: str | None
+    usage: Usage
+
+
+class CallError(Exception):
+    """A failed call: ``error_type`` names it in error records and statistics."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.attempts = 1  # set by the retry loop to the number of calls it made
+
+
+class Retryable(CallError):
+    """Worth trying again after a wait."""
+
+
+class Fatal(CallError):
+    """Nothing will work until the configuration changes; the run stops."""
+
+
+class RecordFailed(CallError):
+    """This record's request cannot succeed as it is."""
+
+
+# Retry-After and OpenAI's rate-limit headers --------------------------------------------------
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """OpenAI's reset durations: ``1s``, ``6m0s``, ``20ms``, ``1h2m3.5s`` (or plain seconds)."""
+    text = text.strip()
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        pass
+    parts = _DURATION.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _UNIT[unit] for number, unit in parts)
+
+
+def server_wait(headers: Any, now: float | None = None) -> float | None:
+    """How long the server asks us to wait: retry-after-ms, Retry-After, x-ratelimit-reset-*."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    after = headers.get("retry-after")
+    if after:
+        try:
+            return max(0.0, float(after))
+        except ValueError:
+            moment = email.utils.parsedate_to_datetime(after) if _is_date(after) else None
+            if moment is not None:
+                return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
+    resets = [
+        parse_duration(headers.get(name, ""))
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if headers.get(name)
+    ]
+    known = [reset for reset in resets if reset is not None]
+    return max(known) if known else None
+
+
+def _is_date(text: str) -> bool:
+    try:
+        return email.utils.parsedate_to_datetime(text) is not None
+    except (TypeError, ValueError):
+        return False
+
+
+# The client -----------------------------------------------------------------------------------
+
+RETRYABLE_STATUS = {408, 409, 429}
+FATAL_STATUS = {401: "auth", 403: "auth", 404: "not_found"}
+
+
+class Client:
+    """One shared aiohttp session; :meth:`complete` makes one call and classifies its outcome."""
+
+    def __init__(self, endpoint: Endpoint, connections: int) -> None:
+        self.endpoint = endpoint
+        headers = {"Content-Type": "application/json", **endpoint.headers}
+        if endpoint.api_key:
+            headers["Authorization"] = f"Bearer {endpoint.api_key}"
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(
+                limit=connections, limit_per_host=0, enable_cleanup_closed=True
+            ),
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
+            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY and NO_PROXY
+            auto_decompress=True,
+        )
+        self.succeeded = False
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def complete(self, body: dict[str, Any]) -> Completion:
+        redact = self.endpoint.redact
+        try:
+            async with self.session.post(self.endpoint.url, data=orjson.dumps(body)) as response:
+                raw = await response.read()
+                status = response.status
+                headers = response.headers
+        except TimeoutError:
+            raise Retryable("timeout", f"no answer within {self.endpoint.timeout:g}s") from None
+        except aiohttp.ClientPayloadError as error:
+            raise Retryable(
+                "truncated_body", f"the response was cut short: {redact(str(error))}"
+            ) from None
+        except aiohttp.ClientConnectorError as error:
+            kind = Retryable if self.succeeded else Fatal
+            raise kind(
+                "connection_error",
+                f"cannot reach {self.endpoint.base_url}: {redact(str(error.os_error))}",
+            ) from None
+        except (aiohttp.ClientError, OSError) as error:
+            message = redact(str(error)) or type(error).__name__
+            raise Retryable("connection_error", f"connection failed: {message}") from None
+        if status >= 400:
+            raise _http_error(status, raw, headers, redact)
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise Retryable("invalid_response", "the server's answer is not JSON") from None
+        completion = _completion(parsed)
+        self.succeeded = True
+        return completion
+
+
+def _http_error(status: int, raw: bytes, headers: Any, redact: Any) -> CallError:
+    detail = _error_detail(raw)
+    message = redact(f"HTTP {status}" + (f": {detail}" if detail else ""))
+    if status in RETRYABLE_STATUS or status >= 500:
+        kind = (
+            "rate_limited"
+            if status == 429
+            else ("server_error" if status >= 500 else "http_" + str(status))
+        )
+        return Retryable(kind, message, status, server_wait(headers))
+    if status in FATAL_STATUS:
+        return Fatal(FATAL_STATUS[status], message, status)
+    if status == 400 and "context" in detail.lower() and "length" in detail.lower():
+        return RecordFailed("context_too_long", message, status)
+    return RecordFailed("bad_request", message, status)
+
+
+def _error_detail(raw: bytes) -> str:
+    """The server's own words: OpenAI's {"error": {"message": ...}} or the body's start."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw[:200].decode("utf-8", errors="replace").strip()
+    if isinstance(body, dict):
+        error = body.get("error", body)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])[:500]
+        if isinstance(error, str):
+            return error[:500]
+    return orjson.dumps(body)[:200].decode()
+
+
+def _completion(body: object) -> Completion:
+    if not isinstance(body, dict):
+        raise Retryable("invalid_response", "the server's answer is not a JSON object")
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise Retryable("invalid_response", "the server's answer has no choices")
+    choice = choices[0]
+    message = choice.get("message") or {}
+    if not isinstance(message, dict):
+        message = {}
+    content = message.get("content")
+    refusal = message.get("refusal")
+    return Completion(
+        content=content if isinstance(content, str) else None,
+        finish_reason=choice.get("finish_reason")
+        if isinstance(choice.get("finish_reason"), str)
+        else None,
+        refusal=refusal if isinstance(refusal, str) and refusal else None,
+        usage=Usage.from_response(body),
+    )

@@ -1,0 +1,249 @@
+"""One record through the model: render the prompt, call with retries, read the answer.
+
+:meth:`Mapper.process` returns the output record, or an error record for a record that failed;
+it raises :class:`agents.client.Fatal` when nothing can succeed (the run then stops).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+
+from agents.client import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
+from agents.records import ID_KEY, Record, error_record
+from agents.results import Interpreter, Merger, Unusable, reask_message
+from agents.template import MissingFields, Template
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass
+class RequestShape:
+    """What every request carries besides its messages."""
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)  # temperature, max_tokens, seed, extra
+
+
+@dataclass
+class Counters:
+    """Figures of the run so far, for the summary and the circuit breaker."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retries: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    requests: int = 0
+
+
+class ServerAwareWait:
+    """Exponential backoff with jitter, but never shorter than the server asked (Retry-After).
+
+    The n-th retry waits ``initial * 2**(n-1)`` (at most ``maximum``) plus up to ``initial`` of
+    random jitter, so that many clients rejected together do not come back together.
+    """
+
+    def __init__(self, initial: float, maximum: float = 60.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+
+    def __call__(self, state: RetryCallState) -> float:
+        step = min(self.maximum, self.initial * 2 ** (state.attempt_number - 1))
+        wait = step + random.uniform(0, self.initial)
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, CallError) and error.retry_after is not None:
+            wait = max(wait, error.retry_after)
+        return wait
+
+
+class Mapper:
+    def __init__(
+        self,
+        client: Client,
+        shape: RequestShape,
+        template: Template,
+        system: Template | None,
+        interpreter: Interpreter,
+        merger: Merger,
+        *,
+        max_retries: int = 3,
+        retry_delay: float = 1.0,
+        max_reasks: int = 2,
+        response_formats: list[dict[str, Any] | None] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        warn: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.client = client
+        self.shape = shape
+        self.template = template
+        self.system = system
+        self.interpreter = interpreter
+        self.merger = merger
+        self.max_retries = max_retries
+        self.retry_delay = retry_delay
+        self.max_reasks = max_reasks
+        # The forms of response_format still to try, best first; None means "send none".
+        self.response_formats = response_formats or [None]
+        self.sleep = sleep
+        self.warn = warn
+        self.counters = Counters()
+
+    def messages(self, record: Record) -> list[dict[str, str]]:
+        messages = []
+        if self.system is not None:
+            messages.append({"role": "system", "content": self.system.render(record)})
+        messages.append({"role": "user", "content": self.template.render(record)})
+        return messages
+
+    async def process(self, record: Record) -> tuple[Record, bool]:
+        """(the output record, whether it succeeded). Fatal errors propagate."""
+        attempts = 0
+        try:
+            messages = self.messages(record)
+            for reask in range(self.max_reasks + 1):
+                completion, used = await self._call(messages)
+                attempts += used
+                content = self._content(completion)
+                try:
+                    result = self.interpreter.interpret(content)
+                    merged = self.merger.merge(record, result)
+                except Unusable as problem:
+                    if not problem.reask or reask == self.max_reasks:
+                        raise
+                    messages = [
+                        *messages,
+                        {"role": "assistant", "content": content},
+                        {
+                            "role": "user",
+                            "content": reask_message(problem, self.interpreter.output_format),
+                        },
+                    ]
+                    continue
+                self.counters.succeeded += 1
+                return merged, True
+        except MissingFields as missing:
+            names = ", ".join(missing.names)
+            return self._failed(
+                record,
+                "missing_fields",
+                f"the record has no field {names}"
+                if len(missing.names) == 1
+                else f"the record has no fields {names}",
+                attempts,
+            ), False
+        except Unusable as problem:
+            return self._failed(record, problem.error_type, problem.message, attempts), False
+        except (RecordFailed, Retryable) as error:
+            return self._failed(
+                record, error.error_type, error.message, attempts + error.attempts
+            ), False
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, record: Record, error_type: str, message: str, attempts: int) -> Record:
+        self.counters.failed += 1
+        self.counters.errors[error_type] = self.counters.errors.get(error_type, 0) + 1
+        return error_record(record.get(ID_KEY), message, error_type, attempts, record)
+
+    def _content(self, completion: Completion) -> str:
+        if completion.refusal:
+            raise Unusable("refusal", f"the model refused: {completion.refusal}", reask=False)
+        if completion.finish_reason == "length":
+            raise Unusable(
+                "truncated",
+                "the answer was cut off at the token limit "
+                "(finish_reason: length); raise --max-tokens",
+                reask=False,
+            )
+        if completion.finish_reason == "content_filter":
+            raise Unusable("refusal", "the answer was withheld by the content filter", reask=False)
+        if not completion.content or not completion.content.strip():
+            raise Unusable("empty_response", "the model returned no content", reask=False)
+        return completion.content
+
+    async def _call(self, messages: list[dict[str, str]]) -> tuple[Completion, int]:
+        """One completion with transport retries; (the completion, the attempts it took)."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=ServerAwareWait(self.retry_delay),
+            retry=retry_if_exception_type(Retryable),
+            sleep=self.sleep,
+            before_sleep=self._count_retry,
+            reraise=True,
+        )
+        attempt_number = 0
+        try:
+            async for attempt in retrying:
+                attempt_number = attempt.retry_state.attempt_number
+                with attempt:
+                    return await self._request(messages), attempt_number
+        except CallError as error:
+            error.attempts = attempt_number
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        cause = error.error_type if isinstance(error, CallError) else "unknown"
+        self.counters.retries[cause] = self.counters.retries.get(cause, 0) + 1
+
+    async def _request(self, messages: list[dict[str, str]]) -> Completion:
+        while True:
+            form = self.response_formats[0]
+            body: dict[str, Any] = {
+                "model": self.shape.model,
+                "messages": messages,
+                **self.shape.params,
+            }
+            if form is not None:
+                body["response_format"] = form
+            self.counters.requests += 1
+            try:
+                completion = await self.client.complete(body)
+            except RecordFailed as error:
+                if form is not None and _rejects_response_format(error):
+                    self._drop_response_format(form)
+                    continue
+                raise
+            self.counters.usage.add(completion.usage)
+            return completion
+
+    def _drop_response_format(self, form: dict[str, Any]) -> None:
+        if self.response_formats and self.response_formats[0] is form:
+            self.response_formats.pop(0)
+            if self.response_formats[0] is None:
+                self.warn(
+                    "the server does not accept response_format; the schema is checked here instead"
+                )
+
+
+def _rejects_response_format(error: CallError) -> bool:
+    text = error.message.lower()
+    return error.status in (400, 422) and (
+        "response_format" in text or "json_schema" in text or "schema" in text
+    )
+
+
+def response_formats(
+    output_format: str, schema: dict[str, Any] | None
+) -> list[dict[str, Any] | None]:
+    """The response_format forms to try for structured output, best first."""
+    if output_format != "structured" or schema is None:
+        return [None]
+    return [
+        {"type": "json_schema", "json_schema": {"name": "result", "schema": schema}},
+        {"type": "json_object", "schema": schema},  # llama-cpp-python's form
+        None,
+    ]
+
+
+def fatal_message(error: Fatal) -> str:
+    return error.message
+
+
+__all__ = ["Counters", "Fatal", "Mapper", "RequestShape", "response_formats"]

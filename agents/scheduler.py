@@ -1,0 +1,294 @@
+"""The sliding window: ``-j N`` records in flight, results written as they complete.
+
+Records are read only when a slot is free, so a slow API holds back the input (backpressure).
+Results are written one whole line at a time, in completion order or, with keep-order, in input
+order through a bounded buffer. A fatal error, a tripped circuit breaker, a closed stdout or a
+signal stops new requests; what is in flight is awaited (for a bounded time) or cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import stat
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import orjson
+
+from agents.client import Fatal
+from agents.formats._options import BadRowHandler
+from agents.formats.jsonl import parse_lines
+from agents.records import ID_KEY, Record, encode
+
+#: Processes one record: (the output record, whether it succeeded).
+Process = Callable[[Record], Awaitable[tuple[Record, bool]]]
+
+
+class CircuitOpen(Exception):
+    """Many records in a row failed the same way: the run stops instead of burning the input."""
+
+
+@dataclass
+class CircuitBreaker:
+    """Trips after ``before_success`` failures of one type in a row while nothing has succeeded
+    yet, or ``after_success`` once something has."""
+
+    before_success: int = 5
+    after_success: int = 25
+    streak_type: str | None = None
+    streak: int = 0
+    any_success: bool = False
+
+    def record(self, output: Record, succeeded: bool) -> None:
+        if succeeded:
+            self.any_success, self.streak, self.streak_type = True, 0, None
+            return
+        error_type = str(output.get("error_type"))
+        if error_type == self.streak_type:
+            self.streak += 1
+        else:
+            self.streak_type, self.streak = error_type, 1
+        limit = self.after_success if self.any_success else self.before_success
+        if self.streak >= limit:
+            raise CircuitOpen(
+                f"{self.streak} records in a row failed with {error_type}: {output.get('error')}"
+            )
+
+
+# Reading ------------------------------------------------------------------------------------
+
+
+async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
+    """Lists of whole lines from ``stream``, without blocking the event loop on a pipe."""
+    loop = asyncio.get_running_loop()
+    try:
+        mode = os.fstat(stream.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
+        reader = asyncio.StreamReader(limit=1 << 20)  # pauses the pipe beyond 2 MB: flat memory
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stream.fileno()), "rb")
+        )
+        try:
+            partial = b""
+            while chunk := await reader.read(1 << 16):
+                lines = (partial + chunk).split(b"\n")
+                partial = lines.pop()
+                if lines:
+                    yield lines
+            if partial:
+                yield [partial]
+        finally:
+            transport.close()
+        return
+    read = getattr(stream, "read1", stream.read)  # a regular file: reads never wait long
+    partial = b""
+    while chunk := read(1 << 16):
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        if lines:
+            yield lines
+    if partial:
+        yield [partial]
+
+
+def content_id(record: Record) -> str:
+    """An ID for a record that came without one: a hash of its canonical JSON."""
+    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+
+@dataclass
+class IdAssigner:
+    """Gives records without an ID one from their content, counting them and any collisions."""
+
+    hashed: int = 0
+    duplicates: int = 0
+    seen: set[str] = field(default_factory=set)
+
+    def ensure(self, record: Record) -> Record:
+        if ID_KEY in record:
+            return record
+        record_id = content_id(record)
+        self.hashed += 1
+        if record_id in self.seen:
+            self.duplicates += 1
+        self.seen.add(record_id)
+        return {ID_KEY: record_id, **record}
+
+
+# Running ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """How a run ended, for the exit status and the closing message."""
+
+    written: int = 0
+    failed: int = 0
+    fatal: str | None = None
+    broken_pipe: bool = False
+    signal: int | None = None
+    in_flight_lost: int = 0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        process: Process,
+        out: BinaryIO,
+        *,
+        jobs: int,
+        keep_order: bool = False,
+        errors_out: BinaryIO | None = None,
+        breaker: CircuitBreaker | None = None,
+        grace: float = 30.0,
+        bad: BadRowHandler,
+    ) -> None:
+        self.process = process
+        self.out = out
+        self.errors_out = errors_out
+        self.jobs = jobs
+        self.keep_order = keep_order
+        self.breaker = breaker or CircuitBreaker()
+        self.grace = grace
+        self.bad = bad
+        self.ids = IdAssigner()
+        self.outcome = Outcome()
+        self.stopping = asyncio.Event()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.slots = asyncio.Semaphore(jobs)
+        # keep-order: results wait here until every earlier record is written
+        self.order_slots = asyncio.Semaphore(max(4 * jobs, 16))
+        self.ready: dict[int, tuple[Record, bool]] = {}
+        self.next_to_write = 0
+
+    async def run(self, stdin: BinaryIO) -> Outcome:
+        loop = asyncio.get_running_loop()
+        self._install_signals(loop)
+        feeder = asyncio.create_task(self._feed(stdin))
+        stopped = asyncio.create_task(self.stopping.wait())
+        await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not feeder.done():
+            feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        if self.stopping.is_set() and self.outcome.signal is not None:
+            await self._drain_within_grace()
+        elif self.stopping.is_set():
+            self._cancel_all()
+        if self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        stopped.cancel()
+        self._remove_signals(loop)
+        if isinstance(feeder.exception() if not feeder.cancelled() else None, BaseException):
+            raise feeder.exception()  # type: ignore[misc]
+        return self.outcome
+
+    async def _feed(self, stdin: BinaryIO) -> None:
+        number = 1
+        sequence = 0
+        async for lines in read_lines(stdin):
+            for record in parse_lines(lines, "<stdin>", number, self.bad):
+                await self.slots.acquire()
+                if self.keep_order:
+                    await self.order_slots.acquire()
+                if self.stopping.is_set():
+                    self.slots.release()
+                    if self.keep_order:
+                        self.order_slots.release()
+                    return
+                task = asyncio.create_task(self._one(sequence, self.ids.ensure(record)))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+                sequence += 1
+            number += len(lines)
+        while self.tasks:  # asyncio.wait, unlike gather, leaves them running if we are cancelled
+            await asyncio.wait(set(self.tasks))
+
+    async def _one(self, sequence: int, record: Record) -> None:
+        try:
+            output, succeeded = await self.process(record)
+        except Fatal as error:
+            self._stop_fatal(error.message)
+            return
+        except asyncio.CancelledError:
+            self.outcome.in_flight_lost += 1
+            raise
+        finally:
+            self.slots.release()
+        if self.stopping.is_set() and self.outcome.fatal is not None:
+            return  # the run is stopping on a fatal error; results still count if written
+        try:
+            self.breaker.record(output, succeeded)
+        except CircuitOpen as error:
+            self._write(sequence, output, succeeded)
+            self._stop_fatal(str(error))
+            return
+        self._write(sequence, output, succeeded)
+
+    def _write(self, sequence: int, output: Record, succeeded: bool) -> None:
+        if not self.keep_order:
+            self._emit(output, succeeded)
+            return
+        self.ready[sequence] = (output, succeeded)
+        while self.next_to_write in self.ready:
+            self._emit(*self.ready.pop(self.next_to_write))
+            self.next_to_write += 1
+            self.order_slots.release()
+
+    def _emit(self, output: Record, succeeded: bool) -> None:
+        if self.outcome.broken_pipe:
+            return
+        target = self.out if succeeded or self.errors_out is None else self.errors_out
+        try:
+            target.write(encode(output))
+            target.flush()
+        except BrokenPipeError:
+            self.outcome.broken_pipe = True
+            self.stopping.set()
+            return
+        if succeeded:
+            self.outcome.written += 1
+        else:
+            self.outcome.failed += 1
+
+    def _stop_fatal(self, message: str) -> None:
+        if self.outcome.fatal is None:
+            self.outcome.fatal = message
+        self.stopping.set()
+
+    def _cancel_all(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+
+    async def _drain_within_grace(self) -> None:
+        if not self.tasks:
+            return
+        _, pending = await asyncio.wait(set(self.tasks), timeout=self.grace)
+        for task in pending:
+            task.cancel()
+
+    # Signals --------------------------------------------------------------------------------
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _remove_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.outcome.signal is not None:  # the second one: stop at once
+            self._cancel_all()
+            return
+        self.outcome.signal = signum
+        self.stopping.set()

@@ -1,0 +1,150 @@
+"""A scripted OpenAI-compatible server on 127.0.0.1 for fault and timing tests.
+
+Each test gives a ``script``: a function of the request (its JSON body and its number) that
+returns a :class:`Reply`. The server records every request, how many were in flight at most, and
+how many times each prompt was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+
+@dataclass
+class Reply:
+    content: str | None = "ok"
+    status: int = 200
+    body: Any = None  # a whole JSON body (or bytes) instead of a completion around ``content``
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+    finish_reason: str = "stop"
+    refusal: str | None = None
+    usage: dict[str, Any] | None = None
+    action: str | None = None  # "drop": close the connection; "hang": never answer;
+    # "truncate": promise more bytes than are sent
+
+
+def last_user_message(request: dict[str, Any]) -> str:
+    return next(m["content"] for m in reversed(request["messages"]) if m["role"] == "user")
+
+
+def echo(request: dict[str, Any], number: int) -> Reply:
+    return Reply(content=f"answer: {last_user_message(request)}")
+
+
+Script = Callable[[dict[str, Any], int], Reply]
+
+
+class FakeLLM:
+    def __init__(self, script: Script = echo) -> None:
+        self.script = script
+        self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
+        self.prompts: collections.Counter[str] = collections.Counter()
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.lock = threading.Lock()
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __enter__(self) -> FakeLLM:
+        self.thread.start()
+        assert self.started.wait(10), "the fake server did not start"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.closing.set)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.closing = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._handle)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+
+    async def _handle(self, http: web.Request) -> web.StreamResponse:
+        body = orjson.loads(await http.read())
+        with self.lock:
+            number = len(self.requests)
+            self.requests.append(body)
+            self.headers.append(dict(http.headers))
+            self.prompts[last_user_message(body)] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            reply = self.script(body, number)
+            if reply.delay:
+                await asyncio.sleep(reply.delay)
+            if reply.action == "hang":
+                await self.closing.wait()  # until the server stops
+                return web.Response(status=503)
+            if reply.action == "drop":
+                assert http.transport is not None
+                http.transport.close()
+                return web.Response(status=500)
+            payload = self._payload(reply, body)
+            if reply.action == "truncate":
+                response = web.StreamResponse(
+                    status=200,
+                    headers={
+                        "Content-Type": "application/json",
+                        "Content-Length": str(len(payload) + 50),
+                    },
+                )
+                await response.prepare(http)
+                await response.write(payload[: len(payload) // 2])
+                assert http.transport is not None
+                http.transport.close()
+                return response
+            return web.Response(
+                status=reply.status,
+                body=payload,
+                headers=reply.headers,
+                content_type="application/json",
+            )
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    @staticmethod
+    def _payload(reply: Reply, request: dict[str, Any]) -> bytes:
+        if reply.body is not None:
+            return reply.body if isinstance(reply.body, bytes) else orjson.dumps(reply.body)
+        if reply.status >= 400:
+            return orjson.dumps({"error": {"message": reply.content, "type": "test"}})
+        message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+        if reply.refusal is not None:
+            message["refusal"] = reply.refusal
+        usage = reply.usage or {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        return orjson.dumps(
+            {
+                "id": "chatcmpl-test",
+                "object": "chat.completion",
+                "model": request.get("model"),
+                "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
+                "usage": usage,
+            }
+        )
