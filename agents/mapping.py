@@ -54,8 +54,8 @@ class ServerAwareWait:
         self.maximum = maximum
 
     def __call__(self, state: RetryCallState) -> float:
-        step = min(self.maximum, self.initial * 2 ** (state.attempt_number - 1))
-        wait = step + random.uniform(0, self.initial)
+        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
+        wait: float = step + random.uniform(0, self.initial)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after is not None:
             wait = max(wait, error.retry_after)
