@@ -43,7 +43,9 @@ def shell(
     script: str, cwd: Path | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     """Run a shell pipeline with the checkout's bin/ first on PATH."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    # bin/ first, then this interpreter's folder, so that the launchers' python3 is ours
+    python_bin = os.path.dirname(sys.executable)
+    env = dict(os.environ, PATH=os.pathsep.join([str(BIN), python_bin, os.environ["PATH"]]))
     return subprocess.run(
         ["bash", "-c", script], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -51,6 +51,7 @@ class FakeLLM:
         self.prompts: collections.Counter[str] = collections.Counter()
         self.in_flight = 0
         self.max_in_flight = 0
+        self.answered = 0  # whole 200 responses sent
         self.lock = threading.Lock()
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
@@ -119,12 +120,18 @@ class FakeLLM:
                 assert http.transport is not None
                 http.transport.close()
                 return response
-            return web.Response(
+            response = web.Response(
                 status=reply.status,
                 body=payload,
                 headers=reply.headers,
                 content_type="application/json",
             )
+            await response.prepare(http)
+            await response.write_eof()
+            if reply.status == 200:
+                with self.lock:
+                    self.answered += 1
+            return response
         finally:
             with self.lock:
                 self.in_flight -= 1
