@@ -5,17 +5,38 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import warnings
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 from conftest import ROOT, shell
+from fake_llm import FakeLLM, Reply, echo, last_user_message
 
+from agents.cli import map as map_cli
 from agents.cli import read, write
 from agents.cli._run import Streams
 from agents.errors import ExitStatus
 
 MAN = ROOT / "man"
-PAGES = {"agents-read": read.build_parser, "agents-write": write.build_parser}
+PAGES = {
+    "agents-read": read.build_parser,
+    "agents-write": write.build_parser,
+    "agents-map": map_cli.build_parser,
+}
+
+
+def docs_script(request: dict[str, Any], number: int) -> Reply:
+    """Answers the examples' prompts: an object with the schema's required fields, JSON when
+    asked for it, else an echo."""
+    form = request.get("response_format") or {}
+    schema = (form.get("json_schema") or {}).get("schema") or form.get("schema")
+    if schema:
+        return Reply(orjson.dumps({name: "x" for name in schema.get("required", [])}).decode())
+    if "json" in last_user_message(request).lower():
+        return Reply('{"answer": "x"}')
+    return echo(request, number)
 
 
 def roff_to_text(line: str) -> str:
@@ -75,17 +96,24 @@ def test_every_exit_status_is_documented(page: str) -> None:
 
 
 @pytest.mark.parametrize("page", sorted(p.name for p in MAN.iterdir()))
-def test_examples_run(page: str, tmp_path: Path) -> None:
+def test_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands = examples(MAN / page)
     assert commands, f"{page} has no examples"
     work = tmp_path / "examples"
     shutil.copytree(ROOT / "docs" / "examples", work)
-    for command in commands:
-        done = shell(
-            f"set -o pipefail; {command}" if "| head" not in command else command, cwd=work
-        )
-        assert done.returncode == 0, f"{page}: {command}\n{done.stderr}"
-        assert "Traceback" not in done.stderr
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with FakeLLM(docs_script) as server:
+        monkeypatch.setenv("OPENAI_BASE_URL", server.url)
+        for command in commands:
+            if "parallel " in command and shutil.which("parallel") is None:
+                warnings.warn(
+                    f"{page}: GNU parallel is not installed; not run: {command}", stacklevel=1
+                )
+                continue
+            script = f"set -o pipefail; {command}" if "| head" not in command else command
+            done = shell(script, cwd=work)
+            assert done.returncode == 0, f"{page}: {command}\n{done.stderr}"
+            assert "Traceback" not in done.stderr
 
 
 def test_help_and_version_for_every_command() -> None:
