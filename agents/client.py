@@ -18,6 +18,8 @@ from __future__ import annotations
 import email.utils
 import re
 import time
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -174,6 +176,15 @@ def _is_date(text: str) -> bool:
 
 # The client -----------------------------------------------------------------------------------
 
+
+def proxy_for(url: str) -> str | None:
+    """The proxy the environment names for ``url``, unless NO_PROXY exempts its host."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.hostname and urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
+
+
 RETRYABLE_STATUS = {408, 409, 429}
 FATAL_STATUS = {401: "auth", 403: "auth", 404: "not_found"}
 
@@ -192,7 +203,9 @@ class Client:
             ),
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
-            trust_env=True,  # HTTPS_PROXY, HTTP_PROXY and NO_PROXY
+            # HTTPS_PROXY, HTTP_PROXY and NO_PROXY are looked up once here: aiohttp's
+            # trust_env would look them up again, in a thread, for every request.
+            proxy=proxy_for(endpoint.url),
             auto_decompress=True,
         )
         self.succeeded = False

@@ -49,12 +49,14 @@ class ServerAwareWait:
     random jitter, so that many clients rejected together do not come back together.
     """
 
-    def __init__(self, initial: float, maximum: float = 60.0) -> None:
+    def __init__(self, initial: float, maximum: float = 60.0, earlier: int = 0) -> None:
         self.initial = initial
         self.maximum = maximum
+        self.earlier = earlier  # failed attempts made before tenacity took over
 
     def __call__(self, state: RetryCallState) -> float:
-        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
+        failures = self.earlier + state.attempt_number
+        step = min(self.maximum, self.initial * 2.0 ** (failures - 1))
         wait: float = step + random.uniform(0, self.initial)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after is not None:
@@ -167,28 +169,44 @@ class Mapper:
         return completion.content
 
     async def _call(self, messages: list[dict[str, str]]) -> tuple[Completion, int]:
-        """One completion with transport retries; (the completion, the attempts it took)."""
+        """One completion with transport retries; (the completion, the attempts it took).
+
+        The first attempt is made directly: most calls succeed, and building the retry machinery
+        for each of them would cost more CPU than the call itself. A retryable failure hands
+        over to tenacity for the rest.
+        """
+        try:
+            return await self._request(messages), 1
+        except Retryable as error:
+            if self.max_retries == 0:
+                raise
+            first_failure = error
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=ServerAwareWait(self.retry_delay),
+            stop=stop_after_attempt(self.max_retries),
+            wait=ServerAwareWait(self.retry_delay, earlier=1),
             retry=retry_if_exception_type(Retryable),
             sleep=self.sleep,
             before_sleep=self._count_retry,
             reraise=True,
         )
-        attempt_number = 0
+        self._count_retry_of(first_failure)
+        await self.sleep(ServerAwareWait(self.retry_delay)(_first_state(retrying, first_failure)))
+        attempts = 1
         try:
             async for attempt in retrying:
-                attempt_number = attempt.retry_state.attempt_number
+                attempts = 1 + attempt.retry_state.attempt_number
                 with attempt:
-                    return await self._request(messages), attempt_number
+                    return await self._request(messages), attempts
         except CallError as error:
-            error.attempts = attempt_number
+            error.attempts = attempts
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _count_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
+        self._count_retry_of(error)
+
+    def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"
         self.counters.retries[cause] = self.counters.retries.get(cause, 0) + 1
 
@@ -220,6 +238,13 @@ class Mapper:
                 self.warn(
                     "the server does not accept response_format; the schema is checked here instead"
                 )
+
+
+def _first_state(retrying: AsyncRetrying, error: BaseException) -> RetryCallState:
+    """The retry state after one failed attempt, for the wait before tenacity takes over."""
+    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
+    state.set_exception((type(error), error, error.__traceback__))
+    return state
 
 
 def _rejects_response_format(error: CallError) -> bool:

@@ -499,3 +499,22 @@ def test_usage_errors() -> None:
         bad = run_map(server, "--prompt", "x", "--output-format", "structured", stdin=b"")
         assert bad.stderr == "agents-map: error: --output-format structured needs --schema FILE\n"
         assert run_map(server, "--prompt", "x", "--param", "top_p", stdin=b"").status == 2
+
+
+def test_backoff_doubles_from_retry_delay() -> None:
+    sleeps = Sleeps()
+    with scripted(lambda request, number: Reply("down", status=500)) as server:
+        run_map(
+            server,
+            "--prompt",
+            "{word}",
+            "--max-retries",
+            "4",
+            "--retry-delay",
+            "1",
+            stdin=words(1),
+            sleeps=sleeps,
+        )
+    assert len(server.requests) == 5
+    steps = [1, 2, 4, 8]
+    assert all(step <= wait <= step + 1 for step, wait in zip(steps, sleeps.waits, strict=True))

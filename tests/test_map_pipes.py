@@ -29,7 +29,7 @@ def test_head_stops_the_requests(tmp: Path) -> None:
     with FakeLLM(slow(0.02)) as server:
         done = shell(
             f"agents-read {source} | agents-map --base-url {server.url} --prompt '{{word}}' -j 4 "
-            "| head -1; echo \"status=${PIPESTATUS[1]}\"",
+            '| head -1; echo "status=${PIPESTATUS[1]}"',
         )
         seen = len(server.requests)
         time.sleep(0.5)
@@ -49,14 +49,26 @@ def test_ctrl_c_keeps_the_results_in_flight(tmp: Path) -> None:
     source = words_csv(tmp / "w.csv", 100)
     target = tmp / "out.jsonl"
     with FakeLLM(slow(1.0)) as server:
-        reader = start(["agents-read", str(source)], stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE, process_group=0)
+        reader = start(
+            ["agents-read", str(source)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=0,
+        )
         group = reader.pid
-        mapper = start(["agents-map", "--base-url", server.url, "--prompt", "{word}", "-j", "4"],
-                       stdin=reader.stdout, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       process_group=group)
-        writer = start(["agents-write", "--append", str(target)], stdin=mapper.stdout,
-                       stderr=subprocess.PIPE, process_group=group)
+        mapper = start(
+            ["agents-map", "--base-url", server.url, "--prompt", "{word}", "-j", "4"],
+            stdin=reader.stdout,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            process_group=group,
+        )
+        writer = start(
+            ["agents-write", "--append", str(target)],
+            stdin=mapper.stdout,
+            stderr=subprocess.PIPE,
+            process_group=group,
+        )
         assert reader.stdout is not None and mapper.stdout is not None
         reader.stdout.close()
         mapper.stdout.close()
