@@ -23,7 +23,7 @@ import orjson
 from agents.client import Fatal
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines
-from agents.records import ID_KEY, Record, encode
+from agents.records import ID_KEY, Record, encode, error_record
 
 #: Processes one record: (the output record, whether it succeeded).
 Process = Callable[[Record], Awaitable[tuple[Record, bool]]]
@@ -184,6 +184,8 @@ class Scheduler:
             self._cancel_all()
         if self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
+        for sequence in sorted(self.ready):  # keep-order: results behind a dropped record
+            self._emit(*self.ready.pop(sequence))
         stopped.cancel()
         self._remove_signals(loop)
         if isinstance(feeder.exception() if not feeder.cancelled() else None, BaseException):
@@ -220,10 +222,13 @@ class Scheduler:
         except asyncio.CancelledError:
             self.outcome.in_flight_lost += 1
             raise
+        except Exception as error:  # a bug must not lose the record silently
+            output = error_record(
+                record.get(ID_KEY), f"internal error: {error!r}", "internal_error", 1, record
+            )
+            succeeded = False
         finally:
             self.slots.release()
-        if self.stopping.is_set() and self.outcome.fatal is not None:
-            return  # the run is stopping on a fatal error; results still count if written
         try:
             self.breaker.record(output, succeeded)
         except CircuitOpen as error:

@@ -66,7 +66,8 @@ class Server:
         self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, str(HERE / "fake_server.py"), str(self.port), str(latency)],
-            stdout=subprocess.PIPE)
+            stdout=subprocess.PIPE,
+        )
         assert self.process.stdout is not None
         assert self.process.stdout.readline().strip() == b"ready"
 
@@ -91,39 +92,67 @@ def measure(name: str, command: list[str], source: Path, records: int) -> Measur
 
 
 def ours(server: Server, jobs: int) -> list[str]:
-    return [str(BIN / "agents-map"), "--base-url", server.url, "--prompt", "{word}", "-j",
-            str(jobs)]
+    return [
+        str(BIN / "agents-map"),
+        "--base-url",
+        server.url,
+        "--prompt",
+        "{word}",
+        "-j",
+        str(jobs),
+    ]
 
 
 def bare(server: Server, jobs: int) -> list[str]:
-    return [sys.executable, str(HERE / "bare_client.py"), server.url + "/chat/completions",
-            str(jobs)]
+    return [
+        sys.executable,
+        str(HERE / "bare_client.py"),
+        server.url + "/chat/completions",
+        str(jobs),
+    ]
 
 
 def row(m: Measure) -> str:
-    return (f"| {m.name} | {m.records:,} | {m.wall:.2f} | {m.cpu:.2f} | "
-            f"{m.cpu / m.records * 1e6:.0f} | {m.rate:,.0f} | {m.rss_mb:.1f} |")
+    return (
+        f"| {m.name} | {m.records:,} | {m.wall:.2f} | {m.cpu:.2f} | "
+        f"{m.cpu / m.records * 1e6:.0f} | {m.rate:,.0f} | {m.rss_mb:.1f} |"
+    )
 
 
-HEADER = ("| client | records | wall s | CPU s | CPU µs/record | records/s | peak RSS MB |\n"
-          "|---|---:|---:|---:|---:|---:|---:|")
+HEADER = (
+    "| client | records | wall s | CPU s | CPU µs/record | records/s | peak RSS MB |\n"
+    "|---|---:|---:|---:|---:|---:|---:|"
+)
 
 
 def overhead(count: int) -> list[str]:
     server = Server(0.0)
     try:
         source = records_file(count)
-        runs = [(measure("bare aiohttp", bare(server, 64), source, count),
-                 measure("agents-map", ours(server, 64), source, count)) for _ in range(3)]
+        runs = [
+            (
+                measure("bare aiohttp", bare(server, 64), source, count),
+                measure("agents-map", ours(server, 64), source, count),
+            )
+            for _ in range(3)
+        ]
     finally:
         server.stop()
     runs.sort(key=lambda pair: pair[1].cpu / pair[0].cpu)
     base, mine = runs[1]  # the median ratio of three paired runs
     ratio = (mine.cpu / mine.records) / (base.cpu / base.records)
-    return [f"### Client overhead: {count:,} records, -j 64, zero latency (median of 3 pairs)",
-            "", f"`{' '.join(ours(server, 64)[1:])}` beside `bare_client.py URL 64`", "",
-            HEADER, row(base), row(mine), "",
-            f"CPU per record, agents-map ÷ bare client: **{ratio:.2f}** (target ≤ 1.5)", ""]
+    return [
+        f"### Client overhead: {count:,} records, -j 64, zero latency (median of 3 pairs)",
+        "",
+        f"`{' '.join(ours(server, 64)[1:])}` beside `bare_client.py URL 64`",
+        "",
+        HEADER,
+        row(base),
+        row(mine),
+        "",
+        f"CPU per record, agents-map ÷ bare client: **{ratio:.2f}** (target ≤ 1.5)",
+        "",
+    ]
 
 
 def latency(count: int) -> list[str]:
@@ -134,29 +163,43 @@ def latency(count: int) -> list[str]:
         mine = measure("agents-map", ours(server, 200), source, count)
     finally:
         server.stop()
-    return [f"### Latency-bound: {count:,} records, -j 200, 200 ms per request "
-            "(ideal 1,000 records/s)", "", HEADER, row(base), row(mine), "",
-            f"records/s, agents-map ÷ bare client: **{mine.rate / base.rate:.1%}** "
-            "(target ≥ 95 %)", ""]
+    return [
+        f"### Latency-bound: {count:,} records, -j 200, 200 ms per request (ideal 1,000 records/s)",
+        "",
+        HEADER,
+        row(base),
+        row(mine),
+        "",
+        f"records/s, agents-map ÷ bare client: **{mine.rate / base.rate:.1%}** (target ≥ 95 %)",
+        "",
+    ]
 
 
 def memory(sizes: list[int]) -> list[str]:
     server = Server(0.0)
     try:
-        results = [measure("agents-map", ours(server, 64), records_file(size), size)
-                   for size in sizes]
+        results = [
+            measure("agents-map", ours(server, 64), records_file(size), size) for size in sizes
+        ]
     finally:
         server.stop()
     growth = results[-1].rss_mb - results[0].rss_mb
-    return [f"### Memory: -j 64, zero latency, {', '.join(f'{s:,}' for s in sizes)} records", "",
-            HEADER, *map(row, results), "",
-            f"peak RSS growth from {sizes[0]:,} to {sizes[-1]:,} records: **{growth:+.1f} MB** "
-            "(target: within 20 MB)", ""]
+    return [
+        f"### Memory: -j 64, zero latency, {', '.join(f'{s:,}' for s in sizes)} records",
+        "",
+        HEADER,
+        *map(row, results),
+        "",
+        f"peak RSS growth from {sizes[0]:,} to {sizes[-1]:,} records: **{growth:+.1f} MB** "
+        "(target: within 20 MB)",
+        "",
+    ]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
     parser.add_argument("--only", choices=["overhead", "latency", "memory"])
     args = parser.parse_args()

@@ -518,3 +518,30 @@ def test_backoff_doubles_from_retry_delay() -> None:
     assert len(server.requests) == 5
     steps = [1, 2, 4, 8]
     assert all(step <= wait <= step + 1 for step, wait in zip(steps, sleeps.waits, strict=True))
+
+
+def test_an_unexpected_failure_becomes_an_error_record(
+    server: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agents.results import Merger
+
+    original = Merger.merge
+
+    def merge(self: Merger, record: dict[str, Any], result: Any) -> dict[str, Any]:
+        if record["word"] == "w2":
+            raise RuntimeError("a bug")
+        return original(self, record, result)
+
+    monkeypatch.setattr(Merger, "merge", merge)
+    result = run_map(server, "--prompt", "{word}", stdin=words(3))
+    assert result.status == 3
+    failed = [r for r in result.records if "error" in r]
+    assert failed == [
+        {
+            "_id": 2,
+            "error": "internal error: RuntimeError('a bug')",
+            "error_type": "internal_error",
+            "attempts": 1,
+            "item": {"_id": 2, "word": "w2"},
+        }
+    ]
