@@ -4,7 +4,7 @@
     python bench/map_client.py --quick         # smaller inputs, for a look
 
 1. client overhead: 20,000 records at -j 64 against a zero-latency server: CPU seconds per
-   record of each client (target: ours ≤ 1.5 × the bare client's);
+   record of each client (target: ours at most 1.5 times the bare client's);
 2. latency-bound: 5,000 records at -j 200 against a 200 ms server: records/s (target: ≥ 95 %
    of the bare client's);
 3. memory: 10 k, 100 k and 1 M records at -j 64: peak RSS (target: flat, the 1 M figure within
