@@ -7,14 +7,18 @@ it raises :class:`agents.client.Fatal` when nothing can succeed (the run then st
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from agents.client import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
+from agents.logs import LOGGER
 from agents.records import ID_KEY, Record, error_record
 from agents.results import Interpreter, Merger, Unusable, reask_message
 from agents.template import MissingFields, Template
@@ -31,8 +35,26 @@ class RequestShape:
 
 
 @dataclass
+class Reservoir:
+    """A uniform sample of at most ``size`` values (latencies), so memory stays flat."""
+
+    size: int = 10_000
+    seen: int = 0
+    values: list[float] = field(default_factory=list)
+
+    def add(self, value: float) -> None:
+        self.seen += 1
+        if len(self.values) < self.size:
+            self.values.append(value)
+        else:
+            slot = random.randrange(self.seen)
+            if slot < self.size:
+                self.values[slot] = value
+
+
+@dataclass
 class Counters:
-    """Figures of the run so far, for the summary and the circuit breaker."""
+    """Figures of the run so far, for the summary, the statistics and the circuit breaker."""
 
     succeeded: int = 0
     failed: int = 0
@@ -40,6 +62,7 @@ class Counters:
     errors: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     requests: int = 0
+    latencies: Reservoir = field(default_factory=Reservoir)
 
 
 class ServerAwareWait:
@@ -205,6 +228,10 @@ class Mapper:
     def _count_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         self._count_retry_of(error)
+        if LOGGER.isEnabledFor(logging.INFO) and state.next_action is not None:
+            LOGGER.info("retry %d after %s: %s; waiting %.2fs", state.attempt_number + 1,
+                        getattr(error, "error_type", "error"), error,
+                        state.next_action.sleep)
 
     def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"
@@ -221,14 +248,29 @@ class Mapper:
             if form is not None:
                 body["response_format"] = form
             self.counters.requests += 1
+            debug = LOGGER.isEnabledFor(logging.DEBUG)
+            if debug:
+                LOGGER.debug("request %s", orjson.dumps(body).decode())
+            started = time.monotonic()
             try:
                 completion = await self.client.complete(body)
             except RecordFailed as error:
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
+                LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
+            except CallError as error:
+                LOGGER.info("request failed: %s: %s", error.error_type, error.message)
+                raise
+            self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
+            if debug:
+                usage = completion.usage
+                LOGGER.debug("response finish_reason=%s usage=prompt:%d,completion:%d,cached:%d,"
+                             "reasoning:%d content=%s", completion.finish_reason, usage.prompt,
+                             usage.completion, usage.cached, usage.reasoning,
+                             orjson.dumps(completion.content).decode())
             return completion
 
     def _drop_response_format(self, form: dict[str, Any]) -> None:

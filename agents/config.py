@@ -1,0 +1,202 @@
+"""job.yaml: every agents-map option in a file, with ${VAR} from the environment.
+
+Sections: ``llm`` (model and endpoint), ``processing`` (concurrency, retries, limits), ``prompt``
+(a string, or a mapping with ``system`` and ``user`` parts or files), ``output`` (format,
+schema, merge strategy, where results, errors, statistics and logs go). Command-line flags
+override the file. A relative path is taken from the file's folder. An unknown key, a wrong type
+or an unset variable is an error naming its place (``llm.modle: unknown key``), exit status 2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from agents.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Key:
+    """Where a config key lands (an argparse destination) and what it must be."""
+
+    dest: str
+    kind: str  # "str", "int", "number", "bool", "mapping", "price"
+    path: bool = False  # a file path, resolved against the config file's folder
+    choices: tuple[str, ...] = ()
+
+
+SECTIONS: dict[str, dict[str, Key]] = {
+    "llm": {
+        "model": Key("model", "str"),
+        "base_url": Key("base_url", "str"),
+        "api_key": Key("api_key", "str"),
+        "api_key_env": Key("api_key_env", "str"),
+        "headers": Key("header", "mapping"),
+        "temperature": Key("temperature", "number"),
+        "max_tokens": Key("max_tokens", "int"),
+        "max_completion_tokens": Key("max_completion_tokens", "int"),
+        "seed": Key("seed", "int"),
+        "timeout": Key("timeout", "number"),
+        "params": Key("param", "mapping"),
+        "price": Key("price", "price"),
+    },
+    "processing": {
+        "concurrency": Key("jobs", "int"),
+        "keep_order": Key("keep_order", "bool"),
+        "max_retries": Key("max_retries", "int"),
+        "retry_delay": Key("retry_delay", "number"),
+        "grace": Key("grace", "number"),
+        "limit": Key("limit", "int"),
+        "total": Key("total", "int"),
+        "dry_run": Key("dry_run", "bool"),
+    },
+    "output": {
+        "format": Key("output_format", "str", choices=("text", "json", "structured")),
+        "schema": Key("schema", "str", path=True),
+        "merge_strategy": Key("merge", "str", choices=("extend", "update", "replace")),
+        "field": Key("field", "str"),
+        "max_reasks": Key("max_reasks", "int"),
+        "errors": Key("errors", "str", path=True),
+        "stats": Key("stats", "str", path=True),
+        "progress": Key("progress", "bool"),
+        "quiet": Key("quiet", "bool"),
+        "log_level": Key("log_level", "str", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+        "log_file": Key("log_file", "str", path=True),
+    },
+}
+
+PROMPT_KEYS = {
+    "user": Key("prompt", "str"),
+    "system": Key("system", "str"),
+    "user_file": Key("prompt_file", "str", path=True),
+    "system_file": Key("system_file", "str", path=True),
+}
+
+_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def all_keys() -> list[str]:
+    """Every key the file accepts, as section.key (for documentation checks)."""
+    keys = [f"{section}.{name}" for section, table in SECTIONS.items() for name in table]
+    return keys + ["prompt"] + [f"prompt.{name}" for name in PROMPT_KEYS]
+
+
+def load(path: str) -> dict[str, Any]:
+    """The options a config file sets, by argparse destination."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = yaml.safe_load(stream)
+    except FileNotFoundError:
+        raise UsageError(f"--config {path}: no such file") from None
+    except OSError as error:
+        raise UsageError(f"--config {path}: cannot read it: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else path
+        raise UsageError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict):
+        raise UsageError(f"{path}: expected sections (llm, processing, prompt, output)")
+    folder = os.path.dirname(os.path.abspath(path))
+    options: dict[str, Any] = {}
+    for section, body in document.items():
+        if section == "prompt":
+            options.update(_prompt(body, folder))
+            continue
+        if section not in SECTIONS:
+            raise _unknown(str(section), [*list(SECTIONS), "prompt"])
+        if body is None:
+            continue
+        if not isinstance(body, dict):
+            raise UsageError(f"{section}: expected a mapping of keys, got {_kind(body)}")
+        for name, value in body.items():
+            place = f"{section}.{name}"
+            key = SECTIONS[section].get(str(name))
+            if key is None:
+                raise _unknown(place, [f"{section}.{known}" for known in SECTIONS[section]])
+            options[key.dest] = _value(place, key, _expand(place, value), folder)
+    return options
+
+
+def _prompt(body: Any, folder: str) -> dict[str, Any]:
+    if isinstance(body, str):
+        return {"prompt": _expand("prompt", body)}
+    if not isinstance(body, dict):
+        raise UsageError(f"prompt: expected text or a mapping with user and system, "
+                         f"got {_kind(body)}")
+    options: dict[str, Any] = {}
+    for name, value in body.items():
+        place = f"prompt.{name}"
+        key = PROMPT_KEYS.get(str(name))
+        if key is None:
+            raise _unknown(place, [f"prompt.{known}" for known in PROMPT_KEYS])
+        options[key.dest] = _value(place, key, _expand(place, value), folder)
+    return options
+
+
+def _expand(place: str, value: Any) -> Any:
+    """${VAR} replaced from the environment, in strings at any depth; unset is an error."""
+    if isinstance(value, str):
+        def substitute(match: re.Match[str]) -> str:
+            name = match.group(1)
+            if name not in os.environ:
+                raise UsageError(f"{place}: ${{{name}}} is not set in the environment")
+            return os.environ[name]
+
+        return _VARIABLE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {key: _expand(f"{place}.{key}", item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand(place, item) for item in value]
+    return value
+
+
+def _value(place: str, key: Key, value: Any, folder: str) -> Any:
+    if value is None:
+        return None
+    kind = key.kind
+    if kind == "str" and not isinstance(value, str):
+        raise _wrong(place, "text", value)
+    if kind == "int" and (not isinstance(value, int) or isinstance(value, bool)):
+        raise _wrong(place, "a whole number", value)
+    if kind == "number" and (not isinstance(value, int | float) or isinstance(value, bool)):
+        raise _wrong(place, "a number", value)
+    if kind == "bool" and not isinstance(value, bool):
+        raise _wrong(place, "true or false", value)
+    if kind == "mapping":
+        if not isinstance(value, dict):
+            raise _wrong(place, "a mapping", value)
+        return value
+    if kind == "price":
+        if not (isinstance(value, list) and len(value) == 2
+                and all(isinstance(item, int | float) for item in value)):
+            raise _wrong(place, "[input, output] dollars per million tokens", value)
+        return f"{value[0]},{value[1]}"
+    if key.choices and value not in key.choices:
+        raise UsageError(f"{place}: {value!r} is not one of {', '.join(key.choices)}")
+    if key.path and not os.path.isabs(value):
+        return os.path.join(folder, value)
+    if kind == "number":
+        return float(value)
+    return value
+
+
+def _kind(value: Any) -> str:
+    return {str: "text", bool: "true/false", int: "a number", float: "a number",
+            list: "a list", dict: "a mapping", type(None): "nothing"}.get(type(value), "a value")
+
+
+def _wrong(place: str, expected: str, value: Any) -> UsageError:
+    return UsageError(f"{place}: expected {expected}, got {_kind(value)} ({value!r})")
+
+
+def _unknown(place: str, known: list[str]) -> UsageError:
+    close = difflib.get_close_matches(place, known, n=1)
+    return UsageError(f"{place}: unknown key",
+                      f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}")

@@ -1,0 +1,116 @@
+"""Tokens, cost and the run's statistics: the end-of-run summary and ``--stats FILE``.
+
+Prices are US dollars per million tokens, from ``agents/data/prices.json`` or ``--price IN,OUT``.
+Cached input tokens are priced at the cached rate (the input rate when none is listed);
+reasoning tokens are part of the output tokens, as the API counts them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from agents.client import Usage
+from agents.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Price:
+    input: float
+    output: float
+    cached_input: float | None = None
+
+    def cost(self, usage: Usage) -> float:
+        cached = min(usage.cached, usage.prompt)
+        cached_rate = self.cached_input if self.cached_input is not None else self.input
+        return ((usage.prompt - cached) * self.input + cached * cached_rate
+                + usage.completion * self.output) / 1_000_000
+
+
+def price_table() -> dict[str, Price]:
+    text = resources.files("agents").joinpath("data/prices.json").read_text(encoding="utf-8")
+    table = json.loads(text)
+    return {model: Price(entry["input"], entry["output"], entry.get("cached_input"))
+            for model, entry in table.items() if not model.startswith("_")}
+
+
+def parse_price(text: str) -> Price:
+    parts = text.split(",")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) != 2 or any(number < 0 or math.isnan(number) for number in numbers):
+        raise UsageError(f"--price takes IN,OUT in dollars per million tokens, not {text!r}")
+    return Price(numbers[0], numbers[1])
+
+
+def price_for(model: str, explicit: str | None) -> Price | None:
+    if explicit is not None:
+        return parse_price(explicit)
+    table = price_table()
+    if model in table:
+        return table[model]
+    # dated snapshots (gpt-4o-mini-2024-07-18) cost what their family costs
+    family = max((name for name in table if model.startswith(name + "-")), key=len, default=None)
+    return table[family] if family else None
+
+
+def percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, math.ceil(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+def summary_lines(usage: Usage, price: Price | None, model: str) -> list[str]:
+    total = usage.prompt + usage.completion
+    lines = [f"Tokens used: {total:,} (input: {usage.prompt:,} | output: {usage.completion:,})"]
+    if usage.cached or usage.reasoning:
+        lines[0] = lines[0][:-1] + (f" | cached input: {usage.cached:,} | "
+                                    f"reasoning: {usage.reasoning:,})")
+    if price is None:
+        lines.append(f"Estimated cost: unknown (no price for {model}; give --price IN,OUT)")
+    else:
+        lines.append(f"Estimated cost: ${price.cost(usage):,.2f}")
+    return lines
+
+
+def stats_document(
+    *,
+    usage: Usage,
+    price: Price | None,
+    model: str,
+    succeeded: int,
+    failed: int,
+    errors: dict[str, int],
+    retries: dict[str, int],
+    requests: int,
+    latencies: list[float],
+    seconds: float,
+    stopped: str | None,
+) -> dict[str, Any]:
+    ordered = sorted(latencies)
+    return {
+        "model": model,
+        "records": succeeded + failed,
+        "succeeded": succeeded,
+        "failed": failed,
+        "errors": dict(sorted(errors.items())),
+        "requests": requests,
+        "retries": dict(sorted(retries.items())),
+        "tokens": {"input": usage.prompt, "output": usage.completion, "cached_input": usage.cached,
+                   "reasoning": usage.reasoning, "total": usage.prompt + usage.completion},
+        "cost_usd": round(price.cost(usage), 6) if price is not None else None,
+        "latency_seconds": {
+            "p50": round(percentile(ordered, 0.50), 4),
+            "p90": round(percentile(ordered, 0.90), 4),
+            "p99": round(percentile(ordered, 0.99), 4),
+            "max": round(ordered[-1], 4) if ordered else 0.0,
+        },
+        "wall_seconds": round(seconds, 3),
+        "stopped": stopped,
+    }
