@@ -128,8 +128,9 @@ def _prompt(body: Any, folder: str) -> dict[str, Any]:
     if isinstance(body, str):
         return {"prompt": _expand("prompt", body)}
     if not isinstance(body, dict):
-        raise UsageError(f"prompt: expected text or a mapping with user and system, "
-                         f"got {_kind(body)}")
+        raise UsageError(
+            f"prompt: expected text or a mapping with user and system, got {_kind(body)}"
+        )
     options: dict[str, Any] = {}
     for name, value in body.items():
         place = f"prompt.{name}"
@@ -143,6 +144,7 @@ def _prompt(body: Any, folder: str) -> dict[str, Any]:
 def _expand(place: str, value: Any) -> Any:
     """${VAR} replaced from the environment, in strings at any depth; unset is an error."""
     if isinstance(value, str):
+
         def substitute(match: re.Match[str]) -> str:
             name = match.group(1)
             if name not in os.environ:
@@ -174,8 +176,11 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
             raise _wrong(place, "a mapping", value)
         return value
     if kind == "price":
-        if not (isinstance(value, list) and len(value) == 2
-                and all(isinstance(item, int | float) for item in value)):
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(isinstance(item, int | float) for item in value)
+        ):
             raise _wrong(place, "[input, output] dollars per million tokens", value)
         return f"{value[0]},{value[1]}"
     if key.choices and value not in key.choices:
@@ -188,8 +193,15 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
 
 
 def _kind(value: Any) -> str:
-    return {str: "text", bool: "true/false", int: "a number", float: "a number",
-            list: "a list", dict: "a mapping", type(None): "nothing"}.get(type(value), "a value")
+    return {
+        str: "text",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        list: "a list",
+        dict: "a mapping",
+        type(None): "nothing",
+    }.get(type(value), "a value")
 
 
 def _wrong(place: str, expected: str, value: Any) -> UsageError:
@@ -198,5 +210,7 @@ def _wrong(place: str, expected: str, value: Any) -> UsageError:
 
 def _unknown(place: str, known: list[str]) -> UsageError:
     close = difflib.get_close_matches(place, known, n=1)
-    return UsageError(f"{place}: unknown key",
-                      f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}")
+    return UsageError(
+        f"{place}: unknown key",
+        f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}",
+    )

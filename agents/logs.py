@@ -24,8 +24,9 @@ class Redact(logging.Filter):
 
 
 def configure(level: str, path: str | None, secret: str | None, prog: str) -> logging.Handler:
-    handler: logging.Handler = (logging.FileHandler(path, encoding="utf-8") if path
-                                else logging.StreamHandler())
+    handler: logging.Handler = (
+        logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler()
+    )
     handler.setFormatter(logging.Formatter(f"%(asctime)s {prog} %(levelname)s %(message)s"))
     handler.addFilter(Redact(secret))
     LOGGER.handlers[:] = [handler]

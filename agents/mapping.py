@@ -229,9 +229,13 @@ class Mapper:
         error = state.outcome.exception() if state.outcome else None
         self._count_retry_of(error)
         if LOGGER.isEnabledFor(logging.INFO) and state.next_action is not None:
-            LOGGER.info("retry %d after %s: %s; waiting %.2fs", state.attempt_number + 1,
-                        getattr(error, "error_type", "error"), error,
-                        state.next_action.sleep)
+            LOGGER.info(
+                "retry %d after %s: %s; waiting %.2fs",
+                state.attempt_number + 1,
+                getattr(error, "error_type", "error"),
+                error,
+                state.next_action.sleep,
+            )
 
     def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"
@@ -267,10 +271,16 @@ class Mapper:
             self.counters.usage.add(completion.usage)
             if debug:
                 usage = completion.usage
-                LOGGER.debug("response finish_reason=%s usage=prompt:%d,completion:%d,cached:%d,"
-                             "reasoning:%d content=%s", completion.finish_reason, usage.prompt,
-                             usage.completion, usage.cached, usage.reasoning,
-                             orjson.dumps(completion.content).decode())
+                LOGGER.debug(
+                    "response finish_reason=%s usage=prompt:%d,completion:%d,cached:%d,"
+                    "reasoning:%d content=%s",
+                    completion.finish_reason,
+                    usage.prompt,
+                    usage.completion,
+                    usage.cached,
+                    usage.reasoning,
+                    orjson.dumps(completion.content).decode(),
+                )
             return completion
 
     def _drop_response_format(self, form: dict[str, Any]) -> None:

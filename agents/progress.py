@@ -56,12 +56,12 @@ def lines(tally: Tally, total: int | None, now: float | None = None) -> tuple[st
         bar = "█" * filled + "░" * (BAR - filled)
         remaining = max(0, total - tally.done)
         eta = duration(remaining / (tally.done / elapsed)) if tally.done else "?"
-        first = (f"Processing: {bar} {tally.done:,}/{total:,} ({share:.1%}) | {rate} | "
-                 f"ETA: {eta}")
+        first = f"Processing: {bar} {tally.done:,}/{total:,} ({share:.1%}) | {rate} | ETA: {eta}"
     else:
         first = f"Processing: {tally.done:,} done | {rate}"
-    second = f"Errors: {tally.failed:,}" + (f" | Last: {tally.last_error}"
-                                            if tally.last_error else "")
+    second = f"Errors: {tally.failed:,}" + (
+        f" | Last: {tally.last_error}" if tally.last_error else ""
+    )
     return first, second
 
 
@@ -69,8 +69,15 @@ class Progress:
     """Redraws on a terminal every ``interval`` seconds; elsewhere prints a line every
     ``plain_interval`` seconds."""
 
-    def __init__(self, stream: IO[str], tally: Tally, total: int | None, terminal: bool,
-                 interval: float = 0.25, plain_interval: float = 5.0) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        tally: Tally,
+        total: int | None,
+        terminal: bool,
+        interval: float = 0.25,
+        plain_interval: float = 5.0,
+    ) -> None:
         self.stream = stream
         self.tally = tally
         self.total = total

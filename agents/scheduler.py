@@ -150,6 +150,8 @@ class Scheduler:
         breaker: CircuitBreaker | None = None,
         grace: float = 30.0,
         bad: BadRowHandler,
+        limit: int | None = None,
+        on_result: Callable[[Record, bool], None] | None = None,
     ) -> None:
         self.process = process
         self.out = out
@@ -159,6 +161,8 @@ class Scheduler:
         self.breaker = breaker or CircuitBreaker()
         self.grace = grace
         self.bad = bad
+        self.limit = limit
+        self.on_result = on_result
         self.ids = IdAssigner()
         self.outcome = Outcome()
         self.stopping = asyncio.Event()
@@ -197,6 +201,8 @@ class Scheduler:
         sequence = 0
         async for lines in read_lines(stdin):
             for record in parse_lines(lines, "<stdin>", number, self.bad):
+                if self.limit is not None and sequence >= self.limit:
+                    break
                 await self.slots.acquire()
                 if self.keep_order:
                     await self.order_slots.acquire()
@@ -210,6 +216,8 @@ class Scheduler:
                 task.add_done_callback(self.tasks.discard)
                 sequence += 1
             number += len(lines)
+            if self.limit is not None and sequence >= self.limit:
+                break
         while self.tasks:  # asyncio.wait, unlike gather, leaves them running if we are cancelled
             await asyncio.wait(set(self.tasks))
 
@@ -262,6 +270,8 @@ class Scheduler:
             self.outcome.written += 1
         else:
             self.outcome.failed += 1
+        if self.on_result is not None:
+            self.on_result(output, succeeded)
 
     def _stop_fatal(self, message: str) -> None:
         if self.outcome.fatal is None:

@@ -26,15 +26,21 @@ class Price:
     def cost(self, usage: Usage) -> float:
         cached = min(usage.cached, usage.prompt)
         cached_rate = self.cached_input if self.cached_input is not None else self.input
-        return ((usage.prompt - cached) * self.input + cached * cached_rate
-                + usage.completion * self.output) / 1_000_000
+        return (
+            (usage.prompt - cached) * self.input
+            + cached * cached_rate
+            + usage.completion * self.output
+        ) / 1_000_000
 
 
 def price_table() -> dict[str, Price]:
     text = resources.files("agents").joinpath("data/prices.json").read_text(encoding="utf-8")
     table = json.loads(text)
-    return {model: Price(entry["input"], entry["output"], entry.get("cached_input"))
-            for model, entry in table.items() if not model.startswith("_")}
+    return {
+        model: Price(entry["input"], entry["output"], entry.get("cached_input"))
+        for model, entry in table.items()
+        if not model.startswith("_")
+    }
 
 
 def parse_price(text: str) -> Price:
@@ -70,8 +76,9 @@ def summary_lines(usage: Usage, price: Price | None, model: str) -> list[str]:
     total = usage.prompt + usage.completion
     lines = [f"Tokens used: {total:,} (input: {usage.prompt:,} | output: {usage.completion:,})"]
     if usage.cached or usage.reasoning:
-        lines[0] = lines[0][:-1] + (f" | cached input: {usage.cached:,} | "
-                                    f"reasoning: {usage.reasoning:,})")
+        lines[0] = lines[0][:-1] + (
+            f" | cached input: {usage.cached:,} | reasoning: {usage.reasoning:,})"
+        )
     if price is None:
         lines.append(f"Estimated cost: unknown (no price for {model}; give --price IN,OUT)")
     else:
@@ -102,8 +109,13 @@ def stats_document(
         "errors": dict(sorted(errors.items())),
         "requests": requests,
         "retries": dict(sorted(retries.items())),
-        "tokens": {"input": usage.prompt, "output": usage.completion, "cached_input": usage.cached,
-                   "reasoning": usage.reasoning, "total": usage.prompt + usage.completion},
+        "tokens": {
+            "input": usage.prompt,
+            "output": usage.completion,
+            "cached_input": usage.cached,
+            "reasoning": usage.reasoning,
+            "total": usage.prompt + usage.completion,
+        },
         "cost_usd": round(price.cost(usage), 6) if price is not None else None,
         "latency_seconds": {
             "p50": round(percentile(ordered, 0.50), 4),

@@ -27,13 +27,24 @@ PAGES = {
 }
 
 
+def instance(schema: dict[str, Any]) -> Any:
+    """A small value valid against the simple schemas of docs/examples."""
+    if "enum" in schema:
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if kind == "object":
+        properties = schema.get("properties", {})
+        return {name: instance(properties.get(name, {})) for name in schema.get("required", [])}
+    return {"integer": 1, "number": 1.5, "boolean": True, "array": []}.get(str(kind), "x")
+
+
 def docs_script(request: dict[str, Any], number: int) -> Reply:
-    """Answers the examples' prompts: an object with the schema's required fields, JSON when
+    """Answers the examples' prompts: a valid instance of the schema when one is sent, JSON when
     asked for it, else an echo."""
     form = request.get("response_format") or {}
     schema = (form.get("json_schema") or {}).get("schema") or form.get("schema")
     if schema:
-        return Reply(orjson.dumps({name: "x" for name in schema.get("required", [])}).decode())
+        return Reply(orjson.dumps(instance(schema)).decode())
     if "json" in last_user_message(request).lower():
         return Reply('{"answer": "x"}')
     return echo(request, number)

@@ -44,10 +44,14 @@ class Sleeps:
         self.waits.append(seconds)
 
 
-def run_map(server: FakeLLM, *args: str, stdin: bytes, sleeps: Sleeps | None = None) -> Result:
+def run_map(
+    server: FakeLLM, *args: str, stdin: bytes, sleeps: Sleeps | None = None, quiet: bool = True
+) -> Result:
+    """agents-map in-process against ``server``; quiet (no summary) unless asked."""
     out, err = io.BytesIO(), io.StringIO()
     streams = Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err)
-    status = map_cli.main(["--base-url", server.url, *args], streams, sleep=sleeps or Sleeps())
+    argv = ["--base-url", server.url, *(["-q"] if quiet else []), *args]
+    status = map_cli.main(argv, streams, sleep=sleeps or Sleeps())
     return Result(status, out.getvalue(), err.getvalue())
 
 
@@ -383,7 +387,9 @@ def test_unreachable_endpoint_stops_at_once() -> None:
     out, err = io.BytesIO(), io.StringIO()
     streams = Streams(stdin=io.BytesIO(words(100)), stdout=out, stderr=err)
     status = map_cli.main(
-        ["--base-url", "http://127.0.0.1:9/v1", "--prompt", "{word}"], streams, sleep=Sleeps()
+        ["--base-url", "http://127.0.0.1:9/v1", "--prompt", "{word}", "-q"],
+        streams,
+        sleep=Sleeps(),
     )
     assert status == 1
     assert err.getvalue().startswith("agents-map: error: cannot reach http://127.0.0.1:9/v1: ")

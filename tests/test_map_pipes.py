@@ -86,4 +86,7 @@ def test_ctrl_c_keeps_the_results_in_flight(tmp: Path) -> None:
     assert len(lines) == answered >= 4  # every answer paid for reached the output
     assert sent == answered
     assert mapper.stderr is not None
-    assert mapper.stderr.read().decode().startswith("agents-map: interrupted: ")
+    said = mapper.stderr.read().decode()
+    assert f"agents-map: interrupted: {answered} results and 0 error records written" in said
+    # the fake server counts 10 input and 5 output tokens an answer
+    assert f"Tokens used: {15 * answered} (input: {10 * answered} | output: {5 * answered})" in said

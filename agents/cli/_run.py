@@ -78,6 +78,10 @@ class Reporter:
     def info(self, message: str) -> None:
         self._emit(f"{self.prog}: {message}", None)
 
+    def say(self, line: str) -> None:
+        """A line of a report (summary, estimate), without the program's name."""
+        self._emit(line, None)
+
     def _emit(self, line: str, hint: str | None) -> None:
         try:
             self.stderr.write(line + "\n")

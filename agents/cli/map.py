@@ -2,24 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import signal
+import stat
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import orjson
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
-from agents.client import DEFAULT_BASE_URL, Client, Endpoint
+from agents.client import DEFAULT_BASE_URL, Client
 from agents.errors import DataError, ExitStatus, UsageError
-from agents.mapping import Mapper, RequestShape, Sleep, response_formats
-from agents.results import MERGE_STRATEGIES, OUTPUT_FORMATS, Interpreter, Merger
+from agents.job import DEFAULTS, Job, build, merge
+from agents.mapping import Mapper, Sleep
+from agents.progress import Progress, Tally
+from agents.results import MERGE_STRATEGIES, OUTPUT_FORMATS
 from agents.scheduler import CircuitBreaker, Outcome, Scheduler
-from agents.template import Template
 
 PROG = "agents-map"
 
@@ -30,22 +31,19 @@ and write one record per input record to stdout: the record with its result, or 
 examples:
   agents-read words.csv | agents-map --prompt 'Translate to French: {word}' | agents-write out.csv
   agents-map -p prompt.txt -j 50 --output-format json < words.jsonl > results.jsonl
-  agents-map -p extract.txt --output-format structured --schema person.json --merge update
+  agents-map --config job.yaml --dry-run --limit 3 < words.jsonl
 """
-
-DEFAULTS = {
-    "model": "gpt-4o-mini",
-    "jobs": 10,
-    "timeout": 60.0,
-    "max_retries": 3,
-    "retry_delay": 1.0,
-    "max_reasks": 2,
-    "grace": 30.0,
-}
 
 
 def build_parser(streams: Streams) -> Parser:
     parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="a job.yaml with llm, processing, prompt and output sections; "
+        "flags override it (default: none)",
+    )
     prompt = parser.add_argument_group("prompt")
     prompt.add_argument(
         "-p",
@@ -56,16 +54,14 @@ def build_parser(streams: Streams) -> Parser:
     )
     prompt.add_argument("--prompt", metavar="TEXT", help="the prompt template, given inline")
     prompt.add_argument(
-        "--system", metavar="TEXT", help="a system prompt (a template too), given inline"
+        "--system",
+        metavar="TEXT",
+        help="a system prompt (a template too), given inline (default: none)",
     )
     prompt.add_argument("--system-file", metavar="FILE", help="the system prompt, read from FILE")
     model = parser.add_argument_group("model and endpoint")
     model.add_argument(
-        "-m",
-        "--model",
-        default=DEFAULTS["model"],
-        metavar="NAME",
-        help=f"model name (default: {DEFAULTS['model']})",
+        "-m", "--model", metavar="NAME", help=f"model name (default: {DEFAULTS['model']})"
     )
     model.add_argument(
         "--base-url",
@@ -74,7 +70,6 @@ def build_parser(streams: Streams) -> Parser:
     )
     model.add_argument(
         "--api-key-env",
-        default="OPENAI_API_KEY",
         metavar="NAME",
         help="the environment variable that holds the API key "
         "(default: OPENAI_API_KEY); keys are never taken from flags",
@@ -83,7 +78,6 @@ def build_parser(streams: Streams) -> Parser:
         "-H",
         "--header",
         action="append",
-        default=[],
         metavar="'NAME: VALUE'",
         help="an extra HTTP header for every request (repeatable)",
     )
@@ -110,24 +104,26 @@ def build_parser(streams: Streams) -> Parser:
     model.add_argument(
         "--timeout",
         type=float,
-        default=DEFAULTS["timeout"],
         metavar="SECONDS",
         help=f"time limit of one request (default: {DEFAULTS['timeout']:g})",
     )
     model.add_argument(
         "--param",
         action="append",
-        default=[],
         metavar="KEY=JSON",
-        help="another request parameter, its value as JSON, e.g. top_p=0.9 or "
-        "'stop=[\"\\n\"]' (repeatable)",
+        help="another request parameter, its value as JSON, e.g. top_p=0.9 (repeatable)",
+    )
+    model.add_argument(
+        "--price",
+        metavar="IN,OUT",
+        help="dollars per million input and output tokens (default: the price "
+        "table's entry for the model)",
     )
     processing = parser.add_argument_group("processing")
     processing.add_argument(
         "-j",
         "--jobs",
         type=int,
-        default=DEFAULTS["jobs"],
         metavar="N",
         help=f"requests in flight at once; 1 is sequential (default: {DEFAULTS['jobs']})",
     )
@@ -135,21 +131,18 @@ def build_parser(streams: Streams) -> Parser:
         "-k",
         "--keep-order",
         action="store_true",
+        default=None,
         help="write results in input order (default: as they complete)",
     )
     processing.add_argument(
         "--max-retries",
         type=int,
-        default=DEFAULTS["max_retries"],
         metavar="N",
-        help=f"retries of a request after a retryable error (429, 5xx, "
-        f"timeout, dropped connection) (default: "
-        f"{DEFAULTS['max_retries']})",
+        help=f"retries of a request after a retryable error (default: {DEFAULTS['max_retries']})",
     )
     processing.add_argument(
         "--retry-delay",
         type=float,
-        default=DEFAULTS["retry_delay"],
         metavar="SECONDS",
         help=f"the first backoff step, doubled each retry, with jitter; a "
         f"server's Retry-After is waited for when longer "
@@ -158,18 +151,31 @@ def build_parser(streams: Streams) -> Parser:
     processing.add_argument(
         "--grace",
         type=float,
-        default=DEFAULTS["grace"],
         metavar="SECONDS",
         help=f"after Ctrl-C, how long requests in flight may finish "
         f"(default: {DEFAULTS['grace']:g})",
+    )
+    processing.add_argument(
+        "-n",
+        "--limit",
+        type=int,
+        metavar="N",
+        help="process only the first N records; with --dry-run, show only "
+        "their requests (default: all)",
+    )
+    processing.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="send nothing: print the requests, missing fields, and the "
+        "token and cost estimate of the whole input",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",
         choices=OUTPUT_FORMATS,
-        default="text",
-        help="text: the answer as it is; json: the answer parsed as JSON; "
-        "structured: parsed and validated against --schema (default: text)",
+        help="text: the answer as it is; json: parsed as JSON; structured: "
+        "parsed and validated against --schema (default: text)",
     )
     output.add_argument(
         "--schema",
@@ -180,21 +186,16 @@ def build_parser(streams: Streams) -> Parser:
     output.add_argument(
         "--merge",
         choices=MERGE_STRATEGIES,
-        default="extend",
         help="extend: the record plus the result under --field; update: an "
         "object result's keys merged into the record; replace: the ID "
         "and the result only (default: extend)",
     )
     output.add_argument(
-        "--field",
-        default="result",
-        metavar="NAME",
-        help="the key that holds the result (default: result)",
+        "--field", metavar="NAME", help="the key that holds the result (default: result)"
     )
     output.add_argument(
         "--max-reasks",
         type=int,
-        default=DEFAULTS["max_reasks"],
         metavar="N",
         help=f"times an answer that does not parse or validate is asked again, "
         f"apart from retries (default: {DEFAULTS['max_reasks']})",
@@ -202,161 +203,174 @@ def build_parser(streams: Streams) -> Parser:
     output.add_argument(
         "--errors",
         metavar="FILE",
-        help="append error records to FILE instead of stdout (default: stdout, "
-        "so that the output holds every ID and a rerun retries failures)",
+        help="append error records to FILE instead of stdout (default: stdout)",
+    )
+    output.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="write the run's figures as JSON to FILE at the end (default: none)",
+    )
+    report = parser.add_argument_group("progress and logs (all on stderr)")
+    report.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show progress even when stderr is not a terminal (then a plain "
+        "line every 5 seconds); default: only on a terminal",
+    )
+    report.add_argument(
+        "--total",
+        type=int,
+        metavar="N",
+        help="the number of records, for the ETA when reading a pipe "
+        "(default: counted when stdin is a file)",
+    )
+    report.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=None,
+        help="no progress and no end-of-run summary; errors only",
+    )
+    report.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="INFO adds retries, DEBUG every request and response with its "
+        "usage; the key is redacted (default: WARNING)",
+    )
+    report.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="write the log to FILE instead of stderr (default: stderr)",
     )
     return parser
 
 
-@dataclass
-class Job:
-    endpoint: Endpoint
-    mapper_args: dict[str, Any]
-    jobs: int
-    keep_order: bool
-    grace: float
-    errors: str | None
+def main(
+    argv: Sequence[str] | None = None, streams: Streams | None = None, sleep: Sleep | None = None
+) -> int:
+    """The command; ``sleep`` replaces the backoff waits in tests."""
+    streams = streams or Streams()
+    return run(PROG, lambda reporter: _map(argv, streams, reporter, sleep), streams)
 
 
-def _read_text(path: str, what: str) -> str:
-    try:
-        with open(path, encoding="utf-8") as stream:
-            return stream.read()
-    except FileNotFoundError:
-        raise UsageError(f"{what} {path}: no such file") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"{what} {path}: cannot read it: {error}") from None
+def _map(
+    argv: Sequence[str] | None, streams: Streams, reporter: Reporter, sleep: Sleep | None
+) -> int:
+    args = build_parser(streams).parse_args(argv)
+    flags = {key: value for key, value in vars(args).items() if key != "config"}
+    job = build(merge(flags, args.config))
+    o = job.options
 
+    def bad(error: DataError) -> None:
+        reporter.warning(f"{error.message} (skipped)")
 
-def _positive(value: int, flag: str, minimum: int = 1) -> int:
-    if value < minimum:
-        raise UsageError(f"{flag} must be at least {minimum}, not {value}")
-    return value
+    if o.dry_run:
+        return _dry_run(job, streams, reporter, bad)
+    from agents import logs
 
-
-def _params(args: argparse.Namespace) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if args.temperature is not None:
-        params["temperature"] = args.temperature
-    if args.max_tokens is not None:
-        params["max_tokens"] = _positive(args.max_tokens, "--max-tokens")
-    if args.max_completion_tokens is not None:
-        params["max_completion_tokens"] = _positive(
-            args.max_completion_tokens, "--max-completion-tokens"
-        )
-    if args.seed is not None:
-        params["seed"] = args.seed
-    for item in args.param:
-        key, equals, raw = item.partition("=")
-        if not equals or not key:
-            raise UsageError(f"--param takes KEY=JSON, not {item!r}")
+    handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, PROG)
+    errors_out: BinaryIO | None = None
+    if o.errors:
         try:
-            params[key.strip()] = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UsageError(
-                f"--param {key}: {raw!r} is not JSON", "quote strings: --param 'user=\"me\"'"
-            ) from None
-    return params
-
-
-def _headers(items: list[str]) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    for item in items:
-        name, colon, value = item.partition(":")
-        if not colon or not name.strip():
-            raise UsageError(f"--header takes 'NAME: VALUE', not {item!r}")
-        headers[name.strip()] = value.strip()
-    return headers
-
-
-def _endpoint(args: argparse.Namespace) -> Endpoint:
-    key = os.environ.get(args.api_key_env) or None
-    base_url = args.base_url or os.environ.get("OPENAI_BASE_URL") or None
-    if key is None and base_url is None:
-        raise UsageError(
-            f"no API key and no endpoint: ${args.api_key_env} is not set and no --base-url "
-            "was given",
-            f"set {args.api_key_env} for OpenAI, or point --base-url (or OPENAI_BASE_URL) at "
-            "an OpenAI-compatible server, such as the local model (see the README)",
-        )
-    if args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, not {args.timeout:g}")
-    return Endpoint(base_url or DEFAULT_BASE_URL, key, _headers(args.header), args.timeout)
-
-
-def configure(args: argparse.Namespace) -> Job:
-    if (args.prompt_file is None) == (args.prompt is None):
-        raise UsageError("give the prompt with -p FILE or --prompt TEXT (one of them)")
-    source = args.prompt if args.prompt is not None else _read_text(args.prompt_file, "prompt")
-    if args.system is not None and args.system_file is not None:
-        raise UsageError("give the system prompt with --system or --system-file, not both")
-    system_text = (
-        args.system
-        if args.system is not None
-        else _read_text(args.system_file, "system prompt")
-        if args.system_file
-        else None
-    )
-    schema: dict[str, Any] | None = None
-    if args.schema is not None:
-        try:
-            schema = orjson.loads(_read_text(args.schema, "schema"))
-        except orjson.JSONDecodeError as error:
-            raise UsageError(f"schema {args.schema}: not valid JSON ({error})") from None
-    if args.output_format == "structured" and schema is None:
-        raise UsageError("--output-format structured needs --schema FILE")
-    if schema is not None and args.output_format != "structured":
-        raise UsageError("--schema is for --output-format structured")
+            errors_out = open(o.errors, "ab")
+        except OSError as error:
+            raise UsageError(f"--errors {o.errors}: cannot write: {error.strerror}") from None
+    started = time.monotonic()
     try:
-        interpreter = Interpreter(args.output_format, schema)
-    except Exception as error:  # jsonschema's SchemaError
-        raise UsageError(
-            f"schema {args.schema}: not a valid JSON Schema: {getattr(error, 'message', error)}"
-        ) from None
-    _positive(args.jobs, "--jobs")
-    _positive(args.max_retries, "--max-retries", 0)
-    _positive(args.max_reasks, "--max-reasks", 0)
-    return Job(
-        endpoint=_endpoint(args),
-        mapper_args={
-            "shape": RequestShape(args.model, _params(args)),
-            "template": Template.parse(source),
-            "system": Template.parse(system_text) if system_text is not None else None,
-            "interpreter": interpreter,
-            "merger": Merger(args.merge, args.field),
-            "max_retries": args.max_retries,
-            "retry_delay": max(0.0, args.retry_delay),
-            "max_reasks": args.max_reasks,
-            "response_formats": response_formats(args.output_format, schema),
-        },
-        jobs=args.jobs,
-        keep_order=args.keep_order,
-        grace=max(0.0, args.grace),
-        errors=args.errors,
-    )
+        outcome, mapper = _event_loop().run_until_complete(
+            _run_job(job, streams, reporter, sleep or asyncio.sleep, errors_out, bad)
+        )
+    finally:
+        if errors_out is not None:
+            errors_out.close()
+        handler.close()
+    return _finish(job, outcome, mapper, reporter, time.monotonic() - started)
+
+
+def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: object) -> int:
+    from agents.dryrun import dry_run, report
+
+    o = job.options
+    body = {"model": job.shape.model, **job.shape.params}
+    if job.response_formats[0] is not None:
+        body["response_format"] = job.response_formats[0]
+    estimate = dry_run(
+        streams.stdin,
+        streams.stdout,
+        job.template,
+        job.system,
+        body,
+        o.limit,
+        o.max_tokens or o.max_completion_tokens,
+        bad,
+    )  # type: ignore[arg-type]
+    for line in report(estimate, job.price, job.shape.model):
+        reporter.say(line)
+    return int(ExitStatus.OK)
+
+
+def _total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
+    """--total, or the lines left in stdin when it is a regular file (counted without reading
+    it for real: pread leaves the offset where it is)."""
+    total = explicit
+    if total is None:
+        try:
+            fd = stdin.fileno()
+            info = os.fstat(fd)
+        except (OSError, ValueError, AttributeError):
+            info = None
+        if info is not None and stat.S_ISREG(info.st_mode):
+            offset, count = os.lseek(fd, 0, os.SEEK_CUR), 0
+            while chunk := os.pread(fd, 1 << 20, offset):
+                count += chunk.count(b"\n")
+                offset += len(chunk)
+            total = count
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    return total
 
 
 async def _run_job(
-    job: Job, streams: Streams, reporter: Reporter, sleep: Sleep, errors_out: BinaryIO | None
+    job: Job,
+    streams: Streams,
+    reporter: Reporter,
+    sleep: Sleep,
+    errors_out: BinaryIO | None,
+    bad: object,
 ) -> tuple[Outcome, Mapper]:
-    client = Client(job.endpoint, job.jobs)
+    o = job.options
+    client = Client(job.endpoint, o.jobs)
+    tally = Tally()
+    terminal = _is_terminal(streams.stderr)
+    progress = None
+    if not o.quiet and (terminal or o.progress):
+        progress = Progress(
+            streams.stderr, tally, _total(streams.stdin, o.total, o.limit), terminal
+        )
     try:
         mapper = Mapper(client, sleep=sleep, warn=reporter.warning, **job.mapper_args)
-
-        def bad(error: DataError) -> None:
-            reporter.warning(f"{error.message} (skipped)")
-
         scheduler = Scheduler(
             mapper.process,
             streams.stdout,
-            jobs=job.jobs,
-            keep_order=job.keep_order,
+            jobs=o.jobs,
+            keep_order=o.keep_order,
             errors_out=errors_out,
             breaker=CircuitBreaker(),
-            grace=job.grace,
+            grace=max(0.0, o.grace),
             bad=bad,
-        )
-        outcome = await scheduler.run(streams.stdin)
+            limit=o.limit,
+            on_result=tally.record,
+        )  # type: ignore[arg-type]
+        drawing = asyncio.create_task(progress.run()) if progress else None
+        try:
+            outcome = await scheduler.run(streams.stdin)
+        finally:
+            if drawing is not None:
+                drawing.cancel()
+                await asyncio.gather(drawing, return_exceptions=True)
+                assert progress is not None
+                progress.finish()
         if scheduler.ids.hashed:
             reporter.warning(
                 f"{scheduler.ids.hashed} records had no _id; each got one from a hash of its "
@@ -373,33 +387,11 @@ async def _run_job(
         await client.close()
 
 
-def main(
-    argv: Sequence[str] | None = None, streams: Streams | None = None, sleep: Sleep | None = None
-) -> int:
-    """The command; ``sleep`` replaces the backoff waits in tests."""
-    streams = streams or Streams()
-    return run(PROG, lambda reporter: _map(argv, streams, reporter, sleep), streams)
-
-
-def _map(
-    argv: Sequence[str] | None, streams: Streams, reporter: Reporter, sleep: Sleep | None
-) -> int:
-    args = build_parser(streams).parse_args(argv)
-    job = configure(args)
-    errors_out: BinaryIO | None = None
-    if job.errors:
-        try:
-            errors_out = open(job.errors, "ab")
-        except OSError as error:
-            raise UsageError(f"--errors {job.errors}: cannot write: {error.strerror}") from None
+def _is_terminal(stream: object) -> bool:
     try:
-        outcome, mapper = _event_loop().run_until_complete(
-            _run_job(job, streams, reporter, sleep or asyncio.sleep, errors_out)
-        )
-    finally:
-        if errors_out is not None:
-            errors_out.close()
-    return _finish(outcome, mapper, reporter)
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -411,10 +403,44 @@ def _event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def _finish(outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:
+def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
+    from agents.usage import stats_document, summary_lines
+
+    o = job.options
+    counters = mapper.counters
+    stopped = (
+        "fatal"
+        if outcome.fatal
+        else "broken_pipe"
+        if outcome.broken_pipe
+        else "signal"
+        if outcome.signal
+        else None
+    )
+    if o.stats:
+        document = stats_document(
+            usage=counters.usage,
+            price=job.price,
+            model=job.shape.model,
+            succeeded=outcome.written,
+            failed=outcome.failed,
+            errors=counters.errors,
+            retries=counters.retries,
+            requests=counters.requests,
+            latencies=counters.latencies.values,
+            seconds=seconds,
+            stopped=stopped,
+        )
+        try:
+            with open(o.stats, "wb") as stream:
+                stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as error:
+            reporter.error(f"--stats {o.stats}: cannot write: {error.strerror}")
     if outcome.broken_pipe:
         raise BrokenPipeError
-    counters = mapper.counters
+    if not o.quiet and counters.usage.prompt + counters.usage.completion:
+        for line in summary_lines(counters.usage, job.price, job.shape.model):
+            reporter.say(line)
     if outcome.fatal is not None:
         reporter.error(outcome.fatal)
         reporter.info(

@@ -1,0 +1,109 @@
+"""--dry-run: the requests that would be sent, and what the whole job would cost; no network.
+
+The first ``limit`` records' requests are written to stdout as JSON Lines
+(``{"_id": ..., "request": {...}}``, or ``{"_id": ..., "missing_fields": [...]}``); the whole input
+is read to count records, missing fields and tokens. Tokens are estimated at four characters a
+token plus four a message (the usual rule of thumb for English with OpenAI's tokenizers); the
+output is estimated from --max-tokens when it is set, as an upper bound.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import orjson
+
+from agents.formats._options import BadRowHandler
+from agents.formats.jsonl import batches
+from agents.records import ID_KEY, Record
+from agents.scheduler import IdAssigner
+from agents.template import Template
+from agents.usage import Price
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+
+
+def estimate_tokens(messages: list[dict[str, str]]) -> int:
+    return sum(len(m["content"]) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)
+
+
+@dataclass
+class Estimate:
+    records: int = 0
+    missing: int = 0
+    first_missing: str | None = None
+    input_tokens: int = 0
+    output_tokens: int | None = None
+    examples: list[Record] = field(default_factory=list)
+
+
+def dry_run(
+    stdin: BinaryIO,
+    out: BinaryIO,
+    template: Template,
+    system: Template | None,
+    body: dict[str, Any],
+    limit: int | None,
+    max_output: int | None,
+    bad: BadRowHandler,
+) -> Estimate:
+    estimate = Estimate()
+    ids = IdAssigner()
+    for record in _records(stdin, bad, ids):
+        estimate.records += 1
+        shown = limit is None or estimate.records <= limit
+        missing = template.missing(record) + (system.missing(record) if system else [])
+        if missing:
+            estimate.missing += 1
+            if estimate.first_missing is None:
+                estimate.first_missing = f"#{record[ID_KEY]} lacks {', '.join(missing)}"
+            if shown:
+                out.write(orjson.dumps({ID_KEY: record[ID_KEY], "missing_fields": missing}) + b"\n")
+            continue
+        messages = []
+        if system is not None:
+            messages.append({"role": "system", "content": system.render(record)})
+        messages.append({"role": "user", "content": template.render(record)})
+        estimate.input_tokens += estimate_tokens(messages)
+        if shown:
+            request = {**body, "messages": messages}
+            out.write(orjson.dumps({ID_KEY: record[ID_KEY], "request": request}) + b"\n")
+    if max_output is not None:
+        estimate.output_tokens = max_output * (estimate.records - estimate.missing)
+    out.flush()
+    return estimate
+
+
+def _records(stdin: BinaryIO, bad: BadRowHandler, ids: IdAssigner) -> Iterator[Record]:
+    for batch in batches(stdin, "<stdin>", bad):
+        for record in batch:
+            yield ids.ensure(record)
+
+
+def report(estimate: Estimate, price: Price | None, model: str) -> list[str]:
+    lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
+    if estimate.missing:
+        lines.append(
+            f"Missing fields: {estimate.missing:,} records (first: {estimate.first_missing})"
+        )
+    lines.append(
+        f"Estimated input tokens: {estimate.input_tokens:,} "
+        f"(about {CHARS_PER_TOKEN} characters a token)"
+    )
+    if estimate.output_tokens is None:
+        lines.append("Estimated output tokens: unknown (set --max-tokens for an upper bound)")
+    else:
+        lines.append(f"Estimated output tokens: up to {estimate.output_tokens:,}")
+    if price is None:
+        lines.append(f"Estimated cost: unknown (no price for {model}; give --price IN,OUT)")
+    else:
+        cost_in = estimate.input_tokens * price.input / 1_000_000
+        if estimate.output_tokens is None:
+            lines.append(f"Estimated cost: ${cost_in:,.2f} for the input, plus the output")
+        else:
+            total = cost_in + estimate.output_tokens * price.output / 1_000_000
+            lines.append(f"Estimated cost: up to ${total:,.2f}")
+    return lines

@@ -1,0 +1,211 @@
+"""An agents-map job from its options: flags over environment over job.yaml over defaults.
+
+:func:`merge` layers the sources; :func:`build` checks the result and turns it into the parts a
+run needs (endpoint, templates, interpreter, request shape), raising :class:`UsageError` (exit 2)
+for anything wrong before a single request is sent.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+
+from agents import config
+from agents.client import DEFAULT_BASE_URL, Endpoint
+from agents.errors import UsageError
+from agents.mapping import RequestShape, response_formats
+from agents.results import Interpreter, Merger
+from agents.template import Template
+from agents.usage import Price, price_for
+
+DEFAULTS: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "api_key_env": "OPENAI_API_KEY",
+    "jobs": 10,
+    "timeout": 60.0,
+    "max_retries": 3,
+    "retry_delay": 1.0,
+    "grace": 30.0,
+    "output_format": "text",
+    "merge": "extend",
+    "field": "result",
+    "max_reasks": 2,
+    "keep_order": False,
+    "dry_run": False,
+    "progress": False,
+    "quiet": False,
+    "log_level": "WARNING",
+    "header": [],
+    "param": [],
+}
+
+
+def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
+    """Defaults, then the config file, then the environment, then flags that were given."""
+    options: dict[str, Any] = dict.fromkeys(flags)
+    options.update(DEFAULTS)
+    from_file = config.load(config_path) if config_path else {}
+    headers = [f"{name}: {value}" for name, value in from_file.pop("header", {}).items()]
+    params = [
+        f"{name}={orjson.dumps(value).decode()}"
+        for name, value in from_file.pop("param", {}).items()
+    ]
+    options.update(from_file)
+    if "base_url" not in flags or flags["base_url"] is None:
+        environment_url = os.environ.get("OPENAI_BASE_URL")
+        if environment_url:
+            options["base_url"] = environment_url
+    given = {key: value for key, value in flags.items() if value is not None}
+    options["header"] = headers + list(given.pop("header", []) or [])
+    options["param"] = params + list(given.pop("param", []) or [])
+    options.update(given)
+    if options.get("prompt") is not None and given.get("prompt_file") is not None:
+        options.pop("prompt")  # a prompt file on the command line beats one in the file
+    if options.get("prompt_file") is not None and given.get("prompt") is not None:
+        options.pop("prompt_file")
+    return SimpleNamespace(**options)
+
+
+@dataclass
+class Job:
+    endpoint: Endpoint
+    shape: RequestShape
+    template: Template
+    system: Template | None
+    interpreter: Interpreter
+    merger: Merger
+    response_formats: list[dict[str, Any] | None]
+    price: Price | None
+    options: SimpleNamespace
+
+    @property
+    def mapper_args(self) -> dict[str, Any]:
+        o = self.options
+        return {
+            "shape": self.shape,
+            "template": self.template,
+            "system": self.system,
+            "interpreter": self.interpreter,
+            "merger": self.merger,
+            "max_retries": o.max_retries,
+            "retry_delay": max(0.0, o.retry_delay),
+            "max_reasks": o.max_reasks,
+            "response_formats": list(self.response_formats),
+        }
+
+
+def read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        raise UsageError(f"{what} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"{what} {path}: cannot read it: {error}") from None
+
+
+def at_least(value: int | None, flag: str, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise UsageError(f"{flag} must be at least {minimum}, not {value}")
+
+
+def request_params(o: SimpleNamespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if o.temperature is not None:
+        params["temperature"] = o.temperature
+    if o.max_tokens is not None:
+        at_least(o.max_tokens, "--max-tokens")
+        params["max_tokens"] = o.max_tokens
+    if o.max_completion_tokens is not None:
+        at_least(o.max_completion_tokens, "--max-completion-tokens")
+        params["max_completion_tokens"] = o.max_completion_tokens
+    if o.seed is not None:
+        params["seed"] = o.seed
+    for item in o.param:
+        key, equals, raw = item.partition("=")
+        if not equals or not key:
+            raise UsageError(f"--param takes KEY=JSON, not {item!r}")
+        try:
+            params[key.strip()] = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UsageError(
+                f"--param {key}: {raw!r} is not JSON", "quote strings: --param 'user=\"me\"'"
+            ) from None
+    return params
+
+
+def headers(items: list[str]) -> dict[str, str]:
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, colon, value = item.partition(":")
+        if not colon or not name.strip():
+            raise UsageError(f"--header takes 'NAME: VALUE', not {item!r}")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
+    key = os.environ.get(o.api_key_env) or getattr(o, "api_key", None) or None
+    base_url = o.base_url or None
+    if need and key is None and base_url is None:
+        raise UsageError(
+            f"no API key and no endpoint: ${o.api_key_env} is not set and no --base-url was given",
+            f"set {o.api_key_env} for OpenAI, or point --base-url (or OPENAI_BASE_URL) at an "
+            "OpenAI-compatible server, such as the local model (see the README)",
+        )
+    if o.timeout <= 0:
+        raise UsageError(f"--timeout must be positive, not {o.timeout:g}")
+    return Endpoint(base_url or DEFAULT_BASE_URL, key, headers(o.header), o.timeout)
+
+
+def build(o: SimpleNamespace) -> Job:
+    if o.prompt_file is None and o.prompt is None:
+        raise UsageError("give the prompt with -p FILE or --prompt TEXT (or prompt: in --config)")
+    if o.prompt_file is not None and o.prompt is not None:
+        raise UsageError("give the prompt with -p FILE or --prompt TEXT, not both")
+    source = o.prompt if o.prompt is not None else read_text(o.prompt_file, "prompt")
+    if o.system is not None and o.system_file is not None:
+        raise UsageError("give the system prompt with --system or --system-file, not both")
+    system_text = (
+        o.system
+        if o.system is not None
+        else read_text(o.system_file, "system prompt")
+        if o.system_file
+        else None
+    )
+    schema: dict[str, Any] | None = None
+    if o.schema is not None:
+        try:
+            schema = orjson.loads(read_text(o.schema, "schema"))
+        except orjson.JSONDecodeError as error:
+            raise UsageError(f"schema {o.schema}: not valid JSON ({error})") from None
+    if o.output_format == "structured" and schema is None:
+        raise UsageError("--output-format structured needs --schema FILE")
+    if schema is not None and o.output_format != "structured":
+        raise UsageError("--schema is for --output-format structured")
+    try:
+        interpreter = Interpreter(o.output_format, schema)
+    except Exception as error:  # jsonschema's SchemaError
+        raise UsageError(
+            f"schema {o.schema}: not a valid JSON Schema: {getattr(error, 'message', error)}"
+        ) from None
+    at_least(o.jobs, "--jobs")
+    at_least(o.max_retries, "--max-retries", 0)
+    at_least(o.max_reasks, "--max-reasks", 0)
+    at_least(o.limit, "--limit", 0)
+    at_least(o.total, "--total", 0)
+    return Job(
+        endpoint=endpoint(o, need=not o.dry_run),
+        shape=RequestShape(o.model, request_params(o)),
+        template=Template.parse(source),
+        system=Template.parse(system_text) if system_text is not None else None,
+        interpreter=interpreter,
+        merger=Merger(o.merge, o.field),
+        response_formats=response_formats(o.output_format, schema),
+        price=price_for(o.model, o.price),
+        options=o,
+    )
