@@ -16,6 +16,7 @@ import orjson
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.client import DEFAULT_BASE_URL, Client
 from agents.errors import DataError, ExitStatus, UsageError
+from agents.formats._options import BadRowHandler
 from agents.job import DEFAULTS, Job, build, merge
 from agents.mapping import Mapper, Sleep
 from agents.progress import Progress, Tally
@@ -288,7 +289,7 @@ def _map(
     return _finish(job, outcome, mapper, reporter, time.monotonic() - started)
 
 
-def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: object) -> int:
+def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
     from agents.dryrun import dry_run, report
 
     o = job.options
@@ -304,7 +305,7 @@ def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: object) -> int
         o.limit,
         o.max_tokens or o.max_completion_tokens,
         bad,
-    )  # type: ignore[arg-type]
+    )
     for line in report(estimate, job.price, job.shape.model):
         reporter.say(line)
     return int(ExitStatus.OK)
@@ -337,7 +338,7 @@ async def _run_job(
     reporter: Reporter,
     sleep: Sleep,
     errors_out: BinaryIO | None,
-    bad: object,
+    bad: BadRowHandler,
 ) -> tuple[Outcome, Mapper]:
     o = job.options
     client = Client(job.endpoint, o.jobs)
@@ -361,7 +362,7 @@ async def _run_job(
             bad=bad,
             limit=o.limit,
             on_result=tally.record,
-        )  # type: ignore[arg-type]
+        )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
             outcome = await scheduler.run(streams.stdin)
