@@ -212,8 +212,10 @@ class Mapper:
             before_sleep=self._count_retry,
             reraise=True,
         )
+        wait = ServerAwareWait(self.retry_delay)(_first_state(retrying, first_failure))
         self._count_retry_of(first_failure)
-        await self.sleep(ServerAwareWait(self.retry_delay)(_first_state(retrying, first_failure)))
+        self._log_retry(2, first_failure, wait)
+        await self.sleep(wait)
         attempts = 1
         try:
             async for attempt in retrying:
@@ -228,14 +230,15 @@ class Mapper:
     def _count_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
         self._count_retry_of(error)
-        if LOGGER.isEnabledFor(logging.INFO) and state.next_action is not None:
-            LOGGER.info(
-                "retry %d after %s: %s; waiting %.2fs",
-                state.attempt_number + 1,
-                getattr(error, "error_type", "error"),
-                error,
-                state.next_action.sleep,
-            )
+        if state.next_action is not None:
+            # tenacity's attempts start after the first, which was made directly
+            self._log_retry(state.attempt_number + 2, error, state.next_action.sleep)
+
+    @staticmethod
+    def _log_retry(attempt: int, error: BaseException | None, wait: float) -> None:
+        if LOGGER.isEnabledFor(logging.INFO):
+            cause = getattr(error, "error_type", "error")
+            LOGGER.info("retry %d after %s: %s; waiting %.2fs", attempt, cause, error, wait)
 
     def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"

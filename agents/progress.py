@@ -100,8 +100,9 @@ class Progress:
             pass
 
     def finish(self) -> None:
+        """The final figures: redrawn in place on a terminal, one last line elsewhere."""
+        self.draw()
         if self.terminal:
-            self.draw()
             try:
                 self.stream.write("\n")
                 self.stream.flush()

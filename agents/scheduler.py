@@ -136,6 +136,7 @@ class Outcome:
     broken_pipe: bool = False
     signal: int | None = None
     in_flight_lost: int = 0
+    errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
 
 
 class Scheduler:
@@ -270,6 +271,8 @@ class Scheduler:
             self.outcome.written += 1
         else:
             self.outcome.failed += 1
+            kind = str(output.get("error_type"))
+            self.outcome.errors[kind] = self.outcome.errors.get(kind, 0) + 1
         if self.on_result is not None:
             self.on_result(output, succeeded)
 

@@ -425,7 +425,7 @@ def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seco
             model=job.shape.model,
             succeeded=outcome.written,
             failed=outcome.failed,
-            errors=counters.errors,
+            errors=outcome.errors,
             retries=counters.retries,
             requests=counters.requests,
             latencies=counters.latencies.values,
@@ -461,7 +461,7 @@ def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seco
             ExitStatus.INTERRUPTED if outcome.signal == signal.SIGINT else ExitStatus.TERMINATED
         )
     if outcome.failed:
-        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(counters.errors.items()))
+        kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(outcome.errors.items()))
         reporter.warning(
             f"{outcome.failed} of {outcome.failed + outcome.written} records "
             f"failed ({kinds}); their error records are in the output"
