@@ -133,3 +133,28 @@ def test_help_and_version_for_every_command() -> None:
         assert helped.returncode == 0 and helped.stdout.startswith(f"usage: {command}")
         version = shell(f"{command} --version")
         assert (version.returncode, version.stdout) == (0, f"{command} 0.1.0\n")
+
+
+def test_every_config_key_is_documented() -> None:
+    from agents import config
+
+    page = (MAN / "agents-map.1").read_text()
+    section = page.split(".SH CONFIGURATION", 1)[1].split("\n.SH ", 1)[0]
+    missing = [
+        key
+        for key in config.all_keys()
+        if f"\\fB{key.rsplit('.', 1)[-1]}\\fR" not in section and f".B {key}\n" not in section
+    ]
+    assert missing == []
+
+
+def test_every_agents_map_default_is_in_help() -> None:
+    parser = map_cli.build_parser(Streams())
+    lacking = [
+        action.option_strings[-1]
+        for action in parser._actions
+        if action.option_strings
+        and action.dest not in ("help", "version", "prompt", "prompt_file")
+        and "default" not in (action.help or "")
+    ]
+    assert lacking == []

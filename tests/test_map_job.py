@@ -382,3 +382,17 @@ def test_no_progress_when_stderr_is_a_file_unless_asked(tmp: Path) -> None:
         asked = run("--base-url", server.url, "--prompt", "{word}", "--progress", stdin=words(3))
     assert "Processing" not in quiet.stderr
     assert asked.stderr.splitlines()[-3].startswith("Processing: 3 done | Rate: ")
+
+
+def test_every_option_has_its_place_in_the_job_file() -> None:
+    from agents import config
+
+    parser = map_cli.build_parser(Streams())
+    dests = {action.dest for action in parser._actions if action.option_strings} - {
+        "help",
+        "version",
+        "config",
+    }
+    placed = {key.dest for table in config.SECTIONS.values() for key in table.values()}
+    placed |= {key.dest for key in config.PROMPT_KEYS.values()}
+    assert dests - placed == set()

@@ -59,7 +59,9 @@ def build_parser(streams: Streams) -> Parser:
         metavar="TEXT",
         help="a system prompt (a template too), given inline (default: none)",
     )
-    prompt.add_argument("--system-file", metavar="FILE", help="the system prompt, read from FILE")
+    prompt.add_argument(
+        "--system-file", metavar="FILE", help="the system prompt, read from FILE (default: none)"
+    )
     model = parser.add_argument_group("model and endpoint")
     model.add_argument(
         "-m", "--model", metavar="NAME", help=f"model name (default: {DEFAULTS['model']})"
@@ -80,7 +82,7 @@ def build_parser(streams: Streams) -> Parser:
         "--header",
         action="append",
         metavar="'NAME: VALUE'",
-        help="an extra HTTP header for every request (repeatable)",
+        help="an extra HTTP header for every request (repeatable; default: none)",
     )
     model.add_argument(
         "--temperature",
@@ -112,7 +114,7 @@ def build_parser(streams: Streams) -> Parser:
         "--param",
         action="append",
         metavar="KEY=JSON",
-        help="another request parameter, its value as JSON, e.g. top_p=0.9 (repeatable)",
+        help="another request parameter, its value as JSON, e.g. top_p=0.9 (repeatable; default: none)",
     )
     model.add_argument(
         "--price",
@@ -169,7 +171,7 @@ def build_parser(streams: Streams) -> Parser:
         action="store_true",
         default=None,
         help="send nothing: print the requests, missing fields, and the "
-        "token and cost estimate of the whole input",
+        "token and cost estimate of the whole input (default: off)",
     )
     output = parser.add_argument_group("output")
     output.add_argument(
@@ -182,7 +184,7 @@ def build_parser(streams: Streams) -> Parser:
         "--schema",
         metavar="FILE",
         help="a JSON Schema for --output-format structured, also sent to the "
-        "server as response_format",
+        "server as response_format (default: none)",
     )
     output.add_argument(
         "--merge",
@@ -231,7 +233,7 @@ def build_parser(streams: Streams) -> Parser:
         "--quiet",
         action="store_true",
         default=None,
-        help="no progress and no end-of-run summary; errors only",
+        help="no progress and no end-of-run summary; errors only (default: off)",
     )
     report.add_argument(
         "--log-level",
