@@ -114,7 +114,8 @@ def build_parser(streams: Streams) -> Parser:
         "--param",
         action="append",
         metavar="KEY=JSON",
-        help="another request parameter, its value as JSON, e.g. top_p=0.9 (repeatable; default: none)",
+        help="another request parameter, its value as JSON, e.g. top_p=0.9 "
+        "(repeatable; default: none)",
     )
     model.add_argument(
         "--price",
