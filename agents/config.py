@@ -52,6 +52,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "limit": Key("limit", "int"),
         "total": Key("total", "int"),
         "dry_run": Key("dry_run", "bool"),
+        "resume": Key("resume", "str", path=True),
+        "keep_failed": Key("keep_failed", "bool"),
+        "force_resume": Key("force_resume", "bool"),
     },
     "output": {
         "format": Key("output_format", "str", choices=("text", "json", "structured")),

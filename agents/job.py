@@ -36,6 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "max_reasks": 2,
     "keep_order": False,
     "dry_run": False,
+    "keep_failed": False,
+    "force_resume": False,
     "progress": False,
     "quiet": False,
     "log_level": "WARNING",
@@ -73,6 +75,7 @@ def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
 @dataclass
 class Job:
     endpoint: Endpoint
+    fingerprint: dict[str, Any]
     shape: RequestShape
     template: Template
     system: Template | None
@@ -198,7 +201,14 @@ def build(o: SimpleNamespace) -> Job:
     at_least(o.max_reasks, "--max-reasks", 0)
     at_least(o.limit, "--limit", 0)
     at_least(o.total, "--total", 0)
+    if (o.keep_failed or o.force_resume) and not o.resume:
+        raise UsageError("--keep-failed and --force-resume go with --resume OUTPUT")
+    from agents.checkpoint import fingerprint
+
     return Job(
+        fingerprint=fingerprint(prompt=source, system=system_text, model=o.model,
+                                output_format=o.output_format, schema=schema, merge=o.merge,
+                                field_name=o.field),
         endpoint=endpoint(o, need=not o.dry_run),
         shape=RequestShape(o.model, request_params(o)),
         template=Template.parse(source),

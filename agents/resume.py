@@ -167,21 +167,22 @@ def done_ids(
 def _jsonl_ids(path: str, done: DoneIDs) -> None:
     with open(path, "rb") as stream:
         for number, line in enumerate(stream, 1):
+            if not line.endswith(b"\n"):
+                break  # a last line cut short by a crash is not done (agents-write repairs it)
             if not line.strip():
                 continue
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                raise TargetError(
-                    f"{path}:{number}: the existing output is not valid JSONL",
-                    "fix or move that line, or write to a new file",
-                ) from None
+                raise TargetError(f"{path}:{number}: the existing output is not valid JSONL",
+                                  "fix or move that line, or write to a new file") from None
             if isinstance(record, dict) and ID_KEY in record:
                 done.add(record[ID_KEY], is_error_record(record))
 
 
 def _csv_ids(path: str, fmt: str, delimiter: str | None, done: DoneIDs) -> None:
     with open(path, "rb") as stream:
+        ends_whole = _ends_with_newline(stream)
         text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
         reader = csv.reader(text, delimiter=delimiter_for(fmt, delimiter))
         header = next(reader, None)
@@ -190,10 +191,30 @@ def _csv_ids(path: str, fmt: str, delimiter: str | None, done: DoneIDs) -> None:
         id_at = header.index(ID_KEY)
         marks = [header.index(key) for key in ERROR_KEYS if key in header]
         is_error_row = len(marks) == len(ERROR_KEYS)
+        previous: list[str] | None = None
         for row in reader:
-            if len(row) > id_at:
-                failed = is_error_row and all(index < len(row) and row[index] for index in marks)
-                done.add(row[id_at], failed)
+            if previous is not None:
+                _csv_row(previous, id_at, marks, is_error_row, done)
+            previous = row
+        if previous is not None and ends_whole:  # a last row cut short is not done
+            _csv_row(previous, id_at, marks, is_error_row, done)
+
+
+def _csv_row(row: list[str], id_at: int, marks: list[int], is_error_row: bool,
+             done: DoneIDs) -> None:
+    if len(row) > id_at and row[id_at] != "":
+        failed = is_error_row and all(index < len(row) and row[index] for index in marks)
+        done.add(row[id_at], failed)
+
+
+def _ends_with_newline(stream: io.BufferedReader) -> bool:
+    stream.seek(0, os.SEEK_END)
+    if stream.tell() == 0:
+        return True
+    stream.seek(-1, os.SEEK_END)
+    ends = stream.read(1) == b"\n"
+    stream.seek(0)
+    return ends
 
 
 def _json_ids(path: str, done: DoneIDs) -> None:
@@ -214,7 +235,7 @@ def _sqlite_ids(path: str, table: str, done: DoneIDs) -> None:
     if not os.path.exists(path):
         return
     try:
-        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
             columns = {
                 row[1] for row in connection.execute(f"PRAGMA table_info({quote_name(table)})")

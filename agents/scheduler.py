@@ -153,6 +153,7 @@ class Scheduler:
         bad: BadRowHandler,
         limit: int | None = None,
         on_result: Callable[[Record, bool], None] | None = None,
+        skip: Callable[[Record], bool] | None = None,
     ) -> None:
         self.process = process
         self.out = out
@@ -164,6 +165,7 @@ class Scheduler:
         self.bad = bad
         self.limit = limit
         self.on_result = on_result
+        self.skip = skip
         self.ids = IdAssigner()
         self.outcome = Outcome()
         self.stopping = asyncio.Event()
@@ -201,9 +203,12 @@ class Scheduler:
         number = 1
         sequence = 0
         async for lines in read_lines(stdin):
-            for record in parse_lines(lines, "<stdin>", number, self.bad):
+            for parsed in parse_lines(lines, "<stdin>", number, self.bad):
                 if self.limit is not None and sequence >= self.limit:
                     break
+                record = self.ids.ensure(parsed)
+                if self.skip is not None and self.skip(record):
+                    continue
                 await self.slots.acquire()
                 if self.keep_order:
                     await self.order_slots.acquire()
@@ -212,7 +217,7 @@ class Scheduler:
                     if self.keep_order:
                         self.order_slots.release()
                     return
-                task = asyncio.create_task(self._one(sequence, self.ids.ensure(record)))
+                task = asyncio.create_task(self._one(sequence, record))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 sequence += 1

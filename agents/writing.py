@@ -335,7 +335,7 @@ class SqliteTarget(Target):
             if options.append
             else None
         )
-        self.writer = Writer(location.path, table)
+        self.writer = Writer(location.path, table, durable=options.append)
 
     def write(self, record: Record) -> None:
         if self.skipper is not None and not self.skipper.admit(record):
@@ -343,6 +343,12 @@ class SqliteTarget(Target):
             return
         self.writer.write(record)
         self.written += 1
+
+    def write_many(self, records: list[Record]) -> None:
+        for record in records:
+            self.write(record)
+        if self.skipper is not None:  # appending: what has arrived is committed at once
+            self.writer.flush()
 
     def commit(self) -> None:
         self.writer.close()

@@ -174,6 +174,17 @@ def build_parser(streams: Streams) -> Parser:
         help="send nothing: print the requests, missing fields, and the "
         "token and cost estimate of the whole input (default: off)",
     )
+    resume = parser.add_argument_group("resume")
+    resume.add_argument("--resume", metavar="OUTPUT",
+                        help="the output this job writes to (the file agents-write appends to): "
+                             "records it holds as successes are skipped, so the same command "
+                             "run again finishes an interrupted job (default: none)")
+    resume.add_argument("--keep-failed", action="store_true", default=None,
+                        help="with --resume, skip records whose error records are in the output "
+                             "too (default: off, they are retried)")
+    resume.add_argument("--force-resume", action="store_true", default=None,
+                        help="resume even though the prompt, model, format, schema or merge "
+                             "strategy changed, or the input did (default: off, refused)")
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",
@@ -352,6 +363,17 @@ async def _run_job(
         progress = Progress(
             streams.stderr, tally, _total(streams.stdin, o.total, o.limit), terminal
         )
+    resumer = None
+    if o.resume:
+        from agents.checkpoint import Resumer
+
+        resumer = Resumer(o.resume, job.fingerprint, keep_failed=o.keep_failed,
+                          force=o.force_resume)
+        resumer.open()
+        held = resumer.done
+        if held.succeeded or held.failed:
+            reporter.info(f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
+                          f"{len(held.failed):,} failed records")
     try:
         mapper = Mapper(client, sleep=sleep, warn=reporter.warning, **job.mapper_args)
         scheduler = Scheduler(
@@ -365,6 +387,7 @@ async def _run_job(
             bad=bad,
             limit=o.limit,
             on_result=tally.record,
+            skip=resumer.skip if resumer is not None else None,
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
@@ -386,8 +409,13 @@ async def _run_job(
                 ),
                 "read the data through agents-read, which gives every record an ID",
             )
+        if resumer is not None and (resumer.skipped or resumer.retried):
+            reporter.info(f"skipped {resumer.skipped:,} records already done; retried "
+                          f"{resumer.retried:,} that had failed")
         return outcome, mapper
     finally:
+        if resumer is not None:
+            resumer.close()
         await client.close()
 
 
@@ -460,6 +488,8 @@ def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seco
             f"interrupted: {outcome.written} results and {outcome.failed} error "
             f"records written{lost}"
         )
+        if o.resume:
+            reporter.info("run the same command again to resume")
         return int(
             ExitStatus.INTERRUPTED if outcome.signal == signal.SIGINT else ExitStatus.TERMINATED
         )

@@ -124,6 +124,8 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         reporter.info(f"{target.skipped} records already in {location.path} were skipped")
     if drain.interrupted:
         reporter.info(f"interrupted: {target.written} records written to {location.path}")
+        if args.append:
+            reporter.info("run the same command again to resume")
         return int(ExitStatus.INTERRUPTED)
     if skipped_lines:
         reporter.warning(

@@ -267,12 +267,17 @@ BATCH_SECONDS = 1.0
 class Writer:
     """Upserts records into one table, committing every 1,000 records or every second."""
 
-    def __init__(self, path: str, table: str | None) -> None:
+    def __init__(self, path: str, table: str | None, durable: bool = False) -> None:
         self.path = path
         self.table = table or "records"
         try:
-            self.connection = sqlite3.connect(path, isolation_level=None)
+            self.connection = sqlite3.connect(path, isolation_level=None, timeout=30)
             self.connection.execute("PRAGMA schema_version").fetchone()
+            if durable:
+                # Appending as results arrive: WAL makes each small commit cheap, and a reader
+                # (agents-map --resume) is never blocked by the writer.
+                self.connection.execute("PRAGMA journal_mode=WAL")
+                self.connection.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.DatabaseError as error:
             raise TargetError(f"{path}: not a SQLite database ({error})") from None
         self.types = self._existing_columns()
