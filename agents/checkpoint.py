@@ -33,8 +33,9 @@ def sidecar_path(output: str) -> str:
 
 
 def content_hash(record: Record) -> str:
-    canonical = orjson.dumps({k: v for k, v in record.items() if k != ID_KEY},
-                             option=orjson.OPT_SORT_KEYS)
+    canonical = orjson.dumps(
+        {k: v for k, v in record.items() if k != ID_KEY}, option=orjson.OPT_SORT_KEYS
+    )
     return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 
 
@@ -48,13 +49,26 @@ def fingerprint(
     merge: str,
     field_name: str,
 ) -> dict[str, Any]:
-    return {"prompt": prompt, "system": system, "model": model, "output_format": output_format,
-            "schema": schema, "merge": merge, "field": field_name}
+    return {
+        "prompt": prompt,
+        "system": system,
+        "model": model,
+        "output_format": output_format,
+        "schema": schema,
+        "merge": merge,
+        "field": field_name,
+    }
 
 
-NAMES = {"prompt": "prompt", "system": "system prompt", "model": "model",
-         "output_format": "output format", "schema": "schema", "merge": "merge strategy",
-         "field": "result field"}
+NAMES = {
+    "prompt": "prompt",
+    "system": "system prompt",
+    "model": "model",
+    "output_format": "output format",
+    "schema": "schema",
+    "merge": "merge strategy",
+    "field": "result field",
+}
 
 
 @dataclass
@@ -73,16 +87,15 @@ class Resumer:
     def open(self) -> None:
         location = resolve(self.output, None)
         path = location.path
-        exists = os.path.exists(path) and (location.format == "sqlite"
-                                           or os.path.getsize(path) > 0)
+        exists = os.path.exists(path) and (location.format == "sqlite" or os.path.getsize(path) > 0)
         if exists:
             self.done = done_ids(path, location.format, table=location.table)
         side = sidecar_path(path)
         if exists and os.path.exists(side):
             self._check(side)
-            self.sidecar = open(side, "ab")  # noqa: SIM115 - closed by close()
+            self.sidecar = open(side, "ab")
         else:
-            self.sidecar = open(side, "wb")  # noqa: SIM115 - a new job starts its sidecar
+            self.sidecar = open(side, "wb")
             self.sidecar.write(orjson.dumps({"job": self.job}) + b"\n")
             self.sidecar.flush()
 
@@ -95,8 +108,9 @@ class Resumer:
             first = {}
         earlier = first.get("job") if isinstance(first, dict) else None
         if isinstance(earlier, dict):
-            changed = [NAMES.get(key, key) for key in NAMES
-                       if earlier.get(key) != self.job.get(key)]
+            changed = [
+                NAMES.get(key, key) for key in NAMES if earlier.get(key) != self.job.get(key)
+            ]
             if changed and not self.force:
                 raise UsageError(
                     f"--resume {self.output}: the output was started with a different "
@@ -128,8 +142,9 @@ class Resumer:
                     "write to a new output, or give the records stable IDs with "
                     "agents-read --id FIELD",
                 )
-        elif self.sidecar is not None and (self.position <= SAMPLE_FIRST
-                                           or self.position % SAMPLE_EVERY == 0):
+        elif self.sidecar is not None and (
+            self.position <= SAMPLE_FIRST or self.position % SAMPLE_EVERY == 0
+        ):
             digest = content_hash(record)
             self.sidecar.write(orjson.dumps({"id": key, "hash": digest}) + b"\n")
             self.sidecar.flush()

@@ -206,9 +206,15 @@ def build(o: SimpleNamespace) -> Job:
     from agents.checkpoint import fingerprint
 
     return Job(
-        fingerprint=fingerprint(prompt=source, system=system_text, model=o.model,
-                                output_format=o.output_format, schema=schema, merge=o.merge,
-                                field_name=o.field),
+        fingerprint=fingerprint(
+            prompt=source,
+            system=system_text,
+            model=o.model,
+            output_format=o.output_format,
+            schema=schema,
+            merge=o.merge,
+            field_name=o.field,
+        ),
         endpoint=endpoint(o, need=not o.dry_run),
         shape=RequestShape(o.model, request_params(o)),
         template=Template.parse(source),

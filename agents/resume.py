@@ -174,8 +174,10 @@ def _jsonl_ids(path: str, done: DoneIDs) -> None:
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError:
-                raise TargetError(f"{path}:{number}: the existing output is not valid JSONL",
-                                  "fix or move that line, or write to a new file") from None
+                raise TargetError(
+                    f"{path}:{number}: the existing output is not valid JSONL",
+                    "fix or move that line, or write to a new file",
+                ) from None
             if isinstance(record, dict) and ID_KEY in record:
                 done.add(record[ID_KEY], is_error_record(record))
 
@@ -200,8 +202,9 @@ def _csv_ids(path: str, fmt: str, delimiter: str | None, done: DoneIDs) -> None:
             _csv_row(previous, id_at, marks, is_error_row, done)
 
 
-def _csv_row(row: list[str], id_at: int, marks: list[int], is_error_row: bool,
-             done: DoneIDs) -> None:
+def _csv_row(
+    row: list[str], id_at: int, marks: list[int], is_error_row: bool, done: DoneIDs
+) -> None:
     if len(row) > id_at and row[id_at] != "":
         failed = is_error_row and all(index < len(row) and row[index] for index in marks)
         done.add(row[id_at], failed)

@@ -21,18 +21,18 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import BinaryIO, Protocol
 
 import orjson
 
-from agents.compaction import Unit, compact_file, jsonl_units, keep_last
+from agents.compaction import compact_file, record_key
 from agents.errors import TargetError, UsageError
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
 from agents.formats._options import BadRowHandler, WriteOptions
 from agents.formats.jsonl import batches, parse_lines
-from agents.records import ID_KEY, InvalidID, Record, canonical_id, encode, is_error_record
+from agents.records import ID_KEY, InvalidID, Record, canonical_id, is_error_record
 from agents.resume import DoneIDs, done_ids, repair_torn_csv, repair_torn_jsonl
 
 #: How often an append-mode target is fsynced while records arrive.
@@ -266,60 +266,119 @@ class AppendTarget(Target):
 
 
 class JsonAppendTarget(Target):
-    """A JSON array cannot grow in place: old and new records meet in a spool, then a new file.
+    """A JSON array grown in place, so that it is durable as records arrive like the others.
 
-    The old array is parsed once (a JSON document is read whole, see agents(7)); the records
-    that arrive are spooled as JSON Lines, so they take no memory.
+    The file is kept as ``[``, one record per line, ``]``; each new record overwrites the
+    closing bracket and writes it again after itself, in one write. A crash can only tear the
+    end, which the next run repairs. An existing file in another layout is rewritten into this
+    one first (a JSON document is read whole, see agents(7)).
     """
 
+    CLOSE = b"\n]\n"
+
     def __init__(self, location: Location, options: WriteOptions) -> None:
-        self.atomic = AtomicTarget(location, options)
-        self.spool: BinaryIO = tempfile.TemporaryFile()
+        path = location.path
+        check_writable(path)
+        self.location = location
         self.skipper = _Skipper(DoneIDs())
-        try:
-            for record in _json_document(location.path):
-                self.skipper.admit(record)
-                self.spool.write(encode(record))
-        except BaseException:
-            self.abort()
-            raise
+        records, self.repaired_bytes = _json_records(path)
+        for record in records:
+            self.skipper.admit(record)
         self.skipper.replaced.clear()
+        self.count = len(records)
+        _write_json_lines(path, records)
+        self.stream: BinaryIO = open(path, "r+b")
+        self.end = os.path.getsize(path) - (len(self.CLOSE) if self.count else len(b"]\n"))
+        self.last_sync = time.monotonic()
 
     def write(self, record: Record) -> None:
         if not self.skipper.admit(record):
             self.skipped += 1
             return
-        self.spool.write(encode(record))
+        line = (b",\n" if self.count else b"") + orjson.dumps(record)
+        self.stream.seek(self.end)
+        self.stream.write(line + self.CLOSE)
+        self.stream.flush()
+        self.end += len(line)
+        self.count += 1
         self.written += 1
+        if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
+            os.fsync(self.stream.fileno())
+            self.last_sync = time.monotonic()
 
     def commit(self) -> None:
-        def units() -> Iterator[Unit]:
-            self.spool.seek(0)
-            return jsonl_units(self.spool)
-
-        for line in keep_last(units, self.skipper.replaced):
-            self.atomic.write(orjson.loads(line))
-        self.spool.close()
-        self.atomic.commit()
+        os.fsync(self.stream.fileno())
+        self.stream.close()
+        if self.skipper.replaced:
+            records, _ = _json_records(self.location.path)
+            keys = [record_key(record.get(ID_KEY)) for record in records]
+            last = {key: index for index, key in enumerate(keys)}
+            kept = [
+                record
+                for index, (record, key) in enumerate(zip(records, keys, strict=True))
+                if key not in self.skipper.replaced or last[key] == index
+            ]
+            _write_json_lines(self.location.path, kept)
 
     def abort(self) -> None:
-        self.spool.close()
-        self.atomic.abort()
+        with contextlib.suppress(OSError):
+            self.stream.flush()
+            os.fsync(self.stream.fileno())
+        self.stream.close()
 
 
-def _json_document(path: str) -> list[Record]:
+def _json_records(path: str) -> tuple[list[Record], int]:
+    """The records of a JSON output, and how many bytes of a torn end were dropped."""
     if not os.path.exists(path) or not os.path.getsize(path):
-        return []
+        return [], 0
     with open(path, "rb") as stream:
-        try:
-            document = orjson.loads(stream.read())
-        except orjson.JSONDecodeError:
-            raise TargetError(
-                f"{path}: the existing output is not valid JSON",
-                "fix or move it, or write to a new file",
-            ) from None
+        data = stream.read()
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return _torn_json_records(path, data)
     items = document if isinstance(document, list) else [document]
-    return [item for item in items if isinstance(item, dict)]
+    return [item for item in items if isinstance(item, dict)], 0
+
+
+def _torn_json_records(path: str, data: bytes) -> tuple[list[Record], int]:
+    """Records of a file in the one-per-line layout whose end a crash tore off."""
+    lines = data.split(b"\n")
+    if not lines or lines[0].strip() != b"[":
+        raise TargetError(
+            f"{path}: the existing output is not valid JSON",
+            "fix or move it, or write to a new file",
+        )
+    records: list[Record] = []
+    kept = len(lines[0]) + 1
+    for line in lines[1:]:
+        body = line.rstrip().removesuffix(b",")
+        try:
+            record = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            break
+        if not isinstance(record, dict):
+            break
+        records.append(record)
+        kept += len(line) + 1
+    return records, max(0, len(data) - kept)
+
+
+def _write_json_lines(path: str, records: list[Record]) -> None:
+    """Rewrite ``path`` atomically as ``[``, one record per line, ``]``."""
+    body = b",\n".join(map(orjson.dumps, records))
+    wanted = b"[\n" + body + b"\n]\n" if records else b"[]\n"
+    if os.path.exists(path):
+        with open(path, "rb") as stream:
+            if stream.read() == wanted:
+                return
+    file = AtomicFile(path)
+    try:
+        file.stream.write(wanted)
+        file.commit()
+    except BaseException:
+        file.abort()
+        raise
 
 
 class SqliteTarget(Target):

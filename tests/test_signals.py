@@ -101,10 +101,13 @@ def test_ctrl_c_in_append_mode_keeps_what_is_still_in_the_pipe(tmp: Path) -> Non
     _, stderr = process.communicate(jsonl({"_id": 3}), timeout=10)
     assert process.returncode == 130
     assert target.read_text() == '{"_id":1}\n{"_id":2}\n{"_id":3}\n'
-    assert stderr == (
-        f"agents-write: interrupted: 3 records written to {target}\n"
-        "agents-write: run the same command again to resume\n"
-    ).encode()
+    assert (
+        stderr
+        == (
+            f"agents-write: interrupted: 3 records written to {target}\n"
+            "agents-write: run the same command again to resume\n"
+        ).encode()
+    )
 
 
 def test_second_ctrl_c_stops_at_once_with_whole_lines(tmp: Path) -> None:

@@ -175,16 +175,27 @@ def build_parser(streams: Streams) -> Parser:
         "token and cost estimate of the whole input (default: off)",
     )
     resume = parser.add_argument_group("resume")
-    resume.add_argument("--resume", metavar="OUTPUT",
-                        help="the output this job writes to (the file agents-write appends to): "
-                             "records it holds as successes are skipped, so the same command "
-                             "run again finishes an interrupted job (default: none)")
-    resume.add_argument("--keep-failed", action="store_true", default=None,
-                        help="with --resume, skip records whose error records are in the output "
-                             "too (default: off, they are retried)")
-    resume.add_argument("--force-resume", action="store_true", default=None,
-                        help="resume even though the prompt, model, format, schema or merge "
-                             "strategy changed, or the input did (default: off, refused)")
+    resume.add_argument(
+        "--resume",
+        metavar="OUTPUT",
+        help="the output this job writes to (the file agents-write appends to): "
+        "records it holds as successes are skipped, so the same command "
+        "run again finishes an interrupted job (default: none)",
+    )
+    resume.add_argument(
+        "--keep-failed",
+        action="store_true",
+        default=None,
+        help="with --resume, skip records whose error records are in the output "
+        "too (default: off, they are retried)",
+    )
+    resume.add_argument(
+        "--force-resume",
+        action="store_true",
+        default=None,
+        help="resume even though the prompt, model, format, schema or merge "
+        "strategy changed, or the input did (default: off, refused)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",
@@ -355,7 +366,6 @@ async def _run_job(
     bad: BadRowHandler,
 ) -> tuple[Outcome, Mapper]:
     o = job.options
-    client = Client(job.endpoint, o.jobs)
     tally = Tally()
     terminal = _is_terminal(streams.stderr)
     progress = None
@@ -367,13 +377,17 @@ async def _run_job(
     if o.resume:
         from agents.checkpoint import Resumer
 
-        resumer = Resumer(o.resume, job.fingerprint, keep_failed=o.keep_failed,
-                          force=o.force_resume)
+        resumer = Resumer(
+            o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
+        )
         resumer.open()
         held = resumer.done
         if held.succeeded or held.failed:
-            reporter.info(f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
-                          f"{len(held.failed):,} failed records")
+            reporter.info(
+                f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
+                f"{len(held.failed):,} failed records"
+            )
+    client = Client(job.endpoint, o.jobs)
     try:
         mapper = Mapper(client, sleep=sleep, warn=reporter.warning, **job.mapper_args)
         scheduler = Scheduler(
@@ -410,8 +424,10 @@ async def _run_job(
                 "read the data through agents-read, which gives every record an ID",
             )
         if resumer is not None and (resumer.skipped or resumer.retried):
-            reporter.info(f"skipped {resumer.skipped:,} records already done; retried "
-                          f"{resumer.retried:,} that had failed")
+            reporter.info(
+                f"skipped {resumer.skipped:,} records already done; retried "
+                f"{resumer.retried:,} that had failed"
+            )
         return outcome, mapper
     finally:
         if resumer is not None:

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 
-from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
+from agents.cli._run import (
+    EXIT_STATUS_EPILOG,
+    Parser,
+    Reporter,
+    Streams,
+    Terminated,
+    exit_with,
+    run,
+)
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
 from agents.formats._options import WriteOptions
@@ -126,7 +135,7 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         reporter.info(f"interrupted: {target.written} records written to {location.path}")
         if args.append:
             reporter.info("run the same command again to resume")
-        return int(ExitStatus.INTERRUPTED)
+        return int(drain.status)
     if skipped_lines:
         reporter.warning(
             f"skipped {skipped_lines} bad input {'line' if skipped_lines == 1 else 'lines'}"
@@ -136,45 +145,52 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
 
 
 class _Drain:
-    """The first Ctrl-C lets a durable target keep what is still coming down the pipe.
+    """The first Ctrl-C or SIGTERM lets a durable target keep what is still coming down the pipe.
 
-    In a pipeline Ctrl-C reaches every process; the writer keeps reading until its input ends so
-    that results already paid for upstream are kept, then exits 130. A second Ctrl-C, or any
-    Ctrl-C when nothing would be gained (an atomic target, input that is not a pipe), stops at
-    once.
+    In a pipeline the signal reaches every process; the writer keeps reading until its input
+    ends so that results already paid for upstream are kept, then exits 130 (143 for SIGTERM).
+    A second signal, or any when nothing would be gained (an atomic target, input that is not a
+    pipe), stops at once.
     """
 
     def __init__(self, target: Target, stdin: BinaryIO) -> None:
-        self.interrupted = False
+        self.signal: int | None = None
         self.keeps_partial = not isinstance(target, AtomicTarget | StreamTarget)
         try:
             self.from_pipe = stat.S_ISFIFO(os.fstat(stdin.fileno()).st_mode)
         except (OSError, ValueError, AttributeError):
             self.from_pipe = False
 
-    def _on_sigint(self, signum: int, frame: object) -> None:
-        if self.interrupted or not (self.keeps_partial and self.from_pipe):
+    @property
+    def interrupted(self) -> bool:
+        return self.signal is not None
+
+    @property
+    def status(self) -> ExitStatus:
+        return ExitStatus.TERMINATED if self.signal == signal.SIGTERM else ExitStatus.INTERRUPTED
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self.signal is not None or not (self.keeps_partial and self.from_pipe):
+            if signum == signal.SIGTERM:
+                raise Terminated
             raise KeyboardInterrupt
-        self.interrupted = True
+        self.signal = signum
 
-    def signals(self) -> _Installed:
-        return _Installed(self._on_sigint)
-
-
-class _Installed:
-    def __init__(self, handler: object) -> None:
-        self.handler = handler
-        self.previous: object = None
-
-    def __enter__(self) -> None:
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
         try:
-            self.previous = signal.signal(signal.SIGINT, self.handler)  # type: ignore[arg-type]
-        except ValueError:  # not the main thread
-            self.previous = None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)  # type: ignore[arg-type]
+            previous = {
+                signum: signal.signal(signum, self._on_signal)
+                for signum in (signal.SIGINT, signal.SIGTERM)
+            }
+        except ValueError:  # not the main thread (in-process tests): leave signals alone
+            yield
+            return
+        try:
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
 def entry_point() -> None:
