@@ -392,3 +392,21 @@ def test_makefile_with_a_failed_stage_leaves_no_target(tmp: Path) -> None:
     with FakeLLM(translation_script) as server:
         assert make(folder, server).wait(timeout=120) == 0
     assert (folder / "translations.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["out.jsonl", "out.csv", "out.tsv", "out.json", "out.db"])
+def test_every_output_format_resumes(tmp: Path, name: str) -> None:
+    half = words_csv(tmp / "half.csv", 12)
+    whole = words_csv(tmp / "whole.csv", 25)
+    output = tmp / name
+    with FakeLLM(answer(0.0)) as server:
+        assert run_resume(tmp, server, half, output).returncode == 0
+        rerun = run_resume(tmp, server, whole, output)
+        assert rerun.returncode == 0, rerun.stderr
+        assert "skipped 12 records already done" in rerun.stderr
+        assert len(server.requests) == 25
+    back = subprocess.run(
+        [str(BIN / "agents-read"), str(output)], env=environment(), capture_output=True, check=True
+    )
+    ids = [str(orjson.loads(line)["_id"]) for line in back.stdout.splitlines()]
+    assert sorted(ids, key=int) == [str(n) for n in range(1, 26)]
