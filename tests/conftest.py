@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -62,3 +63,33 @@ def tmp(tmp_path: Path) -> Path:
 
 def python() -> str:
     return sys.executable
+
+
+# End-to-end tests on the real local model ----------------------------------------------------
+
+E2E_RAN: list[str] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "e2e: runs the real commands against the real local model (agents-local); "
+        "skip locally with -m 'not e2e'; with CI=true a skipped one is a failure",
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    outcome = yield
+    report = outcome.get_result()
+    if item.get_closest_marker("e2e") is None:
+        return
+    if report.when == "call" and report.passed:
+        E2E_RAN.append(item.nodeid)
+    if report.skipped and os.environ.get("CI") == "true":
+        report.outcome = "failed"
+        report.longrepr = f"an end-to-end test was skipped in CI: {report.longrepr}"
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(f"end-to-end tests on the local model that ran: {len(E2E_RAN)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -23,11 +24,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
+@pytest.mark.e2e
 def test_readme_first_command_works_from_a_fresh_clone(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True)
     # The working tree may be ahead of the last commit; test what is here now.
-    for name in ("agents", "bin", "docs", "man", "pyproject.toml", "README.md"):
+    for name in ("agents", "bin", "docs", "man", "scripts", "pyproject.toml", "README.md"):
         source = ROOT / name
         target = clone / name
         if source.is_dir():
@@ -35,12 +37,27 @@ def test_readme_first_command_works_from_a_fresh_clone(tmp_path: Path) -> None:
             shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, target)
-    done = subprocess.run(
-        ["bash", "-c", readme_commands()[0]], cwd=clone, capture_output=True, text=True, timeout=600
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "VIRTUAL_ENV")
+    }
+    env["AGENTS_RUNTIME_DIR"] = str(tmp_path / "runtime")
+    command = readme_commands()[0]
+    first = subprocess.run(
+        ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=900
     )
-    assert done.returncode == 0, done.stderr
-    assert '"word":"apple"' in done.stdout
-    assert (clone / "words.json").exists()
+    assert first.returncode == 0, first.stderr
+    assert "Setting up .venv (once)" in first.stderr
+    assert "Tokens used:" in first.stderr and "Processing:" in first.stderr
+    assert f"Output: {clone}/out/translations.csv" in first.stderr
+    rows = (clone / "out" / "translations.csv").read_text().splitlines()
+    assert rows[0] == "_id,word,part_of_speech,note,es,fr,de" and len(rows) >= 6
+    second = subprocess.run(
+        ["bash", "-c", command], cwd=clone, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert second.returncode == 0, second.stderr
+    assert "Setting up" not in second.stderr  # nothing is installed again
 
 
 @pytest.mark.parametrize("tool", ["ruff", "mypy"])

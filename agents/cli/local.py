@@ -18,7 +18,7 @@ Run SmolLM2-135M-Instruct with llama.cpp's OpenAI-compatible server on a free lo
 once for every agents-map process that uses it. No API key, no download at run time.
 
 examples:
-  agents-local run -- sh -c 'agents-read words.csv | agents-map -p prompt.txt | agents-write out.csv'
+  agents-local run -- sh -c 'agents-read w.csv | agents-map -p prompt.txt | agents-write out.csv'
   export OPENAI_BASE_URL=$(agents-local start)     # then use agents-map as usual
   agents-local stop
 """
@@ -26,7 +26,8 @@ examples:
 
 def build_parser(streams: Streams) -> Parser:
     parser = Parser(prog=PROG, description=DESCRIPTION, streams=streams)
-    commands = parser.add_subparsers(
+    # Subcommands are Parsers too, writing to the same streams.
+    commands = parser.add_subparsers(  # type: ignore[call-overload]
         dest="command",
         metavar="COMMAND",
         required=True,

