@@ -1,6 +1,6 @@
 """The baseline: the fastest minimal client, one shared aiohttp session, orjson, a semaphore.
 
-    python bench/bare_client.py URL JOBS < records.jsonl > results.jsonl
+    python bench/bare_client.py URL JOBS [EXTRA_BODY_JSON] < records.jsonl > results.jsonl
 
 It does the least a useful client must: read each record, send one chat request, write the
 answer; nothing else (no retries, no templates, no error records).
@@ -15,7 +15,7 @@ import aiohttp
 import orjson
 
 
-async def main(url: str, jobs: int) -> None:
+async def main(url: str, jobs: int, extra: dict[str, object]) -> None:
     semaphore = asyncio.Semaphore(jobs)
     out = sys.stdout.buffer
     connector = aiohttp.TCPConnector(limit=jobs)
@@ -23,7 +23,11 @@ async def main(url: str, jobs: int) -> None:
 
         async def one(record: dict[str, object]) -> None:
             try:
-                body = {"model": "bench", "messages": [{"role": "user", "content": record["word"]}]}
+                body = {
+                    "model": "bench",
+                    "messages": [{"role": "user", "content": record["word"]}],
+                    **extra,
+                }
                 async with session.post(
                     url, data=orjson.dumps(body), headers={"Content-Type": "application/json"}
                 ) as response:
@@ -46,4 +50,6 @@ async def main(url: str, jobs: int) -> None:
 if __name__ == "__main__":
     import uvloop
 
-    uvloop.run(main(sys.argv[1], int(sys.argv[2])))
+    uvloop.run(
+        main(sys.argv[1], int(sys.argv[2]), orjson.loads(sys.argv[3]) if len(sys.argv) > 3 else {})
+    )

@@ -48,23 +48,39 @@ def main() -> None:
         target = DATA / f"resume_output_{count}.{fmt}"
         if target.exists():
             target.unlink()
-        subprocess.run([str(BIN / "agents-write"), str(target)], stdin=output.open("rb"),
-                       check=True)
+        subprocess.run(
+            [str(BIN / "agents-write"), str(target)], stdin=output.open("rb"), check=True
+        )
     print("| what | records | wall s | CPU s | peak RSS MB |\n|---|---:|---:|---:|---:|")
-    for fmt, path in (("jsonl", output), ("csv", DATA / f"resume_output_{count}.csv"),
-                      ("sqlite", DATA / f"resume_output_{count}.db")):
-        code = (f"from agents.resume import done_ids; d = done_ids({str(path)!r}, {fmt!r}); "
-                f"assert len(d.succeeded) == {count}")
+    for fmt, path in (
+        ("jsonl", output),
+        ("csv", DATA / f"resume_output_{count}.csv"),
+        ("sqlite", DATA / f"resume_output_{count}.db"),
+    ):
+        code = (
+            f"from agents.resume import done_ids; d = done_ids({str(path)!r}, {fmt!r}); "
+            f"assert len(d.succeeded) == {count}"
+        )
         wall, cpu, rss = timed([sys.executable, "-c", code])
         print(f"| done IDs of a {fmt} output | {count:,} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |")
     sidecar = Path(str(output) + ".agents-job.jsonl")
     if sidecar.exists():
         sidecar.unlink()
-    command = [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt",
-               "{word}", "--resume", str(output), "-q"]
+    command = [
+        str(BIN / "agents-map"),
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "--prompt",
+        "{word}",
+        "--resume",
+        str(output),
+        "-q",
+    ]
     wall, cpu, rss = timed(command, source)
-    print(f"| `agents-map --resume` with every record done | {count:,} | {wall:.2f} | "
-          f"{cpu:.2f} | {rss:.0f} |")
+    print(
+        f"| `agents-map --resume` with every record done | {count:,} | {wall:.2f} | "
+        f"{cpu:.2f} | {rss:.0f} |"
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 import shutil
 import subprocess
@@ -13,9 +14,10 @@ import orjson
 import pytest
 from conftest import ROOT, shell
 from fake_llm import FakeLLM, Reply, echo, last_user_message
+from test_e2e_local import local_model_installed
 
+from agents.cli import local, read, write
 from agents.cli import map as map_cli
-from agents.cli import read, write
 from agents.cli._run import Streams
 from agents.errors import ExitStatus
 
@@ -24,7 +26,19 @@ PAGES = {
     "agents-read": read.build_parser,
     "agents-write": write.build_parser,
     "agents-map": map_cli.build_parser,
+    "agents-local": local.build_parser,
 }
+
+
+def all_options(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its subcommands."""
+    options: list[str] = []
+    for action in parser._actions:
+        options += action.option_strings
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                options += all_options(sub)
+    return options
 
 
 def instance(schema: dict[str, Any]) -> Any:
@@ -88,7 +102,7 @@ def test_page_renders_without_warnings(page: str) -> None:
 def test_every_option_is_documented(command: str) -> None:
     page = (MAN / f"{command}.1").read_text().replace("\\-", "-")
     parser = PAGES[command](Streams())
-    options = [flag for action in parser._actions for flag in action.option_strings]
+    options = all_options(parser)
     missing = [flag for flag in options if not re.search(rf"\\fB{re.escape(flag)}\\fR", page)]
     assert missing == []
     documented = set(re.findall(r"\\fB(--?[a-z][a-z-]*)\\fR", page))
@@ -116,6 +130,11 @@ def test_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     with FakeLLM(docs_script) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         for command in commands:
+            if "agents-local " in command and not local_model_installed():
+                warnings.warn(
+                    f"{page}: the local model is not installed; not run: {command}", stacklevel=1
+                )
+                continue
             if "parallel " in command and shutil.which("parallel") is None:
                 warnings.warn(
                     f"{page}: GNU parallel is not installed; not run: {command}", stacklevel=1
