@@ -15,6 +15,7 @@ notes), only a bare aiohttp client keeps up at hundreds of requests in flight.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import re
 import time
@@ -91,6 +92,8 @@ class Completion:
     finish_reason: str | None
     refusal: str | None
     usage: Usage
+    limits: dict[str, float] = field(default_factory=dict)  # x-ratelimit-limit-* per minute
+    pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
 
 
 class CallError(Exception):
@@ -242,6 +245,12 @@ class Client:
         except orjson.JSONDecodeError:
             raise Retryable("invalid_response", "the server's answer is not JSON") from None
         completion = _completion(parsed)
+        if "x-ratelimit-limit-requests" in headers or "x-ratelimit-limit-tokens" in headers:
+            from agents.ratelimit import learned_limits, remaining_zero_wait
+
+            completion = dataclasses.replace(
+                completion, limits=learned_limits(headers), pause=remaining_zero_wait(headers)
+            )
         self.succeeded = True
         return completion
 

@@ -23,7 +23,7 @@ class Key:
     """Where a config key lands (an argparse destination) and what it must be."""
 
     dest: str
-    kind: str  # "str", "int", "number", "bool", "mapping", "price"
+    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap"
     path: bool = False  # a file path, resolved against the config file's folder
     choices: tuple[str, ...] = ()
 
@@ -55,6 +55,11 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "resume": Key("resume", "str", path=True),
         "keep_failed": Key("keep_failed", "bool"),
         "force_resume": Key("force_resume", "bool"),
+        "rpm": Key("rpm", "number"),
+        "tpm": Key("tpm", "number"),
+        "rate_group": Key("rate_group", "str"),
+        "max_cost": Key("max_cost", "number"),
+        "max_errors": Key("max_errors", "cap"),
     },
     "output": {
         "format": Key("output_format", "str", choices=("text", "json", "structured")),
@@ -174,6 +179,10 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
         raise _wrong(place, "a number", value)
     if kind == "bool" and not isinstance(value, bool):
         raise _wrong(place, "true or false", value)
+    if kind == "cap":
+        if isinstance(value, bool) or not isinstance(value, int | str):
+            raise _wrong(place, "a count (50) or a percentage ('5%')", value)
+        return str(value)
     if kind == "mapping":
         if not isinstance(value, dict):
             raise _wrong(place, "a mapping", value)

@@ -201,6 +201,22 @@ def build(o: SimpleNamespace) -> Job:
     at_least(o.max_reasks, "--max-reasks", 0)
     at_least(o.limit, "--limit", 0)
     at_least(o.total, "--total", 0)
+    price = price_for(o.model, o.price)
+    if o.max_cost is not None:
+        if o.max_cost <= 0:
+            raise UsageError(f"--max-cost must be positive, not {o.max_cost:g}")
+        if price is None:
+            raise UsageError(
+                f"--max-cost needs a price, and there is none for {o.model}",
+                "give it with --price IN,OUT (dollars per million tokens)",
+            )
+    for name, value in (("--rpm", o.rpm), ("--tpm", o.tpm)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{name} must be positive, not {value:g}")
+    if o.max_errors:
+        from agents.caps import ErrorCap
+
+        ErrorCap.parse(str(o.max_errors))
     if (o.keep_failed or o.force_resume) and not o.resume:
         raise UsageError("--keep-failed and --force-resume go with --resume OUTPUT")
     from agents.checkpoint import fingerprint
@@ -222,6 +238,6 @@ def build(o: SimpleNamespace) -> Job:
         interpreter=interpreter,
         merger=Merger(o.merge, o.field),
         response_formats=response_formats(o.output_format, schema),
-        price=price_for(o.model, o.price),
+        price=price,
         options=o,
     )

@@ -7,6 +7,7 @@ it raises :class:`agents.client.Fatal` when nothing can succeed (the run then st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -17,13 +18,19 @@ from typing import Any
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
+from agents.caps import CostCap
 from agents.client import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
 from agents.logs import LOGGER
+from agents.ratelimit import Budgets, Concurrency
 from agents.records import ID_KEY, Record, error_record
 from agents.results import Interpreter, Merger, Unusable, reask_message
 from agents.template import MissingFields, Template
+from agents.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
+
+#: Answer tokens assumed for budgets and caps when no --max-tokens is given.
+DEFAULT_OUTPUT_ESTIMATE = 256
 
 
 @dataclass
@@ -103,6 +110,11 @@ class Mapper:
         response_formats: list[dict[str, Any] | None] | None = None,
         sleep: Sleep = asyncio.sleep,
         warn: Callable[[str], None] = lambda message: None,
+        budgets: Budgets | None = None,
+        concurrency: Concurrency | None = None,
+        cost_cap: CostCap | None = None,
+        price: Price | None = None,
+        learn_limits: bool = True,
     ) -> None:
         self.client = client
         self.shape = shape
@@ -118,6 +130,18 @@ class Mapper:
         self.sleep = sleep
         self.warn = warn
         self.counters = Counters()
+        self.budgets = budgets
+        self.concurrency = concurrency
+        self.cost_cap = cost_cap
+        self.price = price
+        self.learn_limits = learn_limits
+        self.paused_until = 0.0
+        params = shape.params
+        self.output_allowance = int(
+            params.get("max_tokens")
+            or params.get("max_completion_tokens")
+            or DEFAULT_OUTPUT_ESTIMATE
+        )
 
     def messages(self, record: Record) -> list[dict[str, str]]:
         messages = []
@@ -254,22 +278,32 @@ class Mapper:
             }
             if form is not None:
                 body["response_format"] = form
+            estimate = self._estimate(messages)
+            await self._admit(estimate)
             self.counters.requests += 1
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             if debug:
                 LOGGER.debug("request %s", orjson.dumps(body).decode())
             started = time.monotonic()
             try:
-                completion = await self.client.complete(body)
+                async with self._slot():
+                    completion = await self.client.complete(body)
             except RecordFailed as error:
+                self._settle(estimate, None)
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
             except CallError as error:
+                self._settle(estimate, None)
+                if error.error_type == "rate_limited" and self.concurrency is not None:
+                    await self.concurrency.rate_limited()
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
+            self._settle(estimate, completion)
+            if self.concurrency is not None:
+                await self.concurrency.succeeded()
             self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
             if debug:
@@ -285,6 +319,47 @@ class Mapper:
                     orjson.dumps(completion.content).decode(),
                 )
             return completion
+
+    def _estimate(self, messages: list[dict[str, str]]) -> int:
+        """Tokens a request may use: the prompt (about four characters a token) and the
+        answer's allowance (max_tokens, else a default)."""
+        prompt = sum(len(message["content"]) // 4 + 4 for message in messages)
+        return prompt + self.output_allowance
+
+    async def _admit(self, estimate: int) -> None:
+        """Wait for the rate budgets (and a server's reset), and reserve the cost cap."""
+        if self.cost_cap is not None and self.price is not None:
+            self.cost_cap.reserve(
+                self.price.cost(
+                    Usage(prompt=estimate - self.output_allowance, completion=self.output_allowance)
+                )
+            )
+        wait = self.paused_until - time.monotonic()
+        if self.budgets is not None and self.budgets.active:
+            wait = max(wait, self.budgets.reserve(estimate))
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    def _settle(self, estimate: int, completion: Completion | None) -> None:
+        usage = completion.usage if completion is not None else Usage()
+        actual = usage.prompt + usage.completion
+        if self.cost_cap is not None and self.price is not None:
+            planned = self.price.cost(
+                Usage(prompt=estimate - self.output_allowance, completion=self.output_allowance)
+            )
+            self.cost_cap.settle(planned, self.price.cost(usage))
+        if completion is None:
+            return
+        if self.budgets is not None and actual:
+            self.budgets.correct_tokens(estimate, actual)
+        if self.learn_limits and completion.limits and self.budgets is not None:
+            for name, per_minute in completion.limits.items():
+                self.budgets.set_rate(name, per_minute * 0.95)
+        if completion.pause:
+            self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
+
+    def _slot(self) -> Any:
+        return self.concurrency.slot() if self.concurrency is not None else contextlib.nullcontext()
 
     def _drop_response_format(self, form: dict[str, Any]) -> None:
         if self.response_formats and self.response_formats[0] is form:

@@ -20,6 +20,7 @@ from typing import BinaryIO
 
 import orjson
 
+from agents.caps import CapReached, ErrorCap
 from agents.client import Fatal
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines
@@ -137,6 +138,7 @@ class Outcome:
     signal: int | None = None
     in_flight_lost: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
+    capped: str | None = None  # a --max-cost or --max-errors cap stopped the run
 
 
 class Scheduler:
@@ -154,6 +156,7 @@ class Scheduler:
         limit: int | None = None,
         on_result: Callable[[Record, bool], None] | None = None,
         skip: Callable[[Record], bool] | None = None,
+        error_cap: ErrorCap | None = None,
     ) -> None:
         self.process = process
         self.out = out
@@ -166,6 +169,7 @@ class Scheduler:
         self.limit = limit
         self.on_result = on_result
         self.skip = skip
+        self.error_cap = error_cap
         self.ids = IdAssigner()
         self.outcome = Outcome()
         self.stopping = asyncio.Event()
@@ -185,7 +189,9 @@ class Scheduler:
         if not feeder.done():
             feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
-        if self.stopping.is_set() and self.outcome.signal is not None:
+        if self.stopping.is_set() and (
+            self.outcome.signal is not None or (self.outcome.capped and not self.outcome.fatal)
+        ):
             await self._drain_within_grace()
         elif self.stopping.is_set():
             self._cancel_all()
@@ -233,6 +239,9 @@ class Scheduler:
         except Fatal as error:
             self._stop_fatal(error.message)
             return
+        except CapReached as error:
+            self._stop_capped(str(error))
+            return
         except asyncio.CancelledError:
             self.outcome.in_flight_lost += 1
             raise
@@ -250,6 +259,19 @@ class Scheduler:
             self._stop_fatal(str(error))
             return
         self._write(sequence, output, succeeded)
+        if self.error_cap is not None and not succeeded:
+            try:
+                self.error_cap.check(
+                    self.outcome.failed, self.outcome.failed + self.outcome.written
+                )
+            except CapReached as error:
+                self._stop_capped(str(error))
+
+    def _stop_capped(self, message: str) -> None:
+        """Stop sending; requests in flight finish and are written (they are paid for)."""
+        if self.outcome.capped is None:
+            self.outcome.capped = message
+        self.stopping.set()
 
     def _write(self, sequence: int, output: Record, succeeded: bool) -> None:
         if not self.keep_order:

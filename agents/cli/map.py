@@ -174,6 +174,39 @@ def build_parser(streams: Streams) -> Parser:
         help="send nothing: print the requests, missing fields, and the "
         "token and cost estimate of the whole input (default: off)",
     )
+    limits = parser.add_argument_group("rate limits and caps")
+    limits.add_argument(
+        "--rpm",
+        type=float,
+        metavar="N",
+        help="requests per minute allowed (default: learned from the server's "
+        "x-ratelimit headers, else no limit)",
+    )
+    limits.add_argument(
+        "--tpm",
+        type=float,
+        metavar="N",
+        help="tokens per minute allowed, counting the prompt and max_tokens "
+        "before sending (default: learned, else no limit)",
+    )
+    limits.add_argument(
+        "--rate-group",
+        metavar="NAME",
+        help="share the --rpm/--tpm budget with every process on this host "
+        "that names the same group (default: none, this process alone)",
+    )
+    limits.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop sending before the spend could pass USD; exit 4, resumable (default: no cap)",
+    )
+    limits.add_argument(
+        "--max-errors",
+        metavar="N|PCT%",
+        help="stop sending after N failed records, or when PCT%% of those "
+        "attempted failed (after 20); exit 4, resumable (default: no cap)",
+    )
     resume = parser.add_argument_group("resume")
     resume.add_argument(
         "--resume",
@@ -389,7 +422,20 @@ async def _run_job(
             )
     client = Client(job.endpoint, o.jobs)
     try:
-        mapper = Mapper(client, sleep=sleep, warn=reporter.warning, **job.mapper_args)
+        from agents.caps import CostCap, ErrorCap
+        from agents.ratelimit import Budgets, Concurrency, group_file
+
+        budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
+        mapper = Mapper(
+            client,
+            sleep=sleep,
+            warn=reporter.warning,
+            budgets=budgets,
+            concurrency=Concurrency(o.jobs),
+            price=job.price,
+            cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
+            **job.mapper_args,
+        )
         scheduler = Scheduler(
             mapper.process,
             streams.stdout,
@@ -402,6 +448,7 @@ async def _run_job(
             limit=o.limit,
             on_result=tally.record,
             skip=resumer.skip if resumer is not None else None,
+            error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
@@ -489,6 +536,13 @@ def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seco
     if not o.quiet and counters.usage.prompt + counters.usage.completion:
         for line in summary_lines(counters.usage, job.price, job.shape.model):
             reporter.say(line)
+    if outcome.capped is not None and outcome.fatal is None and outcome.signal is None:
+        reporter.info(f"stopped at a cap: {outcome.capped}")
+        reporter.info(
+            f"{outcome.written} results and {outcome.failed} error records were "
+            "written; run the same command again (with a higher cap) to resume"
+        )
+        return int(ExitStatus.CAPPED)
     if outcome.fatal is not None:
         reporter.error(outcome.fatal)
         reporter.info(

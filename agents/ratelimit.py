@@ -1,0 +1,201 @@
+"""Staying under a provider's limits: request and token budgets, shared by processes if asked,
+and a concurrency that backs off on 429s and grows back while the server keeps up.
+
+Budgets are token buckets that refill continuously at the allowed rate and hold at most a
+twentieth of a second's worth of unused credit, so no sliding window the server may count over
+(a second, a minute) sees more than the rate allows. A request reserves its estimated cost
+(one request; prompt estimate plus max_tokens) and waits until the bucket covers it; the
+estimate is corrected with the usage the server reports.
+
+With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
+under an exclusive ``flock``: every process of the group on this host draws from one budget. The
+kernel drops a dead process's lock, so a crash never leaves the budget locked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from agents.errors import UsageError
+
+#: Unused credit a bucket may hold, in seconds of its rate.
+BURST_SECONDS = 0.05
+
+
+@dataclass
+class Bucket:
+    rate: float  # units a second
+    level: float = 0.0
+    updated: float = 0.0
+
+    def reserve(self, amount: float, now: float) -> float:
+        """Take ``amount`` (going into debt if need be); the seconds to wait before using it."""
+        capacity = max(1.0, self.rate * BURST_SECONDS)
+        if self.updated:
+            self.level = min(capacity, self.level + (now - self.updated) * self.rate)
+        self.updated = now
+        self.level -= amount
+        return max(0.0, -self.level / self.rate)
+
+    def adjust(self, amount: float) -> None:
+        """Give back (positive) or charge more (negative) after the real cost is known."""
+        self.level += amount
+
+
+class Budgets:
+    """Requests-per-minute and tokens-per-minute buckets, in this process or in a shared file."""
+
+    def __init__(self, rpm: float | None, tpm: float | None, group_file: str | None = None) -> None:
+        self.rates = {"requests": rpm / 60 if rpm else None, "tokens": tpm / 60 if tpm else None}
+        self.group_file = group_file
+        self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
+
+    @property
+    def active(self) -> bool:
+        return any(self.rates.values())
+
+    def set_rate(self, name: str, per_minute: float) -> None:
+        """A limit learned from the server's headers, when none was given."""
+        if self.rates.get(name) is None:
+            self.rates[name] = per_minute / 60
+            self.local[name] = Bucket(per_minute / 60)
+
+    def reserve(self, tokens: float) -> float:
+        amounts = {"requests": 1.0, "tokens": tokens}
+        now = time.time()
+        with self._buckets() as buckets:
+            return max(
+                (bucket.reserve(amounts[name], now) for name, bucket in buckets.items()),
+                default=0.0,
+            )
+
+    def correct_tokens(self, estimated: float, actual: float) -> None:
+        if "tokens" not in self.local or estimated == actual:
+            return
+        with self._buckets() as buckets:
+            if "tokens" in buckets:
+                buckets["tokens"].adjust(estimated - actual)
+
+    @contextlib.contextmanager
+    def _buckets(self) -> Iterator[dict[str, Bucket]]:
+        if self.group_file is None:
+            yield self.local
+            return
+        with open(self.group_file, "a+") as stream:
+            fcntl.flock(stream, fcntl.LOCK_EX)
+            try:
+                stream.seek(0)
+                try:
+                    saved = json.loads(stream.read() or "{}")
+                except ValueError:
+                    saved = {}
+                buckets = {}
+                for name, rate in self.rates.items():
+                    if rate:
+                        state = saved.get(name) or {}
+                        buckets[name] = Bucket(
+                            rate, float(state.get("level", 0.0)), float(state.get("updated", 0.0))
+                        )
+                yield buckets
+                stream.seek(0)
+                stream.truncate()
+                stream.write(
+                    json.dumps(
+                        {
+                            name: {"level": bucket.level, "updated": bucket.updated}
+                            for name, bucket in buckets.items()
+                        }
+                    )
+                )
+                stream.flush()
+            finally:
+                fcntl.flock(stream, fcntl.LOCK_UN)
+
+
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def group_file(name: str) -> str:
+    if not _GROUP_NAME.match(name):
+        raise UsageError(f"--rate-group {name!r}: use letters, digits, '.', '_' or '-'")
+    from agents.local_model import runtime_folder
+
+    return str(runtime_folder() / f"rate-group-{name}.json")
+
+
+class Concurrency:
+    """How many requests may be in flight: halved on a 429, raised by one after as many
+    successes in a row as are allowed in flight, never above ``ceiling`` (-j)."""
+
+    def __init__(self, ceiling: int) -> None:
+        self.ceiling = ceiling
+        self.limit = ceiling
+        self.in_flight = 0
+        self.streak = 0
+        self.changed = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with self.changed:
+                self.in_flight -= 1
+                self.changed.notify_all()
+
+    async def rate_limited(self) -> None:
+        async with self.changed:
+            self.limit = max(1, self.limit // 2)
+            self.streak = 0
+
+    async def succeeded(self) -> None:
+        if self.limit >= self.ceiling:
+            return
+        self.streak += 1
+        if self.streak >= self.limit:
+            async with self.changed:
+                self.limit += 1
+                self.streak = 0
+                self.changed.notify_all()
+
+
+def learned_limits(headers: Any) -> dict[str, float]:
+    """OpenAI's x-ratelimit-limit-requests / -tokens (per minute), when present."""
+    found = {}
+    for name in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-limit-{name}")
+        with contextlib.suppress(TypeError, ValueError):
+            if value is not None and float(value) > 0:
+                found[name] = float(value)
+    return found
+
+
+def remaining_zero_wait(headers: Any) -> float | None:
+    """When a remaining-* header says the budget is spent, how long until it resets."""
+    from agents.client import parse_duration
+
+    waits = []
+    for name in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{name}")
+        reset = headers.get(f"x-ratelimit-reset-{name}")
+        if remaining is not None and reset is not None:
+            with contextlib.suppress(ValueError):
+                if float(remaining) <= 0:
+                    duration = parse_duration(reset)
+                    if duration is not None:
+                        waits.append(duration)
+    return max(waits) if waits else None
+
+
+__all__ = ["Budgets", "Concurrency", "group_file", "learned_limits", "remaining_zero_wait"]
