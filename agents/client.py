@@ -93,6 +93,7 @@ class Completion:
     refusal: str | None
     usage: Usage
     limits: dict[str, float] = field(default_factory=dict)  # x-ratelimit-limit-* per minute
+    windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # (left, reset s)
     pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
 
 
@@ -246,10 +247,18 @@ class Client:
             raise Retryable("invalid_response", "the server's answer is not JSON") from None
         completion = _completion(parsed)
         if "x-ratelimit-limit-requests" in headers or "x-ratelimit-limit-tokens" in headers:
-            from agents.ratelimit import learned_limits, remaining_zero_wait
+            from agents.ratelimit import learned_limits, remaining_zero_wait, window_state
 
+            windows = {
+                name: state
+                for name in ("requests", "tokens")
+                if (state := window_state(headers, name)) is not None
+            }
             completion = dataclasses.replace(
-                completion, limits=learned_limits(headers), pause=remaining_zero_wait(headers)
+                completion,
+                limits=learned_limits(headers),
+                windows=windows,
+                pause=remaining_zero_wait(headers),
             )
         self.succeeded = True
         return completion

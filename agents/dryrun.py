@@ -83,7 +83,13 @@ def _records(stdin: BinaryIO, bad: BadRowHandler, ids: IdAssigner) -> Iterator[R
             yield ids.ensure(record)
 
 
-def report(estimate: Estimate, price: Price | None, model: str) -> list[str]:
+def report(
+    estimate: Estimate,
+    price: Price | None,
+    model: str,
+    rpm: float | None = None,
+    tpm: float | None = None,
+) -> list[str]:
     lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
     if estimate.missing:
         lines.append(
@@ -97,6 +103,7 @@ def report(estimate: Estimate, price: Price | None, model: str) -> list[str]:
         lines.append("Estimated output tokens: unknown (set --max-tokens for an upper bound)")
     else:
         lines.append(f"Estimated output tokens: up to {estimate.output_tokens:,}")
+    lines += _time_lines(estimate, rpm, tpm)
     if price is None:
         lines.append(f"Estimated cost: unknown (no price for {model}; give --price IN,OUT)")
     else:
@@ -107,3 +114,27 @@ def report(estimate: Estimate, price: Price | None, model: str) -> list[str]:
             total = cost_in + estimate.output_tokens * price.output / 1_000_000
             lines.append(f"Estimated cost: up to ${total:,.2f}")
     return lines
+
+
+def _time_lines(estimate: Estimate, rpm: float | None, tpm: float | None) -> list[str]:
+    """How long the job takes at most under the limits given (the slower of the two)."""
+    from agents.progress import duration
+
+    sent = estimate.records - estimate.missing
+    minutes: list[tuple[float, str]] = []
+    if rpm:
+        minutes.append((sent / rpm, f"--rpm {rpm:g}"))
+    if tpm:
+        tokens = estimate.input_tokens + (estimate.output_tokens or 0)
+        minutes.append((tokens / tpm, f"--tpm {tpm:g}"))
+    if not minutes:
+        return []
+    longest, which = max(minutes)
+    return [
+        f"Estimated time at {which}: {duration(longest * 60)}"
+        + (
+            ""
+            if estimate.output_tokens is not None or not tpm
+            else " (input tokens only; set --max-tokens)"
+        )
+    ]

@@ -354,7 +354,11 @@ class Mapper:
             self.budgets.correct_tokens(estimate, actual)
         if self.learn_limits and completion.limits and self.budgets is not None:
             for name, per_minute in completion.limits.items():
-                self.budgets.set_rate(name, per_minute * 0.95)
+                left, reset = completion.windows.get(name, (None, None))
+                self.budgets.set_rate(name, per_minute * 0.95, left, reset)
+        if completion.windows and self.budgets is not None:
+            for name, (left, reset) in completion.windows.items():
+                self.budgets.sync(name, left, reset)
         if completion.pause:
             self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
 

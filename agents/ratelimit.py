@@ -62,11 +62,31 @@ class Budgets:
     def active(self) -> bool:
         return any(self.rates.values())
 
-    def set_rate(self, name: str, per_minute: float) -> None:
-        """A limit learned from the server's headers, when none was given."""
-        if self.rates.get(name) is None:
-            self.rates[name] = per_minute / 60
-            self.local[name] = Bucket(per_minute / 60)
+    def set_rate(
+        self, name: str, per_minute: float, left: float | None = None, reset: float | None = None
+    ) -> None:
+        """A limit learned from the server's headers, when none was given. With what the
+        server says is ``left`` of its window and when the window ``reset``s, the bucket starts
+        in debt for what was already spent, so the first window is not overrun either."""
+        if self.rates.get(name) is not None:
+            return
+        rate = per_minute / 60
+        self.rates[name] = rate
+        level = 0.0
+        if left is not None and reset is not None:
+            level = min(0.0, left - rate * reset)
+        self.local[name] = Bucket(rate, level, time.time())
+
+    def sync(self, name: str, left: float, reset: float) -> None:
+        """Never allow more before the server's window resets than it says is left."""
+        if name not in self.local:
+            return
+        with self._buckets() as buckets:
+            bucket = buckets.get(name)
+            if bucket is not None:
+                now = time.time()
+                bucket.reserve(0.0, now)  # bring the level up to date first
+                bucket.level = min(bucket.level, left - bucket.rate * reset)
 
     def reserve(self, tokens: float) -> float:
         amounts = {"requests": 1.0, "tokens": tokens}
@@ -179,6 +199,21 @@ def learned_limits(headers: Any) -> dict[str, float]:
             if value is not None and float(value) > 0:
                 found[name] = float(value)
     return found
+
+
+def window_state(headers: Any, name: str) -> tuple[float, float] | None:
+    """(what is left, seconds until the reset) of the server's current window, if it says."""
+    from agents.client import parse_duration
+
+    left = headers.get(f"x-ratelimit-remaining-{name}")
+    reset = headers.get(f"x-ratelimit-reset-{name}")
+    if left is None or reset is None:
+        return None
+    seconds = parse_duration(reset)
+    try:
+        return (float(left), seconds) if seconds is not None else None
+    except ValueError:
+        return None
 
 
 def remaining_zero_wait(headers: Any) -> float | None:

@@ -155,3 +155,79 @@ class FakeLLM:
                 "usage": usage,
             }
         )
+
+
+def token_cost(request: dict[str, Any]) -> int:
+    """Tokens as agents-map estimates them: four characters a token and four a message, plus
+    the answer's allowance."""
+    prompt = sum(len(m["content"]) // 4 + 4 for m in request["messages"])
+    return prompt + int(request.get("max_tokens") or 5)
+
+
+class Limited:
+    """A script that enforces ``requests`` and/or ``tokens`` per ``window`` seconds, as a
+    provider does, refusing the excess with 429 and OpenAI's rate-limit headers; it records the
+    most requests and tokens accepted in any window."""
+
+    def __init__(
+        self,
+        requests: int | None = None,
+        tokens: int | None = None,
+        window: float = 1.0,
+        headers: bool = True,
+    ) -> None:
+        self.requests = requests
+        self.tokens = tokens
+        self.window = window
+        self.headers = headers
+        self.accepted: collections.deque[tuple[float, int]] = collections.deque()
+        self.refused = 0
+        self.answered = 0
+        self.most_requests = 0
+        self.most_tokens = 0
+        self.lock = threading.Lock()
+
+    def _limit_headers(self, now: float) -> dict[str, str]:
+        if not self.headers:
+            return {}
+        per_minute = 60 / self.window
+        reset = (self.accepted[0][0] + self.window - now) if self.accepted else 0.0
+        out = {}
+        if self.requests:
+            out["x-ratelimit-limit-requests"] = str(int(self.requests * per_minute))
+            out["x-ratelimit-remaining-requests"] = str(max(0, self.requests - len(self.accepted)))
+            out["x-ratelimit-reset-requests"] = f"{max(reset, 0.0):.3f}s"
+        if self.tokens:
+            out["x-ratelimit-limit-tokens"] = str(int(self.tokens * per_minute))
+        return out
+
+    def __call__(self, request: dict[str, Any], number: int) -> Reply:
+        import time
+
+        cost = token_cost(request)
+        with self.lock:
+            now = time.monotonic()
+            while self.accepted and self.accepted[0][0] <= now - self.window:
+                self.accepted.popleft()
+            used = sum(tokens for _, tokens in self.accepted)
+            over_requests = self.requests is not None and len(self.accepted) >= self.requests
+            over_tokens = self.tokens is not None and used + cost > self.tokens
+            if over_requests or over_tokens:
+                self.refused += 1
+                wait = (self.accepted[0][0] + self.window - now) if self.accepted else 0.1
+                headers = {**self._limit_headers(now), "retry-after-ms": str(int(wait * 1000))}
+                return Reply("rate limit reached", status=429, headers=headers)
+            self.accepted.append((now, cost))
+            self.answered += 1
+            self.most_requests = max(self.most_requests, len(self.accepted))
+            self.most_tokens = max(self.most_tokens, used + cost)
+            headers = self._limit_headers(now)
+        prompt = cost - int(request.get("max_tokens") or 5)
+        return Reply(
+            f"answer: {last_user_message(request)}",
+            headers=headers,
+            usage={
+                "prompt_tokens": prompt,
+                "completion_tokens": int(request.get("max_tokens") or 5),
+            },
+        )

@@ -364,7 +364,7 @@ def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler)
         o.max_tokens or o.max_completion_tokens,
         bad,
     )
-    for line in report(estimate, job.price, job.shape.model):
+    for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
         reporter.say(line)
     return int(ExitStatus.OK)
 

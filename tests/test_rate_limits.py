@@ -1,0 +1,238 @@
+"""Rate limits at full speed: budgets under a provider's limits, limits learned from headers,
+one budget for many processes, and spending caps (exit 4, resumable)."""
+
+from __future__ import annotations
+
+import fcntl
+import io
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import BIN, Result
+from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message
+from test_map import KEY, Sleeps, words
+
+from agents.cli import map as map_cli
+from agents.cli._run import Streams
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HTTP_PROXY", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    monkeypatch.setenv("AGENTS_RUNTIME_DIR", str(tmp / "runtime"))
+
+
+def run(server: FakeLLM, *argv: str, stdin: bytes) -> Result:
+    out, err = io.BytesIO(), io.StringIO()
+    status = map_cli.main(
+        ["--base-url", server.url, "-q", "--prompt", "{word}", *argv],
+        Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err),
+        sleep=Sleeps(),
+    )
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+def test_rpm_just_under_the_limit_gets_no_429() -> None:
+    limit = Limited(requests=10, window=1.0, headers=False)
+    with FakeLLM(limit) as server:
+        started = time.monotonic()
+        result = run(server, "--rpm", "570", "-j", "8", stdin=words(30))
+        elapsed = time.monotonic() - started
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 30)
+    assert limit.most_requests <= 10
+    assert elapsed >= 30 / 9.5 - 1.5  # the budget, not luck, kept it under
+
+
+def test_tpm_just_under_the_limit_gets_no_429() -> None:
+    limit = Limited(tokens=200, window=1.0, headers=False)
+    with FakeLLM(limit) as server:
+        result = run(
+            server, "--tpm", str(0.95 * 200 * 60), "--max-tokens", "10", "-j", "8", stdin=words(40)
+        )
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 40)
+    assert limit.most_tokens <= 200
+
+
+def test_limits_learned_from_headers() -> None:
+    limit = Limited(requests=10, window=1.0, headers=True)
+    with FakeLLM(limit) as server:
+        result = run(server, "-j", "8", "--retry-delay", "0.05", stdin=words(40))
+    assert result.status == 0, result.stderr
+    assert limit.answered == 40
+    assert limit.refused <= 3  # at most the start, before the first headers arrived
+
+
+def test_429s_shrink_the_concurrency() -> None:
+    def script(request: dict[str, object], number: int) -> Reply:
+        if number < 6:
+            return Reply("slow down", status=429, headers={"retry-after-ms": "10"})
+        return Reply("ok", delay=0.05)
+
+    with FakeLLM(script) as server:
+        result = run(server, "-j", "8", "--retry-delay", "0.01", stdin=words(24))
+        assert result.status == 0, result.stderr
+        assert server.max_in_flight <= 8
+
+
+def environment_for_processes(tmp: Path) -> dict[str, str]:
+    python_bin = os.path.dirname(sys.executable)
+    return {
+        **os.environ,
+        "AGENTS_RUNTIME_DIR": str(tmp / "runtime"),
+        "PATH": os.pathsep.join([str(BIN), python_bin, os.environ["PATH"]]),
+    }
+
+
+def member(
+    server: FakeLLM, tmp: Path, name: str, count: int, first: int
+) -> subprocess.Popen[bytes]:
+    source = tmp / f"{name}.jsonl"
+    source.write_bytes(
+        b"".join(
+            orjson.dumps({"_id": f"{name}-{n}", "word": f"{name}{n}"}) + b"\n"
+            for n in range(first, first + count)
+        )
+    )
+    return subprocess.Popen(
+        [
+            str(BIN / "agents-map"),
+            "--base-url",
+            server.url,
+            "--prompt",
+            "{word}",
+            "-q",
+            "--rpm",
+            "570",
+            "--rate-group",
+            "shared",
+            "-j",
+            "4",
+        ],
+        stdin=source.open("rb"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=environment_for_processes(tmp),
+    )
+
+
+def test_four_processes_share_one_budget(tmp: Path) -> None:
+    limit = Limited(requests=10, window=1.0, headers=False)
+    with FakeLLM(limit) as server:
+        members = [member(server, tmp, f"p{k}", 15, 0) for k in range(4)]
+        statuses = [process.wait(timeout=60) for process in members]
+    assert statuses == [0, 0, 0, 0]
+    assert limit.answered == 60
+    assert limit.refused == 0
+    assert limit.most_requests <= 10
+
+
+def test_a_member_killed_holding_the_lock_does_not_stop_the_others(tmp: Path) -> None:
+    from agents.ratelimit import group_file
+
+    os.environ["AGENTS_RUNTIME_DIR"] = str(tmp / "runtime")
+    path = group_file("shared")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time\n"
+            f"f = open({path!r}, 'a+')\n"
+            "fcntl.flock(f, fcntl.LOCK_EX)\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == b"locked"
+    limit = Limited(requests=10, window=1.0, headers=False)
+    with FakeLLM(limit) as server:
+        members = [member(server, tmp, f"q{k}", 10, 0) for k in range(2)]
+        time.sleep(0.7)
+        assert limit.answered == 0  # blocked by the holder's lock
+        killed = time.monotonic()
+        holder.kill()
+        holder.wait()
+        while limit.answered == 0:
+            assert time.monotonic() - killed < 1.0, "the budget stayed locked"
+            time.sleep(0.01)
+        assert [process.wait(timeout=60) for process in members] == [0, 0]
+    assert limit.answered == 20
+    with open(path) as stream:  # and the lock is free again
+        fcntl.flock(stream, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_max_cost_stops_within_one_request_and_resumes(tmp: Path) -> None:
+    limit = Limited(headers=False)
+    output = tmp / "out.jsonl"
+    # $1,000 per million tokens both ways: each request costs about $0.01
+    common = [
+        "--price",
+        "1000,1000",
+        "--max-tokens",
+        "5",
+        "-j",
+        "1",
+        "--resume",
+        str(output),
+        "--stats",
+        str(tmp / "stats.json"),
+    ]
+    with FakeLLM(limit) as server:
+        first = run(server, *common, "--max-cost", "0.1", stdin=words(30))
+        assert first.status == 4, first.stderr
+        output.write_bytes(first.stdout)
+        stats = orjson.loads((tmp / "stats.json").read_bytes())
+        per_request = stats["cost_usd"] / limit.answered
+        assert stats["cost_usd"] <= 0.1
+        assert 0.1 - stats["cost_usd"] <= 2 * per_request
+        assert "stopped at a cap: --max-cost $0.1" in first.stderr
+        answered = limit.answered
+        again = run(server, *common, stdin=words(30))
+        assert again.status == 0, again.stderr
+        assert limit.answered == 30  # nothing asked twice
+        assert f"skipped {answered} records already done" in again.stderr
+
+
+def test_max_cost_needs_a_price() -> None:
+    with FakeLLM(echo) as server:
+        result = run(server, "--model", "unpriced", "--max-cost", "5", stdin=words(1))
+    assert result.status == 2
+    assert result.stderr.startswith(
+        "agents-map: error: --max-cost needs a price, and there is none for unpriced"
+    )
+
+
+@pytest.mark.parametrize("cap", ["3", "20%"])
+def test_max_errors_stops_with_exit_4(cap: str) -> None:
+    def script(request: dict[str, object], number: int) -> Reply:
+        word = last_user_message(request)  # type: ignore[arg-type]
+        return Reply("bad", status=400) if int(word[1:]) % 2 else Reply("ok")
+
+    with FakeLLM(script) as server:
+        result = run(server, "--max-errors", cap, "-j", "1", stdin=words(100))
+    assert result.status == 4, result.stderr
+    failed = [r for r in result.records if "error" in r]
+    assert 3 <= len(failed) < 50
+    assert "stopped at a cap: --max-errors" in result.stderr
+
+
+def test_dry_run_estimates_the_time_under_the_limits() -> None:
+    with FakeLLM(echo) as server:
+        result = run(server, "--dry-run", "--rpm", "60", stdin=words(120))
+    assert "Estimated time at --rpm 60: 2m 0s" in result.stderr
+    assert server.requests == []
+
+
+def test_rate_group_names_are_checked() -> None:
+    with FakeLLM(echo) as server:
+        result = run(server, "--rate-group", "../x", stdin=words(1))
+    assert result.status == 2
