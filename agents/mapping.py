@@ -21,7 +21,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 from agents.caps import CostCap
 from agents.client import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
 from agents.logs import LOGGER
-from agents.ratelimit import Budgets, Concurrency
+from agents.ratelimit import LEARNED_SHARE, Budgets, Concurrency
 from agents.records import ID_KEY, Record, error_record
 from agents.results import Interpreter, Merger, Unusable, reask_message
 from agents.template import MissingFields, Template
@@ -355,7 +355,7 @@ class Mapper:
         if self.learn_limits and completion.limits and self.budgets is not None:
             for name, per_minute in completion.limits.items():
                 left, reset = completion.windows.get(name, (None, None))
-                self.budgets.set_rate(name, per_minute * 0.95, left, reset)
+                self.budgets.set_rate(name, per_minute * LEARNED_SHARE, left, reset)
         if completion.windows and self.budgets is not None:
             for name, (left, reset) in completion.windows.items():
                 self.budgets.sync(name, left, reset)

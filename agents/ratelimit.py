@@ -2,7 +2,7 @@
 and a concurrency that backs off on 429s and grows back while the server keeps up.
 
 Budgets are token buckets that refill continuously at the allowed rate and hold at most a
-twentieth of a second's worth of unused credit, so no sliding window the server may count over
+hundredth of a second's worth of unused credit (one request at least), so no sliding window the server may count over
 (a second, a minute) sees more than the rate allows. A request reserves its estimated cost
 (one request; prompt estimate plus max_tokens) and waits until the bucket covers it; the
 estimate is corrected with the usage the server reports.
@@ -26,8 +26,11 @@ from typing import Any
 
 from agents.errors import UsageError
 
-#: Unused credit a bucket may hold, in seconds of its rate.
-BURST_SECONDS = 0.05
+#: Unused credit a bucket may hold, in seconds of its rate (at least one unit).
+BURST_SECONDS = 0.01
+
+#: The share of a limit learned from headers that is used, leaving room for clock drift.
+LEARNED_SHARE = 0.98
 
 
 @dataclass
