@@ -2,10 +2,10 @@
 and a concurrency that backs off on 429s and grows back while the server keeps up.
 
 Budgets are token buckets that refill continuously at the allowed rate and hold at most a
-hundredth of a second's worth of unused credit (one request at least), so no sliding window the server may count over
-(a second, a minute) sees more than the rate allows. A request reserves its estimated cost
-(one request; prompt estimate plus max_tokens) and waits until the bucket covers it; the
-estimate is corrected with the usage the server reports.
+hundredth of a second's worth of unused credit (one request at least), so no sliding window the
+server may count over (a second, a minute) sees more than the rate allows. A request reserves
+its estimated cost (one request; prompt estimate plus max_tokens) and waits until the bucket
+covers it; the estimate is corrected with the usage the server reports.
 
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
