@@ -401,8 +401,5 @@ def response_formats(
     ]
 
 
-def fatal_message(error: Fatal) -> str:
-    return error.message
-
 
 __all__ = ["Counters", "Fatal", "Mapper", "RequestShape", "response_formats"]

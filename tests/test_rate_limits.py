@@ -193,7 +193,7 @@ def test_max_cost_stops_within_one_request_and_resumes(tmp: Path) -> None:
         stats = orjson.loads((tmp / "stats.json").read_bytes())
         per_request = stats["cost_usd"] / limit.answered
         assert stats["cost_usd"] <= 0.1
-        assert 0.1 - stats["cost_usd"] <= 2 * per_request
+        assert 0.1 - stats["cost_usd"] <= per_request * 1.01  # within one request of the cap
         assert "stopped at a cap: --max-cost $0.1" in first.stderr
         answered = limit.answered
         again = run(server, *common, stdin=words(30))

@@ -33,17 +33,8 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
     for number, raw in enumerate(_lines(source, options.encoding), 1):
         if number == 1 and isinstance(raw, bytes) and raw.startswith(codecs.BOM_UTF8):
             raw = raw[len(codecs.BOM_UTF8) :]
-        if not raw.strip():
-            continue
-        try:
-            value = orjson.loads(raw)
-        except orjson.JSONDecodeError as error:
-            reason, hint = describe_json_error(error)
-            bad(DataError(f"{source.name}:{number}", reason, hint))
-            continue
-        if not isinstance(value, dict):
-            found = type_name(value)
-            bad(DataError(f"{source.name}:{number}", f"expected a JSON object, found {found}"))
+        value = parse_object(raw, f"{source.name}:{number}", bad)
+        if value is None:
             continue
         record = {ID_KEY: number}
         record.update(value)
@@ -108,20 +99,26 @@ def parse_lines(lines: list[bytes], name: str, first: int, bad: BadRowHandler) -
         pass
     checked: list[Record] = []
     for number, line in enumerate(lines, first):
-        if not line.strip():
-            continue
-        try:
-            value = orjson.loads(line)
-        except orjson.JSONDecodeError as error:
-            reason, hint = describe_json_error(error)
-            bad(DataError(f"{name}:{number}", reason, hint))
-            continue
-        if not isinstance(value, dict):
-            found = type_name(value)
-            bad(DataError(f"{name}:{number}", f"expected a JSON object, found {found}"))
-            continue
-        checked.append(value)
+        value = parse_object(line, f"{name}:{number}", bad)
+        if value is not None:
+            checked.append(value)
     return checked
+
+
+def parse_object(line: bytes | str, where: str, bad: BadRowHandler) -> Record | None:
+    """The object on one line; None for a blank line or a bad one (reported to ``bad``)."""
+    if not line.strip():
+        return None
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as error:
+        reason, hint = describe_json_error(error)
+        bad(DataError(where, reason, hint))
+        return None
+    if not isinstance(value, dict):
+        bad(DataError(where, f"expected a JSON object, found {type_name(value)}"))
+        return None
+    return value
 
 
 def _whole_lines(stream: BinaryIO, size: int = 1 << 16) -> Iterator[list[bytes]]:
