@@ -401,5 +401,4 @@ def response_formats(
     ]
 
 
-
 __all__ = ["Counters", "Fatal", "Mapper", "RequestShape", "response_formats"]

@@ -551,3 +551,20 @@ def test_an_unexpected_failure_becomes_an_error_record(
             "item": {"_id": 2, "word": "w2"},
         }
     ]
+
+
+def test_a_bad_input_line_is_named_skipped_and_counted(server: FakeLLM) -> None:
+    stdin = words(1) + b"not json\n" + jsonl({"_id": 3, "word": "w3"})
+    result = run_map(server, "--prompt", "{word}", stdin=stdin)
+    assert result.status == 3
+    assert sorted(r["_id"] for r in result.records) == [1, 3]  # type: ignore[type-var]
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith("agents-map: warning: <stdin>:2: invalid JSON")
+    assert lines[-1] == (
+        "agents-map: warning: 1 input lines were not JSON objects and were skipped"
+    )
+
+
+def test_empty_input(server: FakeLLM) -> None:
+    result = run_map(server, "--prompt", "{word}", stdin=b"")
+    assert (result.status, result.stdout, result.stderr) == (0, b"", "")

@@ -321,7 +321,10 @@ def _map(
     job = build(merge(flags, args.config))
     o = job.options
 
+    bad_lines: list[str] = []
+
     def bad(error: DataError) -> None:
+        bad_lines.append(error.message)
         reporter.warning(f"{error.message} (skipped)")
 
     if o.dry_run:
@@ -344,7 +347,11 @@ def _map(
         if errors_out is not None:
             errors_out.close()
         handler.close()
-    return _finish(job, outcome, mapper, reporter, time.monotonic() - started)
+    status = _finish(job, outcome, mapper, reporter, time.monotonic() - started)
+    if bad_lines and status == ExitStatus.OK:
+        reporter.warning(f"{len(bad_lines)} input lines were not JSON objects and were skipped")
+        return int(ExitStatus.PARTIAL)
+    return status
 
 
 def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
