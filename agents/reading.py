@@ -55,7 +55,13 @@ def _id_from_field(records: Positioned, field: str, name: str) -> Iterator[Recor
         if field not in record:
             position = record[ID_KEY]
             raise DataError(f"{name}: record {position}", f"has no field {field!r} for --id")
-        record[ID_KEY] = record[field]
+        value = record[field]
+        try:
+            canonical_id(value)
+        except InvalidID as error:
+            position = record[ID_KEY]
+            raise DataError(f"{name}: record {position}", f"--id {field}: {error}") from None
+        record[ID_KEY] = value
         yield record
 
 

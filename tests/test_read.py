@@ -207,3 +207,14 @@ def test_help_and_version() -> None:
     assert result.status == 0 and b"--shard" in result.stdout and result.stderr == ""
     version = run("agents-read", "--version")
     assert version.status == 0 and version.stdout.startswith(b"agents-read 0.")
+
+
+def test_id_field_must_hold_a_string_or_number(tmp: Path) -> None:
+    source = write(tmp / "w.jsonl", '{"k": "a"}\n{"k": {"x": 1}}\n')
+    result = run("agents-read", source, "--id", "k")
+    assert result.status == 1
+    assert result.records == [{"_id": "a", "k": "a"}]
+    assert result.stderr == (
+        f"agents-read: error: {source}: record 2: --id k: a dict cannot be an ID; "
+        "use a string or a number\n"
+    )
