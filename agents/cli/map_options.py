@@ -1,0 +1,289 @@
+"""agents-map's command line: every option, its help and its default (see agents-map(1))."""
+
+from __future__ import annotations
+
+from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Streams
+from agents.client import DEFAULT_BASE_URL
+from agents.job import DEFAULTS
+from agents.results import MERGE_STRATEGIES, OUTPUT_FORMATS
+
+PROG = "agents-map"
+
+DESCRIPTION = """\
+Fill a prompt from each JSON Lines record on stdin, call an OpenAI-compatible chat API for it,
+and write one record per input record to stdout: the record with its result, or an error record.
+
+examples:
+  agents-read words.csv | agents-map --prompt 'Translate to French: {word}' | agents-write out.csv
+  agents-map -p prompt.txt -j 50 --output-format json < words.jsonl > results.jsonl
+  agents-map --config job.yaml --dry-run --limit 3 < words.jsonl
+"""
+
+
+def build_parser(streams: Streams) -> Parser:
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
+    parser.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="a job.yaml with llm, processing, prompt and output sections; "
+        "flags override it (default: none)",
+    )
+    prompt = parser.add_argument_group("prompt")
+    prompt.add_argument(
+        "-p",
+        "--prompt-file",
+        metavar="FILE",
+        help="the prompt template, read from FILE; {field} and {field.sub} are "
+        "filled from each record, {{ and }} are literal braces",
+    )
+    prompt.add_argument("--prompt", metavar="TEXT", help="the prompt template, given inline")
+    prompt.add_argument(
+        "--system",
+        metavar="TEXT",
+        help="a system prompt (a template too), given inline (default: none)",
+    )
+    prompt.add_argument(
+        "--system-file", metavar="FILE", help="the system prompt, read from FILE (default: none)"
+    )
+    model = parser.add_argument_group("model and endpoint")
+    model.add_argument(
+        "-m", "--model", metavar="NAME", help=f"model name (default: {DEFAULTS['model']})"
+    )
+    model.add_argument(
+        "--base-url",
+        metavar="URL",
+        help=f"the API's base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})",
+    )
+    model.add_argument(
+        "--api-key-env",
+        metavar="NAME",
+        help="the environment variable that holds the API key "
+        "(default: OPENAI_API_KEY); keys are never taken from flags",
+    )
+    model.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        metavar="'NAME: VALUE'",
+        help="an extra HTTP header for every request (repeatable; default: none)",
+    )
+    model.add_argument(
+        "--temperature",
+        type=float,
+        metavar="T",
+        help="sampling temperature (default: the server's)",
+    )
+    model.add_argument(
+        "--max-tokens",
+        type=int,
+        metavar="N",
+        help="the answer's token limit, sent as max_tokens (default: the server's)",
+    )
+    model.add_argument(
+        "--max-completion-tokens",
+        type=int,
+        metavar="N",
+        help="the same limit sent as max_completion_tokens, for models that "
+        "require it (default: none)",
+    )
+    model.add_argument("--seed", type=int, metavar="N", help="sampling seed (default: none)")
+    model.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help=f"time limit of one request (default: {DEFAULTS['timeout']:g})",
+    )
+    model.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=JSON",
+        help="another request parameter, its value as JSON, e.g. top_p=0.9 "
+        "(repeatable; default: none)",
+    )
+    model.add_argument(
+        "--price",
+        metavar="IN,OUT",
+        help="dollars per million input and output tokens (default: the price "
+        "table's entry for the model)",
+    )
+    processing = parser.add_argument_group("processing")
+    processing.add_argument(
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        help=f"requests in flight at once; 1 is sequential (default: {DEFAULTS['jobs']})",
+    )
+    processing.add_argument(
+        "-k",
+        "--keep-order",
+        action="store_true",
+        default=None,
+        help="write results in input order (default: as they complete)",
+    )
+    processing.add_argument(
+        "--max-retries",
+        type=int,
+        metavar="N",
+        help=f"retries of a request after a retryable error (default: {DEFAULTS['max_retries']})",
+    )
+    processing.add_argument(
+        "--retry-delay",
+        type=float,
+        metavar="SECONDS",
+        help=f"the first backoff step, doubled each retry, with jitter; a "
+        f"server's Retry-After is waited for when longer "
+        f"(default: {DEFAULTS['retry_delay']:g})",
+    )
+    processing.add_argument(
+        "--grace",
+        type=float,
+        metavar="SECONDS",
+        help=f"after Ctrl-C, how long requests in flight may finish "
+        f"(default: {DEFAULTS['grace']:g})",
+    )
+    processing.add_argument(
+        "-n",
+        "--limit",
+        type=int,
+        metavar="N",
+        help="process only the first N records; with --dry-run, show only "
+        "their requests (default: all)",
+    )
+    processing.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="send nothing: print the requests, missing fields, and the "
+        "token and cost estimate of the whole input (default: off)",
+    )
+    limits = parser.add_argument_group("rate limits and caps")
+    limits.add_argument(
+        "--rpm",
+        type=float,
+        metavar="N",
+        help="requests per minute allowed (default: learned from the server's "
+        "x-ratelimit headers, else no limit)",
+    )
+    limits.add_argument(
+        "--tpm",
+        type=float,
+        metavar="N",
+        help="tokens per minute allowed, counting the prompt and max_tokens "
+        "before sending (default: learned, else no limit)",
+    )
+    limits.add_argument(
+        "--rate-group",
+        metavar="NAME",
+        help="share the --rpm/--tpm budget with every process on this host "
+        "that names the same group (default: none, this process alone)",
+    )
+    limits.add_argument(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="stop sending before the spend could pass USD; exit 4, resumable (default: no cap)",
+    )
+    limits.add_argument(
+        "--max-errors",
+        metavar="N|PCT%",
+        help="stop sending after N failed records, or when PCT%% of those "
+        "attempted failed (after 20); exit 4, resumable (default: no cap)",
+    )
+    resume = parser.add_argument_group("resume")
+    resume.add_argument(
+        "--resume",
+        metavar="OUTPUT",
+        help="the output this job writes to (the file agents-write appends to): "
+        "records it holds as successes are skipped, so the same command "
+        "run again finishes an interrupted job (default: none)",
+    )
+    resume.add_argument(
+        "--keep-failed",
+        action="store_true",
+        default=None,
+        help="with --resume, skip records whose error records are in the output "
+        "too (default: off, they are retried)",
+    )
+    resume.add_argument(
+        "--force-resume",
+        action="store_true",
+        default=None,
+        help="resume even though the prompt, model, format, schema or merge "
+        "strategy changed, or the input did (default: off, refused)",
+    )
+    output = parser.add_argument_group("output")
+    output.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        help="text: the answer as it is; json: parsed as JSON; structured: "
+        "parsed and validated against --schema (default: text)",
+    )
+    output.add_argument(
+        "--schema",
+        metavar="FILE",
+        help="a JSON Schema for --output-format structured, also sent to the "
+        "server as response_format (default: none)",
+    )
+    output.add_argument(
+        "--merge",
+        choices=MERGE_STRATEGIES,
+        help="extend: the record plus the result under --field; update: an "
+        "object result's keys merged into the record; replace: the ID "
+        "and the result only (default: extend)",
+    )
+    output.add_argument(
+        "--field", metavar="NAME", help="the key that holds the result (default: result)"
+    )
+    output.add_argument(
+        "--max-reasks",
+        type=int,
+        metavar="N",
+        help=f"times an answer that does not parse or validate is asked again, "
+        f"apart from retries (default: {DEFAULTS['max_reasks']})",
+    )
+    output.add_argument(
+        "--errors",
+        metavar="FILE",
+        help="append error records to FILE instead of stdout (default: stdout)",
+    )
+    output.add_argument(
+        "--stats",
+        metavar="FILE",
+        help="write the run's figures as JSON to FILE at the end (default: none)",
+    )
+    report = parser.add_argument_group("progress and logs (all on stderr)")
+    report.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show progress even when stderr is not a terminal (then a plain "
+        "line every 5 seconds); default: only on a terminal",
+    )
+    report.add_argument(
+        "--total",
+        type=int,
+        metavar="N",
+        help="the number of records, for the ETA when reading a pipe "
+        "(default: counted when stdin is a file)",
+    )
+    report.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        default=None,
+        help="no progress and no end-of-run summary; errors only (default: off)",
+    )
+    report.add_argument(
+        "--log-level",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="INFO adds retries, DEBUG every request and response with its "
+        "usage; the key is redacted (default: WARNING)",
+    )
+    report.add_argument(
+        "--log-file",
+        metavar="FILE",
+        help="write the log to FILE instead of stderr (default: stderr)",
+    )
+    return parser
