@@ -396,3 +396,19 @@ def test_every_option_has_its_place_in_the_job_file() -> None:
     placed = {key.dest for table in config.SECTIONS.values() for key in table.values()}
     placed |= {key.dest for key in config.PROMPT_KEYS.values()}
     assert dests - placed == set()
+
+
+def test_total_gives_a_pipe_its_percentage() -> None:
+    with FakeLLM() as server:
+        result = run(
+            "--base-url",
+            server.url,
+            "--prompt",
+            "{word}",
+            "--progress",
+            "--total",
+            "3",
+            stdin=words(3),
+        )
+    final = [line for line in result.stderr.splitlines() if line.startswith("Processing:")][-1]
+    assert "3/3 (100.0%)" in final and "ETA: 0s" in final
