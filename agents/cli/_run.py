@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, NoReturn
 
@@ -93,21 +93,30 @@ class Reporter:
 
 
 @contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Turn SIGTERM into :class:`Terminated` for the duration, so files are cleaned up."""
+def handling(handler: Callable[[int, object], None], *signums: int) -> Iterator[None]:
+    """``handler`` for ``signums`` for the duration, the previous handlers restored after.
 
-    def handler(signum: int, frame: object) -> None:
-        raise Terminated
-
+    Outside the main thread (in-process tests) signals cannot be set and are left alone.
+    """
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread (in-process tests): leave signals alone
+        previous = {signum: signal.signal(signum, handler) for signum in signums}
+    except ValueError:
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, earlier in previous.items():
+            signal.signal(signum, earlier)
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated
+
+
+def sigterm_raises() -> AbstractContextManager[None]:
+    """Turn SIGTERM into :class:`Terminated` for the duration, so files are cleaned up."""
+    return handling(_raise_terminated, signal.SIGTERM)
 
 
 def _silence_stdout(stdout: BinaryIO) -> None:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import BinaryIO
 
 from agents.cli._run import (
@@ -17,6 +17,7 @@ from agents.cli._run import (
     Streams,
     Terminated,
     exit_with,
+    handling,
     run,
 )
 from agents.errors import DataError, ExitStatus, UsageError
@@ -176,21 +177,8 @@ class _Drain:
             raise KeyboardInterrupt
         self.signal = signum
 
-    @contextlib.contextmanager
-    def signals(self) -> Iterator[None]:
-        try:
-            previous = {
-                signum: signal.signal(signum, self._on_signal)
-                for signum in (signal.SIGINT, signal.SIGTERM)
-            }
-        except ValueError:  # not the main thread (in-process tests): leave signals alone
-            yield
-            return
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+    def signals(self) -> AbstractContextManager[None]:
+        return handling(self._on_signal, signal.SIGINT, signal.SIGTERM)
 
 
 def entry_point() -> None:
