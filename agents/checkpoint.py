@@ -11,7 +11,6 @@ numbers shifted), and the run stops before pairing old results with new rows.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -22,6 +21,7 @@ from agents.errors import UsageError
 from agents.formats import resolve
 from agents.records import ID_KEY, InvalidID, Record, canonical_id
 from agents.resume import DoneIDs, done_ids
+from agents.scheduler import content_id
 
 SIDECAR_SUFFIX = ".agents-job.jsonl"
 SAMPLE_FIRST = 100
@@ -33,10 +33,8 @@ def sidecar_path(output: str) -> str:
 
 
 def content_hash(record: Record) -> str:
-    canonical = orjson.dumps(
-        {k: v for k, v in record.items() if k != ID_KEY}, option=orjson.OPT_SORT_KEYS
-    )
-    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+    """The content of a record, its ID left out, as agents-map hashes records without an ID."""
+    return content_id({key: value for key, value in record.items() if key != ID_KEY})
 
 
 def fingerprint(

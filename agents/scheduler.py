@@ -22,8 +22,9 @@ import orjson
 
 from agents.caps import CapReached, ErrorCap
 from agents.client import Fatal
+from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
-from agents.formats.jsonl import parse_lines
+from agents.formats.jsonl import parse_lines, whole_lines
 from agents.records import ID_KEY, Record, encode, error_record
 
 #: Processes one record: (the output record, whether it succeeded).
@@ -77,26 +78,17 @@ async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stream.fileno()), "rb")
         )
         try:
-            partial = b""
+            splitter = LineSplitter()
             while chunk := await reader.read(1 << 16):
-                lines = (partial + chunk).split(b"\n")
-                partial = lines.pop()
-                if lines:
+                if lines := splitter.feed(chunk):
                     yield lines
-            if partial:
-                yield [partial]
+            if rest := splitter.finish():
+                yield rest
         finally:
             transport.close()
         return
-    read = getattr(stream, "read1", stream.read)  # a regular file: reads never wait long
-    partial = b""
-    while chunk := read(1 << 16):
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
-        if lines:
-            yield lines
-    if partial:
-        yield [partial]
+    for lines in whole_lines(stream):  # a regular file: reads never wait long
+        yield lines
 
 
 def content_id(record: Record) -> str:

@@ -105,6 +105,34 @@ def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
         yield text
 
 
+class LineSplitter:
+    """Whole lines (without their newlines) out of chunks of any size.
+
+    The unfinished tail is kept as a list of parts, so a very long line costs linear time.
+    """
+
+    def __init__(self) -> None:
+        self.partial: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        if b"\n" not in chunk:
+            self.partial.append(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        if self.partial:
+            self.partial.append(lines[0])
+            lines[0] = b"".join(self.partial)
+        tail = lines.pop()
+        self.partial = [tail] if tail else []
+        return lines
+
+    def finish(self) -> list[bytes]:
+        """The last line, when the input did not end with a newline."""
+        rest = [b"".join(self.partial)] if self.partial else []
+        self.partial = []
+        return rest
+
+
 def _line_chunks(stream: BinaryIO) -> Iterator[bytes]:
     """Raw chunks of about CHUNK_BYTES, each cut just after a newline (but perhaps the last)."""
     read = getattr(stream, "read1", stream.read)

@@ -10,7 +10,7 @@ from typing import BinaryIO
 import orjson
 
 from agents.errors import DataError
-from agents.formats._io import ENCODING_HINT, Source, decoded_chunks
+from agents.formats._io import ENCODING_HINT, LineSplitter, Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 from agents.records import ID_KEY, Record, encode
 
@@ -78,7 +78,7 @@ def batches(stream: BinaryIO, name: str, bad: BadRowHandler) -> Iterator[list[Re
     which keeps an appended output current. Bad lines go to ``bad`` with their line number.
     """
     number = 1
-    for lines in _whole_lines(stream):
+    for lines in whole_lines(stream):
         batch = parse_lines(lines, name, number, bad)
         number += len(lines)
         if batch:
@@ -121,23 +121,12 @@ def parse_object(line: bytes | str, where: str, bad: BadRowHandler) -> Record | 
     return value
 
 
-def _whole_lines(stream: BinaryIO, size: int = 1 << 16) -> Iterator[list[bytes]]:
+def whole_lines(stream: BinaryIO, size: int = 1 << 16) -> Iterator[list[bytes]]:
     """Lists of complete lines (without their newlines) as they become available."""
     read = getattr(stream, "read1", stream.read)
-    partial: list[bytes] = []
-    while True:
-        chunk = read(size)
-        if not chunk:
-            if partial:
-                yield [b"".join(partial)]
-            return
-        if b"\n" not in chunk:
-            partial.append(chunk)
-            continue
-        lines = chunk.split(b"\n")
-        if partial:
-            partial.append(lines[0])
-            lines[0] = b"".join(partial)
-        tail = lines.pop()
-        partial = [tail] if tail else []
-        yield lines
+    splitter = LineSplitter()
+    while chunk := read(size):
+        if lines := splitter.feed(chunk):
+            yield lines
+    if rest := splitter.finish():
+        yield rest
