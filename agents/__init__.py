@@ -1,11 +1,11 @@
 """agents: Unix filters that run an LLM prompt over every record of a dataset.
 
 The three commands speak JSON Lines to each other; the contract they share lives in
-:mod:`agents.records` and is described in ``agents(7)``.
+:mod:`agents.contract` and is described in ``agents(7)``.
 """
 
+from agents.contract.ids import ID_KEY, canonical_id
 from agents.errors import AgentsError, ExitStatus
-from agents.records import ID_KEY, canonical_id
 
 __version__ = "0.1.0"
 

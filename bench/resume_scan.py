@@ -4,7 +4,7 @@
 
 Writes an agents-map-like output of COUNT records (JSONL, then CSV and SQLite through
 agents-write), then times in separate processes: reading each output's done IDs
-(agents.resume.done_ids), and a whole `agents-map --resume` over the input when every record is
+(agents.done.ids.done_ids), and a whole `agents-map --resume` over the input when every record is
 already done (it must send nothing; its endpoint is a closed port, so a request would fail).
 """
 
@@ -58,7 +58,7 @@ def main() -> None:
         ("sqlite", DATA / f"resume_output_{count}.db"),
     ):
         code = (
-            f"from agents.resume import done_ids; d = done_ids({str(path)!r}, {fmt!r}); "
+            f"from agents.done.ids import done_ids; d = done_ids({str(path)!r}, {fmt!r}); "
             f"assert len(d.succeeded) == {count}"
         )
         wall, cpu, rss = timed([sys.executable, "-c", code])

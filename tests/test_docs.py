@@ -155,7 +155,7 @@ def test_help_and_version_for_every_command() -> None:
 
 
 def test_every_config_key_is_documented() -> None:
-    from agents import config
+    from agents.map import config
 
     page = (MAN / "agents-map.1").read_text()
     section = page.split(".SH CONFIGURATION", 1)[1].split("\n.SH ", 1)[0]

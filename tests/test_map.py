@@ -529,7 +529,7 @@ def test_backoff_doubles_from_retry_delay() -> None:
 def test_an_unexpected_failure_becomes_an_error_record(
     server: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from agents.results import Merger
+    from agents.map.answer import Merger
 
     original = Merger.merge
 

@@ -385,7 +385,7 @@ def test_no_progress_when_stderr_is_a_file_unless_asked(tmp: Path) -> None:
 
 
 def test_every_option_has_its_place_in_the_job_file() -> None:
-    from agents import config
+    from agents.map import config
 
     parser = map_cli.build_parser(Streams())
     dests = {action.dest for action in parser._actions if action.option_strings} - {

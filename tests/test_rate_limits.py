@@ -93,7 +93,7 @@ def test_429s_shrink_the_concurrency_and_successes_grow_it_back() -> None:
 def test_concurrency_limit_arithmetic() -> None:
     import asyncio
 
-    from agents.ratelimit import Concurrency
+    from agents.map.limits import Concurrency
 
     async def scenario() -> list[int]:
         gate = Concurrency(8)
@@ -163,7 +163,7 @@ def test_four_processes_share_one_budget(tmp: Path) -> None:
 
 
 def test_a_member_killed_holding_the_lock_does_not_stop_the_others(tmp: Path) -> None:
-    from agents.ratelimit import group_file
+    from agents.map.limits import group_file
 
     os.environ["AGENTS_RUNTIME_DIR"] = str(tmp / "runtime")
     path = group_file("shared")

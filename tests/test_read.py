@@ -8,7 +8,7 @@ from pathlib import Path
 
 from conftest import run
 
-from agents.records import canonical_id, shard_of
+from agents.contract.ids import canonical_id, shard_of
 
 
 def write(path: Path, data: str | bytes) -> str:

@@ -19,7 +19,7 @@ from conftest import jsonl, run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.records import canonical_id
+from agents.contract.ids import canonical_id
 
 SETTINGS = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agents.template import MissingFields, Template
+from agents.map.prompt import MissingFields, Template
 
 RECORD = {
     "word": "apple",

@@ -9,7 +9,7 @@ from pathlib import Path
 import orjson
 from conftest import jsonl, run
 
-from agents.records import error_record
+from agents.contract.error_record import error_record
 
 RECORDS = (
     {"_id": 1, "word": "apple", "n": 1, "ok": True, "tags": ["a"], "none": None},

@@ -73,7 +73,7 @@ def _say(streams: Streams, text: str) -> None:
 
 
 def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> int:
-    from agents import local_model
+    from agents.local import server as local_model
 
     args = build_parser(streams).parse_args(argv)
     if args.command == "url":

@@ -19,13 +19,13 @@ import orjson
 
 from agents.cli._run import Reporter, Streams, exit_with, run
 from agents.cli.map_options import PROG, build_parser
-from agents.client import Client
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
-from agents.job import Job, build, merge
-from agents.mapping import Mapper, Sleep
-from agents.progress import Progress, Tally
-from agents.scheduler import CircuitBreaker, Outcome, Scheduler
+from agents.map.http import Client
+from agents.map.job import Job, build, merge
+from agents.map.progress import Progress, Tally
+from agents.map.record import Mapper, Sleep
+from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
 
 def main(
@@ -52,7 +52,7 @@ def _map(
 
     if o.dry_run:
         return _dry_run(job, streams, reporter, bad)
-    from agents import logs
+    from agents.map import logs
 
     handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, PROG)
     errors_out: BinaryIO | None = None
@@ -78,7 +78,7 @@ def _map(
 
 
 def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
-    from agents.dryrun import dry_run, report
+    from agents.map.dryrun import dry_run, report
 
     o = job.options
     body = {"model": job.shape.model, **job.shape.params}
@@ -138,7 +138,7 @@ async def _run_job(
         )
     resumer = None
     if o.resume:
-        from agents.checkpoint import Resumer
+        from agents.done.resume import Resumer
 
         resumer = Resumer(
             o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
@@ -152,8 +152,8 @@ async def _run_job(
             )
     client = Client(job.endpoint, o.jobs)
     try:
-        from agents.caps import CostCap, ErrorCap
-        from agents.ratelimit import Budgets, Concurrency, group_file
+        from agents.map.caps import CostCap, ErrorCap
+        from agents.map.limits import Budgets, Concurrency, group_file
 
         budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
         mapper = Mapper(
@@ -229,7 +229,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
-    from agents.usage import stats_document, summary_lines
+    from agents.map.usage import stats_document, summary_lines
 
     o = job.options
     counters = mapper.counters

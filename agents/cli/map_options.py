@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Streams
-from agents.client import DEFAULT_BASE_URL
-from agents.job import DEFAULTS
-from agents.results import MERGE_STRATEGIES, OUTPUT_FORMATS
+from agents.map.answer import MERGE_STRATEGIES, OUTPUT_FORMATS
+from agents.map.http import DEFAULT_BASE_URL
+from agents.map.job import DEFAULTS
 
 PROG = "agents-map"
 

@@ -8,11 +8,12 @@ from itertools import islice
 from typing import BinaryIO
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
+from agents.contract.codec import encode
+from agents.contract.ids import Record
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
 from agents.formats._options import ReadOptions
-from agents.reading import Selection, open_records
-from agents.records import Record, encode
+from agents.formats.read import Selection, open_records
 
 PROG = "agents-read"
 

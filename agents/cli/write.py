@@ -20,10 +20,11 @@ from agents.cli._run import (
     handling,
     run,
 )
+from agents.done.targets import open_target
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import FORMATS, resolve
 from agents.formats._options import WriteOptions
-from agents.writing import AtomicTarget, StreamTarget, Target, open_target
+from agents.formats.write import AtomicTarget, StreamTarget, Target
 
 PROG = "agents-write"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from agents.contract.ids import Record
 from agents.errors import DataError
-from agents.records import Record
 
 #: Called with each bad row or line: raises it, or (with --skip-bad) reports it and returns.
 BadRowHandler = Callable[[DataError], None]

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError, TargetError
 from agents.formats._io import Source, csv_lines
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import ID_KEY, Record
 
 if TYPE_CHECKING:
     from _csv import _QuotingType

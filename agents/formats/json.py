@@ -11,11 +11,11 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError
 from agents.formats._io import Source
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 from agents.formats.jsonl import describe_json_error, type_name
-from agents.records import ID_KEY, Record
 
 
 def parse_document(source: Source, encoding: str) -> Any:

@@ -9,10 +9,11 @@ from typing import BinaryIO
 
 import orjson
 
+from agents.contract.codec import encode
+from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError
 from agents.formats._io import ENCODING_HINT, LineSplitter, Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import ID_KEY, Record, encode
 
 
 def describe_json_error(error: orjson.JSONDecodeError) -> tuple[str, str | None]:

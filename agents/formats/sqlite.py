@@ -20,9 +20,9 @@ from typing import Any
 
 import orjson
 
+from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id
 from agents.errors import DataError, SourceError, TargetError, UsageError
 from agents.formats._options import Positioned, ReadOptions
-from agents.records import ID_KEY, InvalidID, Record, canonical_id
 
 JSON_TYPE = "JSON"
 

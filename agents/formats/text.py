@@ -8,10 +8,10 @@ from typing import BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError, UsageError
 from agents.formats._io import Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import ID_KEY, Record
 
 
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from agents.records import Record
+from agents.contract.ids import Record
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*(?:\.[^\W\d]\w*)*)\}")
 

@@ -13,9 +13,9 @@ from typing import BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, InvalidID, canonical_id
 from agents.formats._io import AtomicFile
 from agents.formats.csv import delimiter_for
-from agents.records import ID_KEY, InvalidID, canonical_id
 
 #: A record's raw bytes with its canonical ID (None for a header, or a record without an ID).
 Unit = tuple[str | None, bytes]

@@ -22,9 +22,9 @@ import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from agents.errors import UsageError
+from agents.paths import runtime_folder
 
 #: Unused credit a bucket may hold, in seconds of its rate (at least one unit).
 BURST_SECONDS = 0.01
@@ -149,8 +149,6 @@ _GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 def group_file(name: str) -> str:
     if not _GROUP_NAME.match(name):
         raise UsageError(f"--rate-group {name!r}: use letters, digits, '.', '_' or '-'")
-    from agents.local_model import runtime_folder
-
     return str(runtime_folder() / f"rate-group-{name}.json")
 
 
@@ -193,47 +191,4 @@ class Concurrency:
                 self.changed.notify_all()
 
 
-def learned_limits(headers: Any) -> dict[str, float]:
-    """OpenAI's x-ratelimit-limit-requests / -tokens (per minute), when present."""
-    found = {}
-    for name in ("requests", "tokens"):
-        value = headers.get(f"x-ratelimit-limit-{name}")
-        with contextlib.suppress(TypeError, ValueError):
-            if value is not None and float(value) > 0:
-                found[name] = float(value)
-    return found
-
-
-def window_state(headers: Any, name: str) -> tuple[float, float] | None:
-    """(what is left, seconds until the reset) of the server's current window, if it says."""
-    from agents.client import parse_duration
-
-    left = headers.get(f"x-ratelimit-remaining-{name}")
-    reset = headers.get(f"x-ratelimit-reset-{name}")
-    if left is None or reset is None:
-        return None
-    seconds = parse_duration(reset)
-    try:
-        return (float(left), seconds) if seconds is not None else None
-    except ValueError:
-        return None
-
-
-def remaining_zero_wait(headers: Any) -> float | None:
-    """When a remaining-* header says the budget is spent, how long until it resets."""
-    from agents.client import parse_duration
-
-    waits = []
-    for name in ("requests", "tokens"):
-        remaining = headers.get(f"x-ratelimit-remaining-{name}")
-        reset = headers.get(f"x-ratelimit-reset-{name}")
-        if remaining is not None and reset is not None:
-            with contextlib.suppress(ValueError):
-                if float(remaining) <= 0:
-                    duration = parse_duration(reset)
-                    if duration is not None:
-                        waits.append(duration)
-    return max(waits) if waits else None
-
-
-__all__ = ["Budgets", "Concurrency", "group_file", "learned_limits", "remaining_zero_wait"]
+__all__ = ["Budgets", "Concurrency", "group_file"]

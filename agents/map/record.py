@@ -1,7 +1,7 @@
 """One record through the model: render the prompt, call with retries, read the answer.
 
 :meth:`Mapper.process` returns the output record, or an error record for a record that failed;
-it raises :class:`agents.client.Fatal` when nothing can succeed (the run then stops).
+it raises :class:`agents.map.http.Fatal` when nothing can succeed (the run then stops).
 """
 
 from __future__ import annotations
@@ -18,14 +18,15 @@ from typing import Any
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
-from agents.caps import CostCap
-from agents.client import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
-from agents.logs import LOGGER
-from agents.ratelimit import LEARNED_SHARE, Budgets, Concurrency
-from agents.records import ID_KEY, Record, error_record
-from agents.results import Interpreter, Merger, Unusable, reask_message
-from agents.template import MissingFields, Template
-from agents.usage import Price
+from agents.contract.error_record import error_record
+from agents.contract.ids import ID_KEY, Record
+from agents.map.answer import Interpreter, Merger, Unusable, reask_message
+from agents.map.caps import CostCap
+from agents.map.http import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
+from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
+from agents.map.logs import LOGGER
+from agents.map.prompt import MissingFields, Template
+from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
 

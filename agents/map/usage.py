@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from agents.client import Usage
 from agents.errors import UsageError
+from agents.map.http import Usage
 
 
 @dataclass(frozen=True)

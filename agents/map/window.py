@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import os
 import signal
 import stat
@@ -18,14 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import orjson
-
-from agents.caps import CapReached, ErrorCap
-from agents.client import Fatal
+from agents.contract.codec import encode
+from agents.contract.error_record import error_record
+from agents.contract.ids import ID_KEY, Record, content_id
 from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines, whole_lines
-from agents.records import ID_KEY, Record, encode, error_record
+from agents.map.caps import CapReached, ErrorCap
+from agents.map.http import Fatal
 
 #: Processes one record: (the output record, whether it succeeded).
 Process = Callable[[Record], Awaitable[tuple[Record, bool]]]
@@ -89,12 +88,6 @@ async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
         return
     for lines in whole_lines(stream):  # a regular file: reads never wait long
         yield lines
-
-
-def content_id(record: Record) -> str:
-    """An ID for a record that came without one: a hash of its canonical JSON."""
-    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-    return hashlib.blake2b(canonical, digest_size=8).hexdigest()
 
 
 @dataclass

@@ -15,6 +15,7 @@ notes), only a bare aiohttp client keeps up at hundreds of requests in flight.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import email.utils
 import re
@@ -178,6 +179,45 @@ def _is_date(text: str) -> bool:
         return False
 
 
+def learned_limits(headers: Any) -> dict[str, float]:
+    """OpenAI's x-ratelimit-limit-requests / -tokens (per minute), when present."""
+    found = {}
+    for name in ("requests", "tokens"):
+        value = headers.get(f"x-ratelimit-limit-{name}")
+        with contextlib.suppress(TypeError, ValueError):
+            if value is not None and float(value) > 0:
+                found[name] = float(value)
+    return found
+
+
+def window_state(headers: Any, name: str) -> tuple[float, float] | None:
+    """(what is left, seconds until the reset) of the server's current window, if it says."""
+    left = headers.get(f"x-ratelimit-remaining-{name}")
+    reset = headers.get(f"x-ratelimit-reset-{name}")
+    if left is None or reset is None:
+        return None
+    seconds = parse_duration(reset)
+    try:
+        return (float(left), seconds) if seconds is not None else None
+    except ValueError:
+        return None
+
+
+def remaining_zero_wait(headers: Any) -> float | None:
+    """When a remaining-* header says the budget is spent, how long until it resets."""
+    waits = []
+    for name in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{name}")
+        reset = headers.get(f"x-ratelimit-reset-{name}")
+        if remaining is not None and reset is not None:
+            with contextlib.suppress(ValueError):
+                if float(remaining) <= 0:
+                    duration = parse_duration(reset)
+                    if duration is not None:
+                        waits.append(duration)
+    return max(waits) if waits else None
+
+
 # The client -----------------------------------------------------------------------------------
 
 
@@ -247,8 +287,6 @@ class Client:
             raise Retryable("invalid_response", "the server's answer is not JSON") from None
         completion = _completion(parsed)
         if "x-ratelimit-limit-requests" in headers or "x-ratelimit-limit-tokens" in headers:
-            from agents.ratelimit import learned_limits, remaining_zero_wait, window_state
-
             windows = {
                 name: state
                 for name in ("requests", "tokens")

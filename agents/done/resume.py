@@ -17,11 +17,10 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, content_id
+from agents.done.ids import DoneIDs, done_ids
 from agents.errors import UsageError
 from agents.formats import resolve
-from agents.records import ID_KEY, InvalidID, Record, canonical_id
-from agents.resume import DoneIDs, done_ids
-from agents.scheduler import content_id
 
 SIDECAR_SUFFIX = ".agents-job.jsonl"
 SAMPLE_FIRST = 100

@@ -15,12 +15,12 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from agents.contract.ids import ID_KEY, Record
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import batches
-from agents.records import ID_KEY, Record
-from agents.scheduler import IdAssigner
-from agents.template import Template
-from agents.usage import Price
+from agents.map.prompt import Template
+from agents.map.usage import Price
+from agents.map.window import IdAssigner
 
 CHARS_PER_TOKEN = 4
 TOKENS_PER_MESSAGE = 4
@@ -118,7 +118,7 @@ def report(
 
 def _time_lines(estimate: Estimate, rpm: float | None, tpm: float | None) -> list[str]:
     """How long the job takes at most under the limits given (the slower of the two)."""
-    from agents.progress import duration
+    from agents.map.progress import duration
 
     sent = estimate.records - estimate.missing
     minutes: list[tuple[float, str]] = []

@@ -7,11 +7,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, shard_of
 from agents.errors import DataError
 from agents.formats import Location
 from agents.formats._io import Source, open_source
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.records import ID_KEY, InvalidID, Record, canonical_id, shard_of
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from agents.records import ID_KEY, Record
+from agents.contract.ids import ID_KEY, Record
 
 OUTPUT_FORMATS = ("text", "json", "structured")
 MERGE_STRATEGIES = ("extend", "update", "replace")

@@ -1,25 +1,18 @@
-"""The stream contract between agents-read, agents-map and agents-write (see agents(7)).
+"""IDs, the first rule of the stream contract (see agents(7)).
 
-One UTF-8 JSON object per line. Every record carries its ID under :data:`ID_KEY`; IDs compare by
-their canonical string form, so ``7`` and ``"7"`` are the same ID in a CSV round trip, as a SQLite
-key and for shard hashing. A record that failed is kept as an *error record*:
-``{"_id": ..., "error": "...", "error_type": "...", "attempts": N, "item": {...}}``.
+Every record carries its ID under :data:`ID_KEY`; IDs compare by their canonical string form, so
+``7`` and ``"7"`` are the same ID in a CSV round trip, as a SQLite key and for shard hashing.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 #: The reserved key that holds a record's ID.
 ID_KEY = "_id"
-
-#: Keys that make a record an error record (see :func:`is_error_record`).
-ERROR_KEYS = ("error", "error_type", "item")
 
 Record = dict[str, Any]
 
@@ -69,33 +62,7 @@ def with_id(record: Record, record_id: object) -> Record:
 _MISSING = object()
 
 
-def is_error_record(record: Record) -> bool:
-    """True for the error records written for records that failed."""
-    return all(key in record for key in ERROR_KEYS)
-
-
-def error_record(
-    record_id: object, error: str, error_type: str, attempts: int, item: Record
-) -> Record:
-    """An error record in the shape every command reads and writes."""
-    return {
-        ID_KEY: record_id,
-        "error": error,
-        "error_type": error_type,
-        "attempts": attempts,
-        "item": item,
-    }
-
-
-#: One compact JSON line, newline included (a partial, so that it costs no Python frame).
-encode: Callable[[Record], bytes] = functools.partial(
-    orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
-)
-
-
-decode_error = orjson.JSONDecodeError
-
-
-def decode(line: bytes | str) -> Any:
-    """Parse one JSON value (usually a line of JSONL); raises :data:`decode_error`."""
-    return orjson.loads(line)
+def content_id(record: Record) -> str:
+    """An ID for a record that came without one: a hash of its canonical JSON."""
+    canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+    return hashlib.blake2b(canonical, digest_size=8).hexdigest()

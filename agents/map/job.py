@@ -14,13 +14,13 @@ from typing import Any
 
 import orjson
 
-from agents import config
-from agents.client import DEFAULT_BASE_URL, Endpoint
 from agents.errors import UsageError
-from agents.mapping import RequestShape, response_formats
-from agents.results import Interpreter, Merger
-from agents.template import Template
-from agents.usage import Price, price_for
+from agents.map import config
+from agents.map.answer import Interpreter, Merger
+from agents.map.http import DEFAULT_BASE_URL, Endpoint
+from agents.map.prompt import Template
+from agents.map.record import RequestShape, response_formats
+from agents.map.usage import Price, price_for
 
 DEFAULTS: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -214,12 +214,12 @@ def build(o: SimpleNamespace) -> Job:
         if value is not None and value <= 0:
             raise UsageError(f"{name} must be positive, not {value:g}")
     if o.max_errors:
-        from agents.caps import ErrorCap
+        from agents.map.caps import ErrorCap
 
         ErrorCap.parse(str(o.max_errors))
     if (o.keep_failed or o.force_resume) and not o.resume:
         raise UsageError("--keep-failed and --force-resume go with --resume OUTPUT")
-    from agents.checkpoint import fingerprint
+    from agents.done.resume import fingerprint
 
     return Job(
         fingerprint=fingerprint(

