@@ -1,11 +1,14 @@
-"""Resume: how long building the skip set from a 1,000,000-record output takes.
+"""Resume: how long building the skip set from a 1,000,000-record output takes, and the cost
+of the run that supersedes its error records.
 
     python bench/resume_scan.py [COUNT]
 
-Writes an agents-map-like output of COUNT records (JSONL, then CSV and SQLite through
-agents-write), then times in separate processes: reading each output's done IDs
-(agents.done.ids.done_ids), and a whole `agents-map --resume` over the input when every record is
-already done (it must send nothing; its endpoint is a closed port, so a request would fail).
+Writes an agents-map-like output of COUNT records, 1 % of them error records (JSONL, then CSV
+and SQLite through agents-write), then times in separate processes: reading each output's done
+IDs (agents.done.ids.done_ids), a whole `agents-map --resume --keep-failed` over the input (it
+must send nothing; its endpoint is a closed port, so a request would fail), and
+`agents-write --append` of a success for every failed ID, which supersedes the error records and
+compacts the output (a streaming rewrite through a temporary file).
 """
 
 from __future__ import annotations
@@ -43,7 +46,16 @@ def main() -> None:
         for number in range(1, count + 1):
             record = {"_id": number, "word": f"word{number}"}
             inputs.write(orjson.dumps(record) + b"\n")
-            outputs.write(orjson.dumps({**record, "result": f"answer for word{number}"}) + b"\n")
+            if number % 100 == 0:
+                result = {**record, "result": None, **failure(number, record)}
+            else:
+                result = {**record, "result": f"answer for word{number}"}
+            outputs.write(orjson.dumps(result) + b"\n")
+    fixes = DATA / f"resume_fixes_{count}.jsonl"
+    with fixes.open("wb") as stream:
+        for number in range(100, count + 1, 100):
+            fixed = {"_id": number, "word": f"word{number}", "result": f"answer {number}"}
+            stream.write(orjson.dumps(fixed) + b"\n")
     for fmt in ("csv", "db"):
         target = DATA / f"resume_output_{count}.{fmt}"
         if target.exists():
@@ -58,8 +70,9 @@ def main() -> None:
         ("sqlite", DATA / f"resume_output_{count}.db"),
     ):
         code = (
-            f"from agents.done.ids import done_ids; d = done_ids({str(path)!r}, {fmt!r}); "
-            f"assert len(d.succeeded) == {count}"
+            "from agents.done.ids import Output, done_ids; "
+            f"d = done_ids(Output({str(path)!r}, {fmt!r})); "
+            f"assert len(d.succeeded) + len(d.failed) == {count}"
         )
         wall, cpu, rss = timed([sys.executable, "-c", code])
         print(f"| done IDs of a {fmt} output | {count:,} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |")
@@ -74,13 +87,24 @@ def main() -> None:
         "{word}",
         "--resume",
         str(output),
+        "--keep-failed",
         "-q",
     ]
     wall, cpu, rss = timed(command, source)
     print(
-        f"| `agents-map --resume` with every record done | {count:,} | {wall:.2f} | "
+        f"| `agents-map --resume --keep-failed`, every record done | {count:,} | {wall:.2f} | "
         f"{cpu:.2f} | {rss:.0f} |"
     )
+    for fmt, path in (("jsonl", output), ("csv", DATA / f"resume_output_{count}.csv")):
+        wall, cpu, rss = timed([str(BIN / "agents-write"), "--append", str(path)], fixes)
+        print(
+            f"| `agents-write --append` superseding 1 % error records of a {fmt} output "
+            f"(compaction) | {count:,} | {wall:.2f} | {cpu:.2f} | {rss:.0f} |"
+        )
+
+
+def failure(number: int, record: dict[str, object]) -> dict[str, object]:
+    return {"error": "HTTP 500", "error_type": "server_error", "attempts": 4, "item": record}
 
 
 if __name__ == "__main__":

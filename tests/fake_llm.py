@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,8 +45,11 @@ Script = Callable[[dict[str, Any], int], Reply]
 
 
 class FakeLLM:
-    def __init__(self, script: Script = echo) -> None:
+    def __init__(
+        self, script: Script = echo, on_answer: Callable[[dict[str, Any], float], None] | None = None
+    ) -> None:
         self.script = script
+        self.on_answer = on_answer  # called with each request answered 200, and when it arrived
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.prompts: collections.Counter[str] = collections.Counter()
@@ -88,6 +92,7 @@ class FakeLLM:
 
     async def _handle(self, http: web.Request) -> web.StreamResponse:
         body = orjson.loads(await http.read())
+        arrived = time.time()
         with self.lock:
             number = len(self.requests)
             self.requests.append(body)
@@ -103,8 +108,8 @@ class FakeLLM:
                 await self.closing.wait()  # until the server stops
                 return web.Response(status=503)
             if reply.action == "drop":
-                assert http.transport is not None
-                http.transport.close()
+                if http.transport is not None:
+                    http.transport.close()
                 return web.Response(status=500)
             payload = self._payload(reply, body)
             if reply.action == "truncate":
@@ -126,11 +131,16 @@ class FakeLLM:
                 headers=reply.headers,
                 content_type="application/json",
             )
-            await response.prepare(http)
-            await response.write_eof()
+            try:
+                await response.prepare(http)
+                await response.write_eof()
+            except ConnectionResetError:  # the client is gone (killed): nothing was delivered
+                return response
             if reply.status == 200:
                 with self.lock:
                     self.answered += 1
+                if self.on_answer is not None:
+                    self.on_answer(body, arrived)
             return response
         finally:
             with self.lock:

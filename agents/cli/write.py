@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import stat
@@ -20,9 +21,10 @@ from agents.cli._run import (
     handling,
     run,
 )
+from agents.done.lock import WriterLock
 from agents.done.targets import open_target
 from agents.errors import DataError, ExitStatus, UsageError
-from agents.formats import FORMATS, resolve
+from agents.formats import FORMATS, Location, resolve
 from agents.formats._options import WriteOptions
 from agents.formats.write import AtomicTarget, StreamTarget, Target
 
@@ -57,6 +59,12 @@ def build_parser(streams: Streams) -> Parser:
         help="add to an existing target as records arrive: skip IDs it holds "
         "as successes, replace its error records, repair a torn last line "
         "(default: replace the target atomically at the end)",
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another agents-write is writing the same target, wait for it to finish "
+        "(default: fail at once, naming its pid)",
     )
     parser.add_argument(
         "--skip-bad",
@@ -108,6 +116,23 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         table=args.table or location.table,
         append=args.append,
     )
+    lock = WriterLock(location.path, wait=args.wait) if location.path != "-" else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        return _write_to(location, options, args, streams, reporter)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_to(
+    location: Location,
+    options: WriteOptions,
+    args: argparse.Namespace,
+    streams: Streams,
+    reporter: Reporter,
+) -> int:
     target = open_target(location, options, streams.stdout)
     if target.repaired_bytes:
         reporter.warning(

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from agents.contract.ids import ID_KEY, Record
 
-#: Keys that make a record an error record (see :func:`is_error_record`).
-ERROR_KEYS = ("error", "error_type", "item")
+#: The keys whose values make a record an error record (see :func:`is_error`).
+ERROR_KEYS = ("error", "error_type")
+
+
+def is_error(error: object, error_type: object) -> bool:
+    """The one predicate, for every format: ``error`` and ``error_type`` present and non-empty.
+
+    Takes the two values (a JSON value, a CSV cell, a SQLite column; ``None`` when absent), so
+    that a row of any format is judged by the same rule.
+    """
+    return error not in (None, "") and error_type not in (None, "")
 
 
 def is_error_record(record: Record) -> bool:
     """True for the error records written for records that failed."""
-    return all(key in record for key in ERROR_KEYS)
+    return is_error(record.get("error"), record.get("error_type"))
 
 
 def error_record(

@@ -1,8 +1,8 @@
-"""Dropping records that a newer record for the same ID replaced, byte for byte otherwise.
+"""Compaction: an output rewritten with one record per ID, byte for byte otherwise.
 
-In append mode a success (or a newer error) may arrive for an ID whose error record is already in
-the output. Both stay until the input ends; then the output is rewritten atomically keeping only
-the last record of each such ID. Every other line or row is copied as the exact bytes it was.
+Which record stays is :mod:`agents.done.rules`' decision. The rewrite goes to a temporary file
+beside the output, fsynced with its folder, then renamed over it, so a crash or a full disk at
+any moment leaves either the old file or the new one, never a truncated one.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ from typing import BinaryIO
 
 import orjson
 
+from agents.contract.error_record import ERROR_KEYS, is_error, is_error_record
 from agents.contract.ids import ID_KEY, InvalidID, canonical_id
-from agents.formats._io import AtomicFile
-from agents.formats.csv import delimiter_for
+from agents.done import durable
+from agents.done.rules import Standing
 
-#: A record's raw bytes with its canonical ID (None for a header, or a record without an ID).
-Unit = tuple[str | None, bytes]
+#: A record's raw bytes with its canonical ID (None for a header, or a record without an ID)
+#: and whether it is an error record.
+Unit = tuple[str | None, bool, bytes]
 
 
 def record_key(value: object) -> str | None:
@@ -33,12 +35,15 @@ def jsonl_units(stream: BinaryIO) -> Iterator[Unit]:
         try:
             record = orjson.loads(line)
         except orjson.JSONDecodeError:
-            yield None, line
+            yield None, False, line
             continue
-        yield (record_key(record.get(ID_KEY)) if isinstance(record, dict) else None), line
+        if not isinstance(record, dict):
+            yield None, False, line
+            continue
+        yield record_key(record.get(ID_KEY)), is_error_record(record), line
 
 
-def csv_units(stream: BinaryIO, fmt: str, delimiter: str | None) -> Iterator[Unit]:
+def csv_units(stream: BinaryIO, delimiter: str) -> Iterator[Unit]:
     """Rows with the exact bytes they span (a quoted newline makes a row span lines)."""
     consumed: list[bytes] = []
 
@@ -47,48 +52,46 @@ def csv_units(stream: BinaryIO, fmt: str, delimiter: str | None) -> Iterator[Uni
             consumed.append(raw)
             yield raw.decode("utf-8", errors="surrogateescape")
 
-    reader = csv.reader(lines(), delimiter=delimiter_for(fmt, delimiter))
-    id_at: int | None = None
+    reader = csv.reader(lines(), delimiter=delimiter)
+    places: list[int | None] = []
     for number, row in enumerate(reader):
         raw = b"".join(consumed)
         consumed.clear()
         if number == 0:
-            id_at = row.index(ID_KEY) if ID_KEY in row else None
-            yield None, raw
-        else:
-            key = record_key(row[id_at]) if id_at is not None and id_at < len(row) else None
-            yield key, raw
-    if consumed:
-        yield None, b"".join(consumed)
-
-
-def keep_last(units: Callable[[], Iterator[Unit]], replaced: set[str]) -> Iterator[bytes]:
-    """The raw units, without all but the last one of each replaced ID (two passes)."""
-    last: dict[str, int] = {}
-    for position, (key, _) in enumerate(units()):
-        if key in replaced:
-            last[key] = position
-    for position, (key, raw) in enumerate(units()):
-        if key is not None and key in replaced and last[key] != position:
+            places = [row.index(key) if key in row else None for key in (ID_KEY, *ERROR_KEYS)]
+            yield None, False, raw
             continue
-        yield raw
+        record_id, error, error_type = (
+            row[at] if at is not None and at < len(row) else None for at in places
+        )
+        key = record_key(record_id) if record_id else None
+        yield key, is_error(error, error_type), raw
+    if consumed:
+        yield None, False, b"".join(consumed)
 
 
-def compact_file(path: str, fmt: str, delimiter: str | None, replaced: set[str]) -> None:
-    """Rewrite ``path`` (JSONL, CSV or TSV) atomically without the replaced records."""
+def one_per_id(units: Callable[[], Iterator[Unit]], keys: set[str]) -> Iterator[bytes]:
+    """The raw units, keeping for each ID of ``keys`` only the record that stands (two passes)."""
+    standing = Standing(keys)
+    for position, (key, failed, _) in enumerate(units()):
+        standing.see(key, position, failed)
+    for position, (key, _, raw) in enumerate(units()):
+        if standing.stands(key, position):
+            yield raw
+
+
+def compact_file(path: str, fmt: str, delimiter: str, keys: set[str]) -> None:
+    """Rewrite ``path`` (JSONL, CSV or TSV) atomically with one record for each ID of ``keys``."""
 
     def units() -> Iterator[Unit]:
         with open(path, "rb") as stream:
             if fmt == "jsonl":
                 yield from jsonl_units(stream)
             else:
-                yield from csv_units(stream, fmt, delimiter)
+                yield from csv_units(stream, delimiter)
 
-    file = AtomicFile(path)
-    try:
-        for raw in keep_last(units, replaced):
-            file.stream.write(raw)
-        file.commit()
-    except BaseException:
-        file.abort()
-        raise
+    def fill(stream: BinaryIO) -> None:
+        for raw in one_per_id(units, keys):
+            stream.write(raw)
+
+    durable.replace_whole(path, fill)

@@ -1,8 +1,13 @@
 """agents-map --resume OUTPUT: skip what the output already holds, and refuse to mix jobs.
 
-Beside the output lives a small sidecar, ``OUTPUT.agents-job.jsonl``: its first line is the
-job's fingerprint (prompt, system prompt, model, output format, schema, merge strategy, result
-field); each later line is the content hash of one sampled input record (the first 100 and
+The output is read as agents-write wrote it: its format, SQLite table and CSV delimiter come from
+the ``--resume`` spelling (a ``sqlite://PATH?table=T`` URL names its table) and from the job's
+sidecar (:mod:`agents.done.sidecar`), where agents-write notes a ``--table`` or ``-d``. An output
+that exists but cannot be read for its IDs is an error (exit 2), never a silent full rerun; an
+output that does not exist yet, or holds no records, is a first run.
+
+The sidecar holds the job's fingerprint (prompt, system prompt, model, output format, schema,
+merge strategy, result field) and the content hashes of sampled input records (the first 100 and
 every 1,000th after). A resumed run whose fingerprint differs is refused (unless
 --force-resume): concurrency, timeouts and limits may change, what is asked may not. A sampled
 record whose content changed means the input changed under its IDs (rows inserted, so row
@@ -11,24 +16,17 @@ numbers shifted), and the run stops before pairing old results with new rows.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
-
-import orjson
+from typing import Any
 
 from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, content_id
-from agents.done.ids import DoneIDs, done_ids
-from agents.errors import UsageError
+from agents.done.ids import DoneIDs, Output, csv_header, done_ids
+from agents.done.sidecar import Sidecar, read_sidecar
+from agents.errors import TargetError, UsageError
 from agents.formats import resolve
 
-SIDECAR_SUFFIX = ".agents-job.jsonl"
 SAMPLE_FIRST = 100
 SAMPLE_EVERY = 1000
-
-
-def sidecar_path(output: str) -> str:
-    return output + SIDECAR_SUFFIX
 
 
 def content_hash(record: Record) -> str:
@@ -68,6 +66,52 @@ NAMES = {
 }
 
 
+def output_to_resume(spelling: str) -> tuple[Output, Sidecar]:
+    """The output ``--resume`` names, as agents-write writes it, and its sidecar."""
+    try:
+        location = resolve(spelling, None)
+    except UsageError as error:
+        if spelling.startswith("sqlite://"):
+            raise
+        location, unresolved = None, error
+    sidecar = read_sidecar(location.path if location else spelling)
+    written = sidecar.output or {}
+    fmt = written.get("format") or (location.format if location else None)
+    if fmt is None:
+        raise unresolved
+    table = (location.table if location else None) or written.get("table")
+    path = location.path if location else spelling
+    return Output(path, fmt, table, written.get("delimiter")), sidecar
+
+
+CSV_DELIMITERS = (",", "\t", ";", "|")
+
+
+def readable_ids(output: Output, spelling: str) -> DoneIDs:
+    """The IDs of an existing output; an error when it holds records whose IDs cannot be read."""
+    done = done_ids(output)
+    if output.format == "sqlite":
+        if output.table_name not in done.tables and done.tables:
+            raise TargetError(
+                f"--resume {spelling}: the database has no table {output.table_name!r} with "
+                f"IDs; it has {', '.join(map(repr, done.tables))}",
+                f"name the table: --resume 'sqlite://{output.path}?table={done.tables[0]}'",
+            )
+        return done
+    if done.records and done.without_id == done.records:
+        if output.format in ("csv", "tsv") and output.delimiter is None:
+            for delimiter in CSV_DELIMITERS:
+                if ID_KEY in (csv_header(output.path, delimiter) or []):
+                    return done_ids(Output(output.path, output.format, None, delimiter))
+        raise TargetError(
+            f"--resume {spelling}: the output holds {done.records:,} records but no "
+            f"{ID_KEY} to tell which are done",
+            "resume an output written by agents-write from records with IDs, "
+            "or write to a new output",
+        )
+    return done
+
+
 @dataclass
 class Resumer:
     output: str
@@ -79,48 +123,26 @@ class Resumer:
     skipped: int = 0
     retried: int = 0
     position: int = 0
-    sidecar: BinaryIO | None = None
+    sidecar: Sidecar | None = None
 
     def open(self) -> None:
-        location = resolve(self.output, None)
-        path = location.path
-        exists = os.path.exists(path) and (location.format == "sqlite" or os.path.getsize(path) > 0)
-        if exists:
-            self.done = done_ids(path, location.format, table=location.table)
-        side = sidecar_path(path)
-        if exists and os.path.exists(side):
-            self._check(side)
-            self.sidecar = open(side, "ab")
+        output, sidecar = output_to_resume(self.output)
+        self.done = readable_ids(output, self.output)
+        if self.done.empty or sidecar.job is None:
+            sidecar.start_job(self.job)
         else:
-            self.sidecar = open(side, "wb")
-            self.sidecar.write(orjson.dumps({"job": self.job}) + b"\n")
-            self.sidecar.flush()
+            self._check(sidecar.job)
+        self.samples = dict(sidecar.samples)
+        self.sidecar = sidecar
 
-    def _check(self, side: str) -> None:
-        with open(side, "rb") as stream:
-            lines = stream.read().splitlines()
-        try:
-            first = orjson.loads(lines[0]) if lines else {}
-        except orjson.JSONDecodeError:
-            first = {}
-        earlier = first.get("job") if isinstance(first, dict) else None
-        if isinstance(earlier, dict):
-            changed = [
-                NAMES.get(key, key) for key in NAMES if earlier.get(key) != self.job.get(key)
-            ]
-            if changed and not self.force:
-                raise UsageError(
-                    f"--resume {self.output}: the output was started with a different "
-                    f"{', '.join(changed)}; resuming would mix the two jobs' results",
-                    "write to a new output, or add --force-resume to mix them knowingly",
-                )
-        for line in lines[1:]:
-            try:
-                sample = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue  # a sample line cut short by a crash
-            if isinstance(sample, dict) and "id" in sample and "hash" in sample:
-                self.samples[str(sample["id"])] = str(sample["hash"])
+    def _check(self, earlier: dict[str, Any]) -> None:
+        changed = [NAMES.get(key, key) for key in NAMES if earlier.get(key) != self.job.get(key)]
+        if changed and not self.force:
+            raise UsageError(
+                f"--resume {self.output}: the output was started with a different "
+                f"{', '.join(changed)}; resuming would mix the two jobs' results",
+                "write to a new output, or add --force-resume to mix them knowingly",
+            )
 
     def skip(self, record: Record) -> bool:
         """True for a record the output already holds; checks the input did not change."""
@@ -129,7 +151,6 @@ class Resumer:
             key = canonical_id(record[ID_KEY])
         except InvalidID:
             return False
-        digest = None
         if key in self.samples:
             digest = content_hash(record)
             if digest != self.samples[key] and not self.force:
@@ -143,8 +164,7 @@ class Resumer:
             self.position <= SAMPLE_FIRST or self.position % SAMPLE_EVERY == 0
         ):
             digest = content_hash(record)
-            self.sidecar.write(orjson.dumps({"id": key, "hash": digest}) + b"\n")
-            self.sidecar.flush()
+            self.sidecar.sample(key, digest)
             self.samples[key] = digest
         if key in self.done.succeeded or (self.keep_failed and key in self.done.failed):
             self.skipped += 1
@@ -154,6 +174,4 @@ class Resumer:
         return False
 
     def close(self) -> None:
-        if self.sidecar is not None:
-            self.sidecar.close()
-            self.sidecar = None
+        self.sidecar = None

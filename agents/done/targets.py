@@ -1,9 +1,12 @@
 """agents-write's targets: the choice of one, and the durable ones that --append grows.
 
 * one-shot (the default): see :mod:`agents.formats.write`.
-* append (``--append``): records are added to the existing target as they arrive and flushed
-  one by one; a torn last line left by a crash is repaired first; an ID already present as a
-  success is skipped, and a newer record replaces an ID's earlier error record.
+* append (``--append``): records are added to the existing output as they arrive, flushed at
+  once and fsynced every second; a torn last line left by a crash is repaired first; which
+  record stands for an ID is :mod:`agents.done.rules`' decision, and the records it supersedes
+  are compacted away when the input ends. Every whole-file rewrite (CSV/TSV columns widened,
+  compaction, a JSON file put in its growable layout) goes through
+  :func:`agents.done.durable.replace_whole`: the live file is never truncated.
 
 SQLite targets are always upserts keyed by the ID, in batched transactions.
 """
@@ -13,105 +16,120 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import BinaryIO
 
 import orjson
 
 from agents.contract.error_record import is_error_record
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id
+from agents.contract.ids import ID_KEY, Record
+from agents.done import durable
 from agents.done.compaction import compact_file, record_key
-from agents.done.ids import DoneIDs, done_ids
+from agents.done.ids import DoneIDs, Output, csv_header, done_ids, torn_json_records
 from agents.done.repair import repair_torn_csv, repair_torn_jsonl
-from agents.errors import TargetError, UsageError
-from agents.formats import Location
-from agents.formats._io import AtomicFile, check_writable
+from agents.done.rules import Ledger, Standing
+from agents.done.sidecar import read_sidecar
+from agents.errors import UsageError
+from agents.formats import Location, resolve
+from agents.formats._io import check_writable
 from agents.formats._options import WriteOptions
+from agents.formats.csv import delimiter_for
 from agents.formats.write import AtomicTarget, StreamTarget, Target, format_writer
 
 #: How often an append-mode target is fsynced while records arrive.
 FSYNC_SECONDS = 1.0
 
 
-class _Skipper:
-    """The append-mode rule: skip IDs done as successes, let newer records replace errors."""
+def output_of(location: Location, options: WriteOptions) -> Output:
+    """The output as --resume must read it back."""
+    return Output(
+        location.path,
+        location.format,
+        options.table or location.table,
+        options.delimiter if location.format in ("csv", "tsv") else None,
+    )
 
-    def __init__(self, done: DoneIDs) -> None:
-        self.done = done
-        self.replaced: set[str] = set()
 
-    def admit(self, record: Record) -> bool:
-        if ID_KEY not in record:
-            return True
-        try:
-            key = canonical_id(record[ID_KEY])
-        except InvalidID:
-            return True
-        if key in self.done.succeeded:
-            return False
-        failed = is_error_record(record)
-        if key in self.done.failed:
-            self.replaced.add(key)
-        self.done.add(key, failed)
-        return True
+def note_output(output: Output) -> None:
+    """Tell a later ``--resume`` how this output is written, when its name does not say."""
+    try:
+        named = resolve(output.path, None).format
+    except UsageError:
+        named = None
+    plain = named == output.format and output.table is None and output.delimiter is None
+    sidecar = read_sidecar(output.path)
+    if not plain or sidecar.output is not None:
+        sidecar.record_output(
+            {"format": output.format, "table": output.table, "delimiter": output.delimiter}
+        )
 
 
 class AppendTarget(Target):
-    """JSONL, CSV or TSV appended to in place, one flushed write per record."""
+    """JSONL, CSV or TSV appended to in place, one flushed write per batch of records."""
 
     def __init__(self, location: Location, options: WriteOptions) -> None:
         path, fmt = location.path, location.format
         check_writable(path)
+        self.output = output_of(location, options)
+        self.delimiter = delimiter_for(fmt, options.delimiter) if fmt != "jsonl" else ""
         if os.path.exists(path):
             if fmt == "jsonl":
                 self.repaired_bytes = repair_torn_jsonl(path)
             else:
                 self.repaired_bytes = repair_torn_csv(path, fmt, options.delimiter)
-        self.location = location
-        self.options = options
-        self.skipper = _Skipper(done_ids(path, fmt, delimiter=options.delimiter))
+        self.ledger = Ledger(done_ids(self.output))
         existing: list[str] | None = None
         if fmt in ("csv", "tsv") and os.path.exists(path) and os.path.getsize(path):
-            from agents.formats.csv import read_header
-
-            existing = read_header(path, fmt, options.delimiter)
-        self.stream: BinaryIO = open(path, "r+b" if os.path.exists(path) else "w+b")
+            existing = csv_header(path, self.delimiter)
+        self.stream = durable.DISK.open(path, "r+b" if os.path.exists(path) else "w+b")
         self.stream.seek(0, os.SEEK_END)
-        self.writer = format_writer(fmt, self.stream, options, existing)
+        self.writer = format_writer(fmt, self.stream, options, existing, self._replace)
         self.last_sync = time.monotonic()
-
-    @property
-    def skipped_ids(self) -> int:
-        return self.skipped
+        note_output(self.output)
 
     def write(self, record: Record) -> None:
-        if not self.skipper.admit(record):
-            self.skipped += 1
+        self.write_many([record])
+
+    def write_many(self, records: list[Record]) -> None:
+        admitted = [record for record in records if self.ledger.admit(record)]
+        self.skipped += len(records) - len(admitted)
+        if not admitted:
             return
-        self.writer.write(record)
+        self.writer.write_many(admitted)
         self.writer.flush()
-        self.written += 1
+        self.written += len(admitted)
         if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
-            os.fsync(self.stream.fileno())
+            durable.DISK.fsync(self.stream)
             self.last_sync = time.monotonic()
+
+    def _replace(self, copy: Callable[[BinaryIO, BinaryIO], None]) -> BinaryIO:
+        """Rewrite the live file whole (new CSV columns), then go on appending to the new one."""
+        durable.DISK.fsync(self.stream)
+        path = self.output.path
+
+        def fill(new: BinaryIO) -> None:
+            with open(path, "rb") as old:
+                copy(old, new)
+
+        durable.replace_whole(path, fill)
+        self.stream.close()
+        self.stream = durable.DISK.open(path, "r+b")
+        self.stream.seek(0, os.SEEK_END)
+        return self.stream
 
     def commit(self) -> None:
         self.writer.close()
-        self.stream.flush()
-        os.fsync(self.stream.fileno())
+        durable.DISK.fsync(self.stream)
         self.stream.close()
-        if self.skipper.replaced:
+        if self.ledger.superseded:
             compact_file(
-                self.location.path,
-                self.location.format,
-                self.options.delimiter,
-                self.skipper.replaced,
+                self.output.path, self.output.format, self.delimiter, self.ledger.superseded
             )
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self.writer.close()
-            self.stream.flush()
-            os.fsync(self.stream.fileno())
+            durable.DISK.fsync(self.stream)
         self.stream.close()
 
 
@@ -129,20 +147,21 @@ class JsonAppendTarget(Target):
     def __init__(self, location: Location, options: WriteOptions) -> None:
         path = location.path
         check_writable(path)
-        self.location = location
-        self.skipper = _Skipper(DoneIDs())
+        self.output = output_of(location, options)
         records, self.repaired_bytes = _json_records(path)
+        done = DoneIDs()
         for record in records:
-            self.skipper.admit(record)
-        self.skipper.replaced.clear()
+            done.add(record.get(ID_KEY), is_error_record(record))
+        self.ledger = Ledger(done)
         self.count = len(records)
         _write_json_lines(path, records)
-        self.stream: BinaryIO = open(path, "r+b")
+        self.stream = durable.DISK.open(path, "r+b")
         self.end = os.path.getsize(path) - (len(self.CLOSE) if self.count else len(b"]\n"))
         self.last_sync = time.monotonic()
+        note_output(self.output)
 
     def write(self, record: Record) -> None:
-        if not self.skipper.admit(record):
+        if not self.ledger.admit(record):
             self.skipped += 1
             return
         line = (b",\n" if self.count else b"") + orjson.dumps(record)
@@ -153,27 +172,28 @@ class JsonAppendTarget(Target):
         self.count += 1
         self.written += 1
         if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
-            os.fsync(self.stream.fileno())
+            durable.DISK.fsync(self.stream)
             self.last_sync = time.monotonic()
 
     def commit(self) -> None:
-        os.fsync(self.stream.fileno())
+        durable.DISK.fsync(self.stream)
         self.stream.close()
-        if self.skipper.replaced:
-            records, _ = _json_records(self.location.path)
+        if self.ledger.superseded:
+            records, _ = _json_records(self.output.path)
+            standing = Standing(self.ledger.superseded)
             keys = [record_key(record.get(ID_KEY)) for record in records]
-            last = {key: index for index, key in enumerate(keys)}
+            for position, (record, key) in enumerate(zip(records, keys, strict=True)):
+                standing.see(key, position, is_error_record(record))
             kept = [
                 record
-                for index, (record, key) in enumerate(zip(records, keys, strict=True))
-                if key not in self.skipper.replaced or last[key] == index
+                for position, (record, key) in enumerate(zip(records, keys, strict=True))
+                if standing.stands(key, position)
             ]
-            _write_json_lines(self.location.path, kept)
+            _write_json_lines(self.output.path, kept)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
-            self.stream.flush()
-            os.fsync(self.stream.fileno())
+            durable.DISK.fsync(self.stream)
         self.stream.close()
 
 
@@ -186,32 +206,9 @@ def _json_records(path: str) -> tuple[list[Record], int]:
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
-        return _torn_json_records(path, data)
+        return torn_json_records(path, data)
     items = document if isinstance(document, list) else [document]
     return [item for item in items if isinstance(item, dict)], 0
-
-
-def _torn_json_records(path: str, data: bytes) -> tuple[list[Record], int]:
-    """Records of a file in the one-per-line layout whose end a crash tore off."""
-    lines = data.split(b"\n")
-    if not lines or lines[0].strip() != b"[":
-        raise TargetError(
-            f"{path}: the existing output is not valid JSON",
-            "fix or move it, or write to a new file",
-        )
-    records: list[Record] = []
-    kept = len(lines[0]) + 1
-    for line in lines[1:]:
-        body = line.rstrip().removesuffix(b",")
-        try:
-            record = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            break
-        if not isinstance(record, dict):
-            break
-        records.append(record)
-        kept += len(line) + 1
-    return records, max(0, len(data) - kept)
 
 
 def _write_json_lines(path: str, records: list[Record]) -> None:
@@ -222,13 +219,10 @@ def _write_json_lines(path: str, records: list[Record]) -> None:
         with open(path, "rb") as stream:
             if stream.read() == wanted:
                 return
-    file = AtomicFile(path)
-    try:
-        file.stream.write(wanted)
-        file.commit()
-    except BaseException:
-        file.abort()
-        raise
+    def fill(stream: BinaryIO) -> None:
+        stream.write(wanted)
+
+    durable.replace_whole(path, fill)
 
 
 class SqliteTarget(Target):
@@ -238,16 +232,14 @@ class SqliteTarget(Target):
         if location.path == "-":
             raise UsageError("SQLite cannot be written to stdout", "give a database file path")
         check_writable(location.path)
-        table = options.table or location.table
-        self.skipper = (
-            _Skipper(done_ids(location.path, "sqlite", table=table or "records"))
-            if options.append
-            else None
-        )
-        self.writer = Writer(location.path, table, durable=options.append)
+        output = output_of(location, options)
+        self.ledger = Ledger(done_ids(output)) if options.append else None
+        self.writer = Writer(location.path, output.table, durable=options.append)
+        if options.append:
+            note_output(output)
 
     def write(self, record: Record) -> None:
-        if self.skipper is not None and not self.skipper.admit(record):
+        if self.ledger is not None and not self.ledger.admit(record):
             self.skipped += 1
             return
         self.writer.write(record)
@@ -256,7 +248,7 @@ class SqliteTarget(Target):
     def write_many(self, records: list[Record]) -> None:
         for record in records:
             self.write(record)
-        if self.skipper is not None:  # appending: what has arrived is committed at once
+        if self.ledger is not None:  # appending: what has arrived is committed at once
             self.writer.flush()
 
     def commit(self) -> None:

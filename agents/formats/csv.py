@@ -174,6 +174,11 @@ def cell(value: Any) -> Any:
     return value
 
 
+#: Replaces a live file whole: called with a function that copies the old content into the new
+#: file, it returns the stream to go on appending to (see agents.done.targets).
+Replace = Callable[[Callable[[BinaryIO, BinaryIO], None]], BinaryIO]
+
+
 class Writer:
     """Rows into a seekable binary file that may be rewritten when new columns appear.
 
@@ -191,8 +196,10 @@ class Writer:
         delimiter: str | None,
         columns: list[str] | None,
         existing: list[str] | None = None,
+        replace: Replace | None = None,
     ) -> None:
         self.stream = stream
+        self.replace = replace
         self.delimiter = delimiter_for(fmt, delimiter)
         self.fixed = columns is not None
         self.columns: list[str] = list(columns or existing or [])
@@ -277,15 +284,18 @@ class Writer:
     def _drain(self) -> None:
         if not self.pending:
             return
-        text = self._render(self.pending)
+        self._write_rows(self.pending, self.stream)
+        self.pending.clear()
+
+    def _write_rows(self, rows: list[list[Any]], stream: BinaryIO) -> None:
+        text = self._render(rows)
         if "\r" in text:
             text = "".join(
                 self._render([row], csv.QUOTE_ALL) if "\r" in line else line
-                for row in self.pending
+                for row in rows
                 for line in [self._render([row])]
             )
-        self.stream.write(text.encode("utf-8", errors="surrogatepass"))
-        self.pending.clear()
+        stream.write(text.encode("utf-8", errors="surrogatepass"))
 
     def write_rendered(self, rows: BinaryIO) -> None:
         """Rows already rendered for the current columns (see agents.formats.csv_parallel)."""
@@ -296,36 +306,53 @@ class Writer:
         shutil.copyfileobj(rows, self.stream, 1 << 20)
 
     def add_columns(self, new: list[str]) -> None:
+        """Widen the header; the columns change only once the rows written so far follow."""
         self._drain()
+        if self.header_written:
+            self._rewrite_with_header([*self.columns, *new])
         self.columns.extend(new)
         self.index.update(new)
-        if self.header_written:
-            self._rewrite_with_header()
 
-    def _rewrite_with_header(self) -> None:
+    def _rewrite_with_header(self, columns: list[str]) -> None:
         """Rewrite everything written so far under the wider header, rows padded with blanks.
 
-        The old rows are spooled to a temporary file first, so memory stays flat.
+        A live file (an --append target) is never truncated: ``replace`` writes the widened
+        copy beside it and renames it into place. A stream nobody else sees yet (a temporary
+        file, a spool) is rewritten in place through a temporary spool; memory stays flat.
         """
         self.stream.flush()
+
+        def copy(old: BinaryIO, new: BinaryIO) -> None:
+            self._copy_widened(old, new, columns)
+
+        if self.replace is not None:
+            self.stream = self.replace(copy)
+            return
         with tempfile.TemporaryFile() as spool:
             self.stream.seek(0)
             shutil.copyfileobj(self.stream, spool)
             spool.seek(0)
             self.stream.seek(0)
             self.stream.truncate()
-            old = csv.reader(
-                io.TextIOWrapper(spool, encoding="utf-8", newline=""), delimiter=self.delimiter
-            )
-            next(old, None)
-            self.pending.append(list(self.columns))
-            width = len(self.columns)
-            for row in old:
-                self.pending.append(row + [""] * (width - len(row)))
-                if len(self.pending) >= self.BATCH:
-                    self._drain()
-            self._drain()
+            copy(spool, self.stream)
             self.stream.flush()
+
+    def _copy_widened(self, old: BinaryIO, new: BinaryIO, columns: list[str]) -> None:
+        """The rows of ``old`` under the wider header ``columns``, into ``new``."""
+        text = io.TextIOWrapper(old, encoding="utf-8", newline="")
+        try:
+            rows = csv.reader(text, delimiter=self.delimiter)
+            next(rows, None)
+            batch: list[list[Any]] = [list(columns)]
+            width = len(columns)
+            for row in rows:
+                batch.append(row + [""] * (width - len(row)))
+                if len(batch) >= self.BATCH:
+                    self._write_rows(batch, new)
+                    batch.clear()
+            self._write_rows(batch, new)
+        finally:
+            text.detach()
 
 
 def read_header(path: str, fmt: str, delimiter: str | None) -> list[str] | None:

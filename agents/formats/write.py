@@ -19,6 +19,7 @@ from agents.contract.ids import Record
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
 from agents.formats._options import BadRowHandler, WriteOptions
+from agents.formats.csv import Replace
 from agents.formats.jsonl import batches, parse_lines
 
 
@@ -30,12 +31,19 @@ class FormatWriter(Protocol):
 
 
 def format_writer(
-    fmt: str, stream: BinaryIO, options: WriteOptions, existing_columns: list[str] | None = None
+    fmt: str,
+    stream: BinaryIO,
+    options: WriteOptions,
+    existing_columns: list[str] | None = None,
+    replace: Replace | None = None,
 ) -> FormatWriter:
+    """The writer of ``fmt`` on ``stream``; ``replace`` rewrites a live CSV/TSV file whole."""
     if fmt in ("csv", "tsv"):
         from agents.formats import csv
 
-        return csv.Writer(stream, fmt, options.delimiter, options.columns, existing_columns)
+        return csv.Writer(
+            stream, fmt, options.delimiter, options.columns, existing_columns, replace
+        )
     if fmt == "json":
         from agents.formats import json
 
