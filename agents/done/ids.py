@@ -17,6 +17,7 @@ import orjson
 from agents.contract.error_record import ERROR_KEYS, is_error_record
 from agents.contract.ids import ID_KEY, InvalidID, canonical_id
 from agents.errors import TargetError
+from agents.formats._io import utf8_text
 from agents.formats.csv import delimiter_for
 from agents.formats.sqlite import quote_name
 
@@ -83,7 +84,7 @@ def _jsonl_ids(path: str, done: DoneIDs) -> None:
 def _csv_ids(path: str, fmt: str, delimiter: str | None, done: DoneIDs) -> None:
     with open(path, "rb") as stream:
         ends_whole = _ends_with_newline(stream)
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        text = utf8_text(stream)
         reader = csv.reader(text, delimiter=delimiter_for(fmt, delimiter))
         header = next(reader, None)
         if not header or ID_KEY not in header:
