@@ -9,7 +9,6 @@ import contextlib
 import gzip
 import io
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -245,7 +244,3 @@ def check_writable(path: str) -> None:
         raise TargetError(f"{path}: cannot write in {folder}: permission denied")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise TargetError(f"{path}: the file is read-only")
-
-
-def stdout_binary() -> BinaryIO:
-    return sys.stdout.buffer
