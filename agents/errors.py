@@ -27,6 +27,23 @@ class ExitStatus(enum.IntEnum):
     BROKEN_PIPE = 141
     TERMINATED = 143
 
+    @property
+    def description(self) -> str:
+        """What the status means, in one short line (the ``--help`` epilogs are made of these)."""
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS: dict[ExitStatus, str] = {
+    ExitStatus.OK: "success",
+    ExitStatus.FAILURE: "fatal error, the run stopped",
+    ExitStatus.USAGE: "usage error, nothing was done",
+    ExitStatus.PARTIAL: "finished, but some records failed or were skipped",
+    ExitStatus.CAPPED: "stopped at a cap, resumable",
+    ExitStatus.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitStatus.BROKEN_PIPE: "stdout closed (e.g. by head)",
+    ExitStatus.TERMINATED: "terminated (SIGTERM)",
+}
+
 
 class AgentsError(Exception):
     """An expected failure: reported as one line (plus an optional hint), never a traceback."""

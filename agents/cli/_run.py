@@ -181,9 +181,10 @@ def exit_with(status: int) -> NoReturn:
     raise SystemExit(status)
 
 
-EXIT_STATUS_EPILOG = """\
-exit status:
-  0    success            1    fatal error, the run stopped
-  2    usage error        3    finished, but some records failed or were skipped
-  130  interrupted        141  stdout closed (e.g. by head)    143  terminated
-"""
+def exit_status_epilog() -> str:
+    """The ``--help`` epilog of every command: the exit statuses of agents(7), one a line."""
+    lines = [f"  {int(status):<4} {status.description}" for status in ExitStatus]
+    return "\n".join(["exit status:", *lines]) + "\n"
+
+
+EXIT_STATUS_EPILOG = exit_status_epilog()

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from agents.cli._run import Parser, Reporter, Streams, exit_with, run
+from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.errors import ExitStatus, UsageError
 
 PROG = "agents-local"
@@ -25,7 +25,7 @@ examples:
 
 
 def build_parser(streams: Streams) -> Parser:
-    parser = Parser(prog=PROG, description=DESCRIPTION, streams=streams)
+    parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
     # Subcommands are Parsers too, writing to the same streams.
     commands = parser.add_subparsers(  # type: ignore[call-overload]
         dest="command",

@@ -7,11 +7,12 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import BinaryIO
 
+from agents.cli import flags
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.contract.codec import encode
 from agents.contract.ids import Record
 from agents.errors import DataError, ExitStatus, UsageError
-from agents.formats import FORMATS, resolve
+from agents.formats import resolve
 from agents.formats._options import ReadOptions
 from agents.formats.read import Selection, open_records
 
@@ -36,13 +37,7 @@ def build_parser(streams: Streams) -> Parser:
         metavar="SOURCE",
         help="file, sqlite://PATH?query=… URL, or - for stdin (default: -)",
     )
-    parser.add_argument(
-        "-f",
-        "--format",
-        choices=FORMATS,
-        metavar="FORMAT",
-        help=f"input format: {', '.join(FORMATS)} (default: from the extension; jsonl for stdin)",
-    )
+    flags.add_format(parser, "input")
     parser.add_argument(
         "--id",
         metavar="FIELD",
@@ -59,12 +54,7 @@ def build_parser(streams: Streams) -> Parser:
         metavar="K/N",
         help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID",
     )
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="report a bad row or line on stderr and go on (exit 3 at the end); "
-        "default: stop with exit 1",
-    )
+    flags.add_skip_bad(parser, "a bad row or line")
     parser.add_argument(
         "--encoding",
         default="utf-8",
@@ -72,22 +62,15 @@ def build_parser(streams: Streams) -> Parser:
         help="text encoding of the input (default: utf-8; a BOM is skipped)",
     )
     csv = parser.add_argument_group("CSV and TSV")
-    csv.add_argument(
-        "-d",
-        "--delimiter",
-        metavar="CHAR",
-        help="field delimiter (default: ',' for CSV, tab for TSV; '\\t' for tab)",
-    )
+    flags.add_delimiter(csv)
     csv.add_argument(
         "--no-header",
         action="store_true",
         help="the first row is data; columns are named column1, column2, …",
     )
-    csv.add_argument(
-        "--columns",
-        type=_names,
-        metavar="A,B,…",
-        help="column names to use instead of the header row (with --no-header, "
+    flags.add_columns(
+        csv,
+        "column names to use instead of the header row (with --no-header, "
         "or to rename the header's columns)",
     )
     json = parser.add_argument_group("JSON")
@@ -98,11 +81,9 @@ def build_parser(streams: Streams) -> Parser:
     )
     sqlite = parser.add_argument_group("SQLite (always opened read-only)")
     sqlite.add_argument("-q", "--query", metavar="SQL", help="a SELECT whose rows are the records")
-    sqlite.add_argument(
-        "-t",
-        "--table",
-        metavar="NAME",
-        help="read every row of table NAME in key order (default: the only table, if there is one)",
+    flags.add_table(
+        sqlite,
+        "read every row of table NAME in key order (default: the only table, if there is one)",
     )
     return parser
 
@@ -126,10 +107,6 @@ def _shard(text: str) -> tuple[int, int]:
     if not 1 <= k <= n:
         raise UsageError(f"--shard {text}: K must be between 1 and N")
     return k, n
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",")]
 
 
 def main(argv: Sequence[str] | None = None, streams: Streams | None = None) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import BinaryIO
 
+from agents.cli import flags
 from agents.cli._run import (
     EXIT_STATUS_EPILOG,
     Parser,
@@ -24,7 +25,7 @@ from agents.cli._run import (
 from agents.done.lock import WriterLock
 from agents.done.targets import open_target
 from agents.errors import DataError, ExitStatus, UsageError
-from agents.formats import FORMATS, Location, resolve
+from agents.formats import Location, resolve
 from agents.formats._options import WriteOptions
 from agents.formats.write import AtomicTarget, StreamTarget, Target
 
@@ -45,13 +46,7 @@ def build_parser(streams: Streams) -> Parser:
     parser.add_argument(
         "target", metavar="TARGET", help="file to write, sqlite://PATH?table=NAME, or - for stdout"
     )
-    parser.add_argument(
-        "-f",
-        "--format",
-        choices=FORMATS,
-        metavar="FORMAT",
-        help=f"output format: {', '.join(FORMATS)} (default: from the extension; jsonl for stdout)",
-    )
+    flags.add_format(parser, "output")
     parser.add_argument(
         "-a",
         "--append",
@@ -66,25 +61,12 @@ def build_parser(streams: Streams) -> Parser:
         help="when another agents-write is writing the same target, wait for it to finish "
         "(default: fail at once, naming its pid)",
     )
-    parser.add_argument(
-        "--skip-bad",
-        action="store_true",
-        help="report an input line that is not a JSON object and go on "
-        "(exit 3 at the end); default: stop with exit 1",
-    )
+    flags.add_skip_bad(parser, "an input line that is not a JSON object")
     csv = parser.add_argument_group("CSV and TSV")
-    csv.add_argument(
-        "--columns",
-        type=lambda text: [n.strip() for n in text.split(",")],
-        metavar="A,B,…",
-        help="write exactly these columns in this order (default: every key, in first-seen order)",
+    flags.add_columns(
+        csv, "write exactly these columns in this order (default: every key, in first-seen order)"
     )
-    csv.add_argument(
-        "-d",
-        "--delimiter",
-        metavar="CHAR",
-        help="field delimiter (default: ',' for CSV, tab for TSV)",
-    )
+    flags.add_delimiter(csv)
     text = parser.add_argument_group("text")
     text.add_argument(
         "--field",
@@ -93,9 +75,7 @@ def build_parser(streams: Streams) -> Parser:
         help="the field written as each line of a text target (default: content)",
     )
     sqlite = parser.add_argument_group("SQLite")
-    sqlite.add_argument(
-        "-t", "--table", metavar="NAME", help="table to create or upsert into (default: records)"
-    )
+    flags.add_table(sqlite, "table to create or upsert into (default: records)")
     return parser
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import orjson
 
@@ -14,11 +13,3 @@ from agents.contract.ids import Record
 encode: Callable[[Record], bytes] = functools.partial(
     orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
 )
-
-
-decode_error = orjson.JSONDecodeError
-
-
-def decode(line: bytes | str) -> Any:
-    """Parse one JSON value (usually a line of JSONL); raises :data:`decode_error`."""
-    return orjson.loads(line)

@@ -19,6 +19,7 @@ import orjson
 from agents.contract.error_record import is_error, is_error_record
 from agents.contract.ids import ID_KEY, InvalidID, canonical_id
 from agents.errors import TargetError
+from agents.formats._io import utf8_text
 from agents.formats.csv import delimiter_for
 from agents.formats.sqlite import quote_name
 
@@ -113,7 +114,7 @@ def _jsonl_ids(path: str, done: DoneIDs) -> None:
 def csv_header(path: str, delimiter: str) -> list[str] | None:
     """The header row of a CSV file (None when it is empty)."""
     with open(path, "rb") as stream:
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        text = utf8_text(stream)
         try:
             return next(csv.reader(text, delimiter=delimiter), None)
         except (csv.Error, UnicodeDecodeError) as error:
@@ -123,7 +124,7 @@ def csv_header(path: str, delimiter: str) -> list[str] | None:
 def _csv_ids(path: str, delimiter: str, done: DoneIDs) -> None:
     with open(path, "rb") as stream:
         ends_whole = _ends_with_newline(stream)
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        text = utf8_text(stream)
         reader = csv.reader(text, delimiter=delimiter)
         try:
             header = next(reader, None)

@@ -27,9 +27,6 @@ EXTENSIONS = {
     ".sqlite3": "sqlite",
 }
 
-#: Accepted spellings of --format beyond the canonical names.
-ALIASES = {"ndjson": "jsonl", "txt": "text", "sqlite3": "sqlite", "db": "sqlite"}
-
 FORMAT_HINT = f"name it with --format ({', '.join(FORMATS)})"
 
 
@@ -45,7 +42,6 @@ class Location:
 
 def normalise_format(name: str) -> str:
     lowered = name.lower()
-    lowered = ALIASES.get(lowered, lowered)
     if lowered not in FORMATS:
         raise UsageError(f"unknown format {name!r}", f"choose one of {', '.join(FORMATS)}")
     return lowered

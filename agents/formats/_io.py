@@ -1,4 +1,6 @@
-"""Opening sources and targets: stdin/stdout, gzip, decoding with line numbers, atomic files."""
+"""Opening sources and targets: stdin/stdout, gzip, encodings and the BOM, decoding with line
+numbers, atomic files.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +9,6 @@ import contextlib
 import gzip
 import io
 import os
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -59,9 +60,25 @@ def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
     return cast(BinaryIO, peekable)
 
 
-def _is_ascii_compatible(encoding: str) -> bool:
-    name = codecs.lookup(encoding).name
-    return not name.startswith(("utf-16", "utf-32"))
+# Encodings -----------------------------------------------------------------------------------
+
+
+def normalise_encoding(name: str) -> str:
+    """The codec's own name for ``name`` ("UTF8", "utf_8" and "u8" are all "utf-8").
+
+    Raises :class:`LookupError` for a name Python does not know.
+    """
+    return codecs.lookup(name).name
+
+
+def strip_bom(data: bytes) -> bytes:
+    """``data`` without a leading UTF-8 byte-order mark."""
+    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+
+
+def utf8_text(stream: BinaryIO) -> io.TextIOWrapper:
+    """A UTF-8 file as text for the csv module: a byte-order mark skipped, line ends kept."""
+    return io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
 
 
 CHUNK_BYTES = 1 << 16
@@ -75,10 +92,10 @@ def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
     UTF-16 and UTF-32, where a newline byte can sit inside a character, go through a text stream.
     """
     try:
-        codec = codecs.lookup(encoding)
+        codec = normalise_encoding(encoding)
     except LookupError:
         raise SourceError(f"unknown encoding {encoding!r}", ENCODING_HINT) from None
-    if not _is_ascii_compatible(encoding):
+    if codec.startswith(("utf-16", "utf-32")):
         wide = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
         for lines in iter(lambda: wide.readlines(CHUNK_BYTES), []):
             yield "".join(lines)
@@ -86,8 +103,8 @@ def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
     lines_before = 0
     first = True
     for chunk in _line_chunks(source.stream):
-        if first and codec.name == "utf-8" and chunk.startswith(codecs.BOM_UTF8):
-            chunk = chunk[len(codecs.BOM_UTF8) :]
+        if first and codec == "utf-8":
+            chunk = strip_bom(chunk)
         first = False
         try:
             text = chunk.decode(encoding)
@@ -227,7 +244,3 @@ def check_writable(path: str) -> None:
         raise TargetError(f"{path}: cannot write in {folder}: permission denied")
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise TargetError(f"{path}: the file is read-only")
-
-
-def stdout_binary() -> BinaryIO:
-    return sys.stdout.buffer

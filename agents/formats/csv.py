@@ -22,7 +22,7 @@ import orjson
 
 from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError, TargetError
-from agents.formats._io import Source, csv_lines
+from agents.formats._io import Source, csv_lines, utf8_text
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 
 if TYPE_CHECKING:
@@ -358,7 +358,7 @@ class Writer:
 def read_header(path: str, fmt: str, delimiter: str | None) -> list[str] | None:
     """The header of an existing CSV target, or None when it is empty."""
     with open(path, "rb") as stream:
-        text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
+        text = utf8_text(stream)
         try:
             row = next(csv.reader(text, delimiter=delimiter_for(fmt, delimiter)), None)
         except (csv.Error, UnicodeDecodeError) as error:

@@ -13,17 +13,16 @@ import orjson
 
 from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError
-from agents.formats._io import Source
+from agents.formats._io import Source, normalise_encoding, strip_bom
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 from agents.formats.jsonl import describe_json_error, type_name
 
 
 def parse_document(source: Source, encoding: str) -> Any:
     data = source.stream.read()
-    if encoding.lower().replace("_", "-") not in ("utf-8", "utf8"):
+    if normalise_encoding(encoding) != "utf-8":
         data = data.decode(encoding).encode("utf-8")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
+    data = strip_bom(data)
     if not data.strip():
         return []
     try:

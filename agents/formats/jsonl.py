@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import codecs
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from typing import BinaryIO
@@ -12,7 +11,14 @@ import orjson
 from agents.contract.codec import encode
 from agents.contract.ids import ID_KEY, Record
 from agents.errors import DataError
-from agents.formats._io import ENCODING_HINT, LineSplitter, Source, decoded_chunks
+from agents.formats._io import (
+    ENCODING_HINT,
+    LineSplitter,
+    Source,
+    decoded_chunks,
+    normalise_encoding,
+    strip_bom,
+)
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
 
 
@@ -32,8 +38,8 @@ def type_name(value: object) -> str:
 
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
     for number, raw in enumerate(_lines(source, options.encoding), 1):
-        if number == 1 and isinstance(raw, bytes) and raw.startswith(codecs.BOM_UTF8):
-            raw = raw[len(codecs.BOM_UTF8) :]
+        if number == 1 and isinstance(raw, bytes):
+            raw = strip_bom(raw)
         value = parse_object(raw, f"{source.name}:{number}", bad)
         if value is None:
             continue
@@ -44,7 +50,7 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
 
 def _lines(source: Source, encoding: str) -> Iterator[bytes | str]:
     """Raw bytes for UTF-8 (orjson validates them itself), decoded text otherwise."""
-    if codecs.lookup(encoding).name == "utf-8":
+    if normalise_encoding(encoding) == "utf-8":
         yield from source.stream
     else:
         for text in decoded_chunks(source, encoding):
