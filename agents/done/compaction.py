@@ -13,7 +13,8 @@ from typing import BinaryIO
 
 import orjson
 
-from agents.contract.ids import ID_KEY, InvalidID, canonical_id
+from agents.contract.ids import ID_KEY, canonical_id
+from agents.errors import InvalidID
 from agents.formats._io import AtomicFile
 from agents.formats.csv import delimiter_for
 

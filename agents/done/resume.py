@@ -17,9 +17,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, content_id
+from agents.contract.ids import ID_KEY, Record, canonical_id, content_id
 from agents.done.ids import DoneIDs, done_ids
-from agents.errors import UsageError
+from agents.errors import InvalidID, UsageError
 from agents.formats import resolve
 
 SIDECAR_SUFFIX = ".agents-job.jsonl"

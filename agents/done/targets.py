@@ -18,11 +18,11 @@ from typing import BinaryIO
 import orjson
 
 from agents.contract.error_record import is_error_record
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id
+from agents.contract.ids import ID_KEY, Record, canonical_id
 from agents.done.compaction import compact_file, record_key
 from agents.done.ids import DoneIDs, done_ids
 from agents.done.repair import repair_torn_csv, repair_torn_jsonl
-from agents.errors import TargetError, UsageError
+from agents.errors import InvalidID, TargetError, UsageError
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
 from agents.formats._options import WriteOptions

@@ -1,13 +1,9 @@
 """A thin OpenAI-compatible chat-completions client over aiohttp, and what its errors mean.
 
-Every failure of a call is a :class:`CallError` of one of three kinds, which decide what the run
-does with it (see agents-map(1))::
-
-    CallError
-    ├── Retryable     429, 408, 409, 5xx, timeouts, dropped connections, truncated bodies:
-    │                 tried again with backoff, honouring the server's Retry-After
-    ├── Fatal         401/403 (the key), 404 (the model or the URL): the run stops, exit 1
-    └── RecordFailed  400, 413, 422: this record's request is wrong; it becomes an error record
+Every failure of a call is one of the three kinds of :class:`agents.errors.CallError`, which
+decide what the run does with it (drawn in ``agents.errors`` and agents-map(1)); the HTTP status
+and the transport error that make each kind are decided here, in :meth:`Client.complete` and
+:func:`_http_error`.
 
 Why aiohttp and not the ``openai`` SDK or ``httpx``: measured on this machine (README, design
 notes), only a bare aiohttp client keeps up at hundreds of requests in flight.
@@ -27,6 +23,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from agents.errors import CallError, Fatal, RecordFailed, Retryable
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -96,36 +94,6 @@ class Completion:
     limits: dict[str, float] = field(default_factory=dict)  # x-ratelimit-limit-* per minute
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # (left, reset s)
     pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
-
-
-class CallError(Exception):
-    """A failed call: ``error_type`` names it in error records and statistics."""
-
-    def __init__(
-        self,
-        error_type: str,
-        message: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.attempts = 1  # set by the retry loop to the number of calls it made
-
-
-class Retryable(CallError):
-    """Worth trying again after a wait."""
-
-
-class Fatal(CallError):
-    """Nothing will work until the configuration changes; the run stops."""
-
-
-class RecordFailed(CallError):
-    """This record's request cannot succeed as it is."""
 
 
 # Retry-After and OpenAI's rate-limit headers --------------------------------------------------

@@ -15,19 +15,12 @@ from dataclasses import dataclass
 import orjson
 
 from agents.contract.ids import Record
+from agents.errors import MissingFields
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*(?:\.[^\W\d]\w*)*)\}")
 
 #: A path into a record: ("meta", "lang") for {meta.lang}.
 Path = tuple[str, ...]
-
-
-class MissingFields(Exception):
-    """The record lacks fields the template names; ``names`` lists every one of them."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(", ".join(names))
-        self.names = names
 
 
 _MISSING = object()

@@ -1,7 +1,7 @@
 """One record through the model: render the prompt, call with retries, read the answer.
 
 :meth:`Mapper.process` returns the output record, or an error record for a record that failed;
-it raises :class:`agents.map.http.Fatal` when nothing can succeed (the run then stops).
+it raises :class:`agents.errors.Fatal` when nothing can succeed (the run then stops).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
-from agents.map.answer import Interpreter, Merger, Unusable, reask_message
+from agents.errors import CallError, MissingFields, RecordFailed, Retryable, Unusable
+from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
-from agents.map.http import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
+from agents.map.http import Client, Completion, Usage
 from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
 from agents.map.logs import LOGGER
-from agents.map.prompt import MissingFields, Template
+from agents.map.prompt import Template
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -384,7 +385,7 @@ def _first_state(retrying: AsyncRetrying, error: BaseException) -> RetryCallStat
 
 def _rejects_response_format(error: CallError) -> bool:
     text = error.message.lower()
-    return error.status in (400, 422) and (
+    return error.http_status in (400, 422) and (
         "response_format" in text or "json_schema" in text or "schema" in text
     )
 
@@ -402,4 +403,4 @@ def response_formats(
     ]
 
 
-__all__ = ["Counters", "Fatal", "Mapper", "RequestShape", "response_formats"]
+__all__ = ["Counters", "Mapper", "RequestShape", "response_formats"]
