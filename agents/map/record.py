@@ -81,14 +81,12 @@ class ServerAwareWait:
     random jitter, so that many clients rejected together do not come back together.
     """
 
-    def __init__(self, initial: float, maximum: float = 60.0, earlier: int = 0) -> None:
+    def __init__(self, initial: float, maximum: float = 60.0) -> None:
         self.initial = initial
         self.maximum = maximum
-        self.earlier = earlier  # failed attempts made before tenacity took over
 
     def __call__(self, state: RetryCallState) -> float:
-        failures = self.earlier + state.attempt_number
-        step = min(self.maximum, self.initial * 2.0 ** (failures - 1))
+        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
         wait: float = step + random.uniform(0, self.initial)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after is not None:
@@ -221,32 +219,30 @@ class Mapper:
         """One completion with transport retries; (the completion, the attempts it took).
 
         The first attempt is made directly: most calls succeed, and building the retry machinery
-        for each of them would cost more CPU than the call itself. A retryable failure hands
-        over to tenacity for the rest.
+        for each of them would cost more CPU than the call itself. A retryable failure hands the
+        whole sequence to tenacity, whose first attempt is that failure: its attempt numbers,
+        waits and stop condition are then the real ones.
         """
         try:
             return await self._request(messages), 1
         except Retryable as error:
-            if self.max_retries == 0:
-                raise
             first_failure = error
+        # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries),
-            wait=ServerAwareWait(self.retry_delay, earlier=1),
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=ServerAwareWait(self.retry_delay),
             retry=retry_if_exception_type(Retryable),
             sleep=self.sleep,
             before_sleep=self._count_retry,
             reraise=True,
         )
-        wait = ServerAwareWait(self.retry_delay)(_first_state(retrying, first_failure))
-        self._count_retry_of(first_failure)
-        self._log_retry(2, first_failure, wait)
-        await self.sleep(wait)
-        attempts = 1
+        attempts = 0
         try:
             async for attempt in retrying:
-                attempts = 1 + attempt.retry_state.attempt_number
+                attempts = attempt.retry_state.attempt_number
                 with attempt:
+                    if attempts == 1:
+                        raise first_failure
                     return await self._request(messages), attempts
         except CallError as error:
             error.attempts = attempts
@@ -255,20 +251,16 @@ class Mapper:
 
     def _count_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        self._count_retry_of(error)
-        if state.next_action is not None:
-            # tenacity's attempts start after the first, which was made directly
-            self._log_retry(state.attempt_number + 2, error, state.next_action.sleep)
-
-    @staticmethod
-    def _log_retry(attempt: int, error: BaseException | None, wait: float) -> None:
-        if LOGGER.isEnabledFor(logging.INFO):
-            cause = getattr(error, "error_type", "error")
-            LOGGER.info("retry %d after %s: %s; waiting %.2fs", attempt, cause, error, wait)
-
-    def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"
         self.counters.retries[cause] = self.counters.retries.get(cause, 0) + 1
+        if state.next_action is not None and LOGGER.isEnabledFor(logging.INFO):
+            LOGGER.info(
+                "retry %d after %s: %s; waiting %.2fs",
+                state.attempt_number + 1,
+                cause if isinstance(error, CallError) else "error",
+                error,
+                state.next_action.sleep,
+            )
 
     async def _request(self, messages: list[dict[str, str]]) -> Completion:
         while True:
@@ -374,13 +366,6 @@ class Mapper:
                 self.warn(
                     "the server does not accept response_format; the schema is checked here instead"
                 )
-
-
-def _first_state(retrying: AsyncRetrying, error: BaseException) -> RetryCallState:
-    """The retry state after one failed attempt, for the wait before tenacity takes over."""
-    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
-    state.set_exception((type(error), error, error.__traceback__))
-    return state
 
 
 def _rejects_response_format(error: CallError) -> bool:
