@@ -26,7 +26,7 @@ from agents.map.caps import CostCap
 from agents.map.http import Client, Completion, Usage
 from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
 from agents.map.logs import LOGGER
-from agents.map.prompt import Template
+from agents.map.prompt import Message, Template, estimate_tokens, messages_for
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -143,18 +143,11 @@ class Mapper:
             or DEFAULT_OUTPUT_ESTIMATE
         )
 
-    def messages(self, record: Record) -> list[dict[str, str]]:
-        messages = []
-        if self.system is not None:
-            messages.append({"role": "system", "content": self.system.render(record)})
-        messages.append({"role": "user", "content": self.template.render(record)})
-        return messages
-
     async def process(self, record: Record) -> tuple[Record, bool]:
         """(the output record, whether it succeeded). Fatal errors propagate."""
         attempts = 0
         try:
-            messages = self.messages(record)
+            messages = messages_for(self.template, self.system, record)
             for reask in range(self.max_reasks + 1):
                 completion, used = await self._call(messages)
                 attempts += used
@@ -215,7 +208,7 @@ class Mapper:
             raise Unusable("empty_response", "the model returned no content", reask=False)
         return completion.content
 
-    async def _call(self, messages: list[dict[str, str]]) -> tuple[Completion, int]:
+    async def _call(self, messages: list[Message]) -> tuple[Completion, int]:
         """One completion with transport retries; (the completion, the attempts it took).
 
         The first attempt is made directly: most calls succeed, and building the retry machinery
@@ -262,7 +255,7 @@ class Mapper:
                 state.next_action.sleep,
             )
 
-    async def _request(self, messages: list[dict[str, str]]) -> Completion:
+    async def _request(self, messages: list[Message]) -> Completion:
         while True:
             form = self.response_formats[0]
             body: dict[str, Any] = {
@@ -314,11 +307,10 @@ class Mapper:
                 )
             return completion
 
-    def _estimate(self, messages: list[dict[str, str]]) -> int:
-        """Tokens a request may use: the prompt (about four characters a token) and the
-        answer's allowance (max_tokens, else a default)."""
-        prompt = sum(len(message["content"]) // 4 + 4 for message in messages)
-        return prompt + self.output_allowance
+    def _estimate(self, messages: list[Message]) -> int:
+        """Tokens a request may use: the prompt's estimate and the answer's allowance
+        (max_tokens, else a default)."""
+        return estimate_tokens(messages) + self.output_allowance
 
     async def _admit(self, estimate: int) -> None:
         """Wait for the rate budgets (and a server's reset), and reserve the cost cap."""
