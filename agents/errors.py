@@ -1,13 +1,32 @@
-"""Exit statuses shared by every command, and the exceptions that map onto them.
+"""Exit statuses shared by every command, and the one exception tree of the package.
 
 Every expected failure is an :class:`AgentsError`; the CLI boundary (``agents.cli._run``) turns
-it into one line on stderr and its exit status, never a traceback::
+it into one line on stderr and its exit status, never a traceback. The others are caught inside
+the package, and the middle column says what becomes of them: ``exit N`` the command stops with
+that status, ``record`` the record becomes an error record and the run goes on::
 
-    AgentsError                 exit 1  the run stopped
-    ├── UsageError              exit 2  bad flag or option value; nothing was done
-    │   ├── SourceError         exit 2  input missing, unreadable, unknown format, bad query
-    │   └── TargetError         exit 2  output cannot be opened or is not of its format
-    └── DataError               exit 1  a bad row, line or document in the data itself
+    Exception
+    ├── AgentsError           exit 1    the run stopped
+    │   ├── UsageError        exit 2    bad flag or option value; nothing was done
+    │   │   ├── SourceError   exit 2    input missing, unreadable, unknown format, bad query
+    │   │   └── TargetError   exit 2    output cannot be opened or is not of its format
+    │   └── DataError         exit 1    a bad row, line or document in the data itself
+    ├── ValueError
+    │   └── InvalidID                   not an ID (null, a boolean, an object, an array): readers
+    │                                   raise a DataError; scans of done IDs pass over it
+    ├── CallError                       a failed request to the model (agents-map)
+    │   ├── Retryable         retried   429, 408, 409, 5xx, timeouts, dropped connections, cut
+    │   │                               bodies; once --max-retries are spent, ``record``
+    │   ├── Fatal             exit 1    401/403 (the key), 404 (the model or the URL), a server
+    │   │                               that cannot be reached before anything succeeded
+    │   └── RecordFailed      record    400, 413, 422: this record's request is wrong
+    ├── MissingFields         record    the record lacks a field the prompt names
+    ├── Unusable              re-asked  an answer that cannot be used; ``record`` once
+    │                                   --max-reasks are spent or asking again cannot help
+    ├── CapReached            exit 4    --max-cost or --max-errors: sending stops; rerun to resume
+    └── CircuitOpen           exit 1    many records in a row failed the same way
+    BaseException
+    └── Terminated            exit 143  SIGTERM arrived; cleanup runs before the exit
 """
 
 from __future__ import annotations
@@ -77,3 +96,77 @@ class DataError(AgentsError):
         super().__init__(f"{where}: {message}", hint)
         self.where = where
         self.reason = message
+
+
+class InvalidID(ValueError):
+    """A value that cannot serve as an ID (null, a boolean, an object or an array)."""
+
+
+# agents-map ---------------------------------------------------------------------------------------
+
+
+class CallError(Exception):
+    """A failed call: ``error_type`` names it in error records and statistics."""
+
+    def __init__(
+        self,
+        error_type: str,
+        message: str,
+        http_status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
+        self.attempts = 1  # set by the retry loop to the number of calls it made
+
+
+class Retryable(CallError):
+    """Worth trying again after a wait."""
+
+
+class Fatal(CallError):
+    """Nothing will work until the configuration changes; the run stops."""
+
+
+class RecordFailed(CallError):
+    """This record's request cannot succeed as it is."""
+
+
+class MissingFields(Exception):
+    """The record lacks fields the template names; ``names`` lists every one of them."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+class Unusable(Exception):
+    """An answer that cannot be used: ``error_type`` says why, ``reask`` whether asking again
+    (with the problem explained) may help."""
+
+    def __init__(self, error_type: str, message: str, reask: bool) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.reask = reask
+
+
+class CapReached(Exception):
+    """A cap stops the run: nothing more is sent; what was written stays; rerun to resume."""
+
+
+class CircuitOpen(Exception):
+    """Many records in a row failed the same way: the run stops instead of burning the input."""
+
+
+# The process --------------------------------------------------------------------------------------
+
+
+class Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives, so cleanup runs before exit 143.
+
+    A BaseException, so that no ``except Exception`` on the way swallows it.
+    """

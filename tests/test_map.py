@@ -526,6 +526,59 @@ def test_backoff_doubles_from_retry_delay() -> None:
     assert all(step <= wait <= step + 1 for step, wait in zip(steps, sleeps.waits, strict=True))
 
 
+def test_retries_are_numbered_waited_and_counted_until_exhausted(tmp: Path) -> None:
+    sleeps = Sleeps()
+    log, stats = tmp / "map.log", tmp / "stats.json"
+    with scripted(lambda request, number: Reply("down", status=500)) as server:
+        result = run_map(
+            server,
+            "--prompt",
+            "{word}",
+            "--max-retries",
+            "3",
+            "--retry-delay",
+            "1",
+            "--log-level",
+            "INFO",
+            "--log-file",
+            str(log),
+            "--stats",
+            str(stats),
+            stdin=words(1),
+            sleeps=sleeps,
+        )
+    assert result.status == 3
+    assert len(server.requests) == 4
+    assert (result.records[0]["error_type"], result.records[0]["attempts"]) == ("server_error", 4)
+    assert [int(wait) for wait in sleeps.waits] == [1, 2, 4]
+    retries = [line.split(" INFO ", 1)[1] for line in log.read_text().splitlines() if " retry " in line]
+    assert retries == [
+        f"retry {number} after server_error: HTTP 500: down; waiting {wait:.2f}s"
+        for number, wait in zip([2, 3, 4], sleeps.waits, strict=True)
+    ]
+    assert orjson.loads(stats.read_bytes())["retries"] == {"server_error": 3}
+
+
+def test_no_retries_means_one_attempt(tmp: Path) -> None:
+    sleeps = Sleeps()
+    stats = tmp / "stats.json"
+    with scripted(lambda request, number: Reply("down", status=500)) as server:
+        result = run_map(
+            server,
+            "--prompt",
+            "{word}",
+            "--max-retries",
+            "0",
+            "--stats",
+            str(stats),
+            stdin=words(1),
+            sleeps=sleeps,
+        )
+    assert result.status == 3
+    assert (len(server.requests), result.records[0]["attempts"], sleeps.waits) == (1, 1, [])
+    assert orjson.loads(stats.read_bytes())["retries"] == {}
+
+
 def test_an_unexpected_failure_becomes_an_error_record(
     server: FakeLLM, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from agents.map.prompt import MissingFields, Template
+from agents.errors import MissingFields
+from agents.map.prompt import Template
 
 RECORD = {
     "word": "apple",

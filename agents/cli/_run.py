@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, NoReturn
 
 from agents import __version__
-from agents.errors import AgentsError, ExitStatus, UsageError
+from agents.errors import AgentsError, ExitStatus, Terminated, UsageError
 
 TRACEBACK_VARIABLE = "AGENTS_TRACEBACK"
 
@@ -29,10 +29,6 @@ class Streams:
     stdin: BinaryIO = field(default_factory=lambda: sys.stdin.buffer)
     stdout: BinaryIO = field(default_factory=lambda: sys.stdout.buffer)
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
-
-
-class Terminated(BaseException):
-    """Raised in the main thread when SIGTERM arrives, so cleanup runs before exit 143."""
 
 
 class _ParserExit(Exception):

@@ -17,14 +17,13 @@ from agents.cli._run import (
     Parser,
     Reporter,
     Streams,
-    Terminated,
     exit_with,
     handling,
     run,
 )
 from agents.done.lock import WriterLock
 from agents.done.targets import open_target
-from agents.errors import DataError, ExitStatus, UsageError
+from agents.errors import DataError, ExitStatus, Terminated, UsageError
 from agents.formats import Location, resolve
 from agents.formats._options import WriteOptions
 from agents.formats.write import AtomicTarget, StreamTarget, Target

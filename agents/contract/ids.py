@@ -11,14 +11,12 @@ from typing import Any
 
 import orjson
 
+from agents.errors import InvalidID
+
 #: The reserved key that holds a record's ID.
 ID_KEY = "_id"
 
 Record = dict[str, Any]
-
-
-class InvalidID(ValueError):
-    """A value that cannot serve as an ID (null, a boolean, an object or an array)."""
 
 
 def canonical_id(value: object) -> str:

@@ -14,9 +14,10 @@ from typing import BinaryIO
 import orjson
 
 from agents.contract.error_record import ERROR_KEYS, is_error, is_error_record
-from agents.contract.ids import ID_KEY, InvalidID, canonical_id
+from agents.contract.ids import ID_KEY, canonical_id
 from agents.done import durable
 from agents.done.rules import Standing
+from agents.errors import InvalidID
 
 #: A record's raw bytes with its canonical ID (None for a header, or a record without an ID)
 #: and whether it is an error record.

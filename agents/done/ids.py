@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 import orjson
 
 from agents.contract.error_record import is_error, is_error_record
-from agents.contract.ids import ID_KEY, InvalidID, canonical_id
-from agents.errors import TargetError
+from agents.contract.ids import ID_KEY, canonical_id
+from agents.errors import InvalidID, TargetError
 from agents.formats._io import utf8_text
 from agents.formats.csv import delimiter_for
 from agents.formats.sqlite import quote_name

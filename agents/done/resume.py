@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, content_id
+from agents.contract.ids import ID_KEY, Record, canonical_id, content_id
 from agents.done.ids import DoneIDs, Output, csv_header, done_ids
 from agents.done.sidecar import Sidecar, read_sidecar
-from agents.errors import TargetError, UsageError
+from agents.errors import InvalidID, TargetError, UsageError
 from agents.formats import resolve
 
 SAMPLE_FIRST = 100

@@ -12,8 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from agents.contract.error_record import is_error_record
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id
+from agents.contract.ids import ID_KEY, Record, canonical_id
 from agents.done.ids import DoneIDs
+from agents.errors import InvalidID
 
 
 class Ledger:

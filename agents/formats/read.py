@@ -7,8 +7,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id, shard_of
-from agents.errors import DataError
+from agents.contract.ids import ID_KEY, Record, canonical_id, shard_of
+from agents.errors import DataError, InvalidID
 from agents.formats import Location
 from agents.formats._io import Source, open_source
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
-from agents.contract.ids import ID_KEY, InvalidID, Record, canonical_id
-from agents.errors import DataError, SourceError, TargetError, UsageError
+from agents.contract.ids import ID_KEY, Record, canonical_id
+from agents.errors import DataError, InvalidID, SourceError, TargetError, UsageError
 from agents.formats._options import Positioned, ReadOptions
 
 JSON_TYPE = "JSON"

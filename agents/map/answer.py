@@ -17,23 +17,13 @@ from typing import Any
 import orjson
 
 from agents.contract.ids import ID_KEY, Record
+from agents.errors import Unusable
 
 OUTPUT_FORMATS = ("text", "json", "structured")
 MERGE_STRATEGIES = ("extend", "update", "replace")
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*[ \t]*\n(.*?)```", re.S)
 _decoder = json.JSONDecoder()
-
-
-class Unusable(Exception):
-    """An answer that cannot be used: ``error_type`` says why, ``reask`` whether asking again
-    (with the problem explained) may help."""
-
-    def __init__(self, error_type: str, message: str, reask: bool) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-        self.reask = reask
 
 
 def extract_json(content: str) -> Any:

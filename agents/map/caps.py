@@ -9,14 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agents.errors import UsageError
+from agents.errors import CapReached, UsageError
 
 #: --max-errors as a percentage applies only after this many records were attempted.
 MINIMUM_FOR_PERCENT = 20
-
-
-class CapReached(Exception):
-    """A cap stops the run: nothing more is sent; what was written stays; rerun to resume."""
 
 
 @dataclass

@@ -2,9 +2,9 @@
 
 The first ``limit`` records' requests are written to stdout as JSON Lines
 (``{"_id": ..., "request": {...}}``, or ``{"_id": ..., "missing_fields": [...]}``); the whole input
-is read to count records, missing fields and tokens. Tokens are estimated at four characters a
-token plus four a message (the usual rule of thumb for English with OpenAI's tokenizers); the
-output is estimated from --max-tokens when it is set, as an upper bound.
+is read to count records, missing fields and tokens. Input tokens are estimated by
+:func:`agents.map.prompt.estimate_tokens`; the output is estimated from --max-tokens when it is
+set, as an upper bound.
 """
 
 from __future__ import annotations
@@ -18,16 +18,9 @@ import orjson
 from agents.contract.ids import ID_KEY, Record
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import batches
-from agents.map.prompt import Template
+from agents.map.prompt import CHARS_PER_TOKEN, Template, estimate_tokens, messages_for
 from agents.map.usage import Price
 from agents.map.window import IdAssigner
-
-CHARS_PER_TOKEN = 4
-TOKENS_PER_MESSAGE = 4
-
-
-def estimate_tokens(messages: list[dict[str, str]]) -> int:
-    return sum(len(m["content"]) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)
 
 
 @dataclass
@@ -63,10 +56,7 @@ def dry_run(
             if shown:
                 out.write(orjson.dumps({ID_KEY: record[ID_KEY], "missing_fields": missing}) + b"\n")
             continue
-        messages = []
-        if system is not None:
-            messages.append({"role": "system", "content": system.render(record)})
-        messages.append({"role": "user", "content": template.render(record)})
+        messages = messages_for(template, system, record)
         estimate.input_tokens += estimate_tokens(messages)
         if shown:
             request = {**body, "messages": messages}

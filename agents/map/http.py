@@ -1,13 +1,9 @@
 """A thin OpenAI-compatible chat-completions client over aiohttp, and what its errors mean.
 
-Every failure of a call is a :class:`CallError` of one of three kinds, which decide what the run
-does with it (see agents-map(1))::
-
-    CallError
-    ├── Retryable     429, 408, 409, 5xx, timeouts, dropped connections, truncated bodies:
-    │                 tried again with backoff, honouring the server's Retry-After
-    ├── Fatal         401/403 (the key), 404 (the model or the URL): the run stops, exit 1
-    └── RecordFailed  400, 413, 422: this record's request is wrong; it becomes an error record
+Every failure of a call is one of the three kinds of :class:`agents.errors.CallError`, which
+decide what the run does with it (drawn in ``agents.errors`` and agents-map(1)); the HTTP status
+and the transport error that make each kind are decided here, in :meth:`Client.complete` and
+:func:`_http_error`.
 
 Why aiohttp and not the ``openai`` SDK or ``httpx``: measured on this machine (README, design
 notes), only a bare aiohttp client keeps up at hundreds of requests in flight.
@@ -27,6 +23,8 @@ from typing import Any
 
 import aiohttp
 import orjson
+
+from agents.errors import CallError, Fatal, RecordFailed, Retryable
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -98,37 +96,14 @@ class Completion:
     pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
 
 
-class CallError(Exception):
-    """A failed call: ``error_type`` names it in error records and statistics."""
-
-    def __init__(
-        self,
-        error_type: str,
-        message: str,
-        status: int | None = None,
-        retry_after: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.error_type = error_type
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.attempts = 1  # set by the retry loop to the number of calls it made
-
-
-class Retryable(CallError):
-    """Worth trying again after a wait."""
-
-
-class Fatal(CallError):
-    """Nothing will work until the configuration changes; the run stops."""
-
-
-class RecordFailed(CallError):
-    """This record's request cannot succeed as it is."""
-
-
 # Retry-After and OpenAI's rate-limit headers --------------------------------------------------
+#
+# Each header is parsed by one function: retry-after-ms and Retry-After by server_wait,
+# x-ratelimit-limit-* by _limit, x-ratelimit-remaining-* by _remaining and x-ratelimit-reset-*
+# by _reset; the rest is built on those.
+
+#: The budgets OpenAI's headers name: x-ratelimit-{limit,remaining,reset}-{requests,tokens}.
+BUDGETS = ("requests", "tokens")
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -163,12 +138,7 @@ def server_wait(headers: Any, now: float | None = None) -> float | None:
             moment = email.utils.parsedate_to_datetime(after) if _is_date(after) else None
             if moment is not None:
                 return max(0.0, moment.timestamp() - (now if now is not None else time.time()))
-    resets = [
-        parse_duration(headers.get(name, ""))
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if headers.get(name)
-    ]
-    known = [reset for reset in resets if reset is not None]
+    known = [reset for name in BUDGETS if (reset := _reset(headers, name)) is not None]
     return max(known) if known else None
 
 
@@ -179,43 +149,67 @@ def _is_date(text: str) -> bool:
         return False
 
 
-def learned_limits(headers: Any) -> dict[str, float]:
-    """OpenAI's x-ratelimit-limit-requests / -tokens (per minute), when present."""
-    found = {}
-    for name in ("requests", "tokens"):
-        value = headers.get(f"x-ratelimit-limit-{name}")
-        with contextlib.suppress(TypeError, ValueError):
-            if value is not None and float(value) > 0:
-                found[name] = float(value)
-    return found
+def _limit(headers: Any, name: str) -> float | None:
+    """x-ratelimit-limit-{name}: the budget per minute, when it is a positive number."""
+    value = headers.get(f"x-ratelimit-limit-{name}")
+    with contextlib.suppress(TypeError, ValueError):
+        if value is not None and float(value) > 0:
+            return float(value)
+    return None
 
 
-def window_state(headers: Any, name: str) -> tuple[float, float] | None:
-    """(what is left, seconds until the reset) of the server's current window, if it says."""
-    left = headers.get(f"x-ratelimit-remaining-{name}")
-    reset = headers.get(f"x-ratelimit-reset-{name}")
-    if left is None or reset is None:
+def _remaining(headers: Any, name: str) -> float | None:
+    """x-ratelimit-remaining-{name}: what is left of the current window."""
+    value = headers.get(f"x-ratelimit-remaining-{name}")
+    if value is None:
         return None
-    seconds = parse_duration(reset)
     try:
-        return (float(left), seconds) if seconds is not None else None
+        return float(value)
     except ValueError:
         return None
 
 
-def remaining_zero_wait(headers: Any) -> float | None:
-    """When a remaining-* header says the budget is spent, how long until it resets."""
-    waits = []
-    for name in ("requests", "tokens"):
-        remaining = headers.get(f"x-ratelimit-remaining-{name}")
-        reset = headers.get(f"x-ratelimit-reset-{name}")
-        if remaining is not None and reset is not None:
-            with contextlib.suppress(ValueError):
-                if float(remaining) <= 0:
-                    duration = parse_duration(reset)
-                    if duration is not None:
-                        waits.append(duration)
+def _reset(headers: Any, name: str) -> float | None:
+    """x-ratelimit-reset-{name}: seconds until the current window resets."""
+    value = headers.get(f"x-ratelimit-reset-{name}")
+    return parse_duration(value) if value else None
+
+
+def learned_limits(headers: Any) -> dict[str, float]:
+    """OpenAI's x-ratelimit-limit-requests / -tokens (per minute), when present."""
+    return {name: limit for name in BUDGETS if (limit := _limit(headers, name)) is not None}
+
+
+def window_state(headers: Any, name: str) -> tuple[float, float] | None:
+    """(what is left, seconds until the reset) of the server's current window, if it says."""
+    left = _remaining(headers, name)
+    reset = _reset(headers, name)
+    return (left, reset) if left is not None and reset is not None else None
+
+
+def remaining_zero_wait(windows: dict[str, tuple[float, float]]) -> float | None:
+    """When a window (see :func:`window_state`) says its budget is spent, seconds to its reset."""
+    waits = [reset for left, reset in windows.values() if left <= 0]
     return max(waits) if waits else None
+
+
+def with_rate_limits(completion: Completion, headers: Any) -> Completion:
+    """``completion`` with what the x-ratelimit-* headers say: limits, windows, a pause.
+
+    Only a response that names a limit is read further; others (a local server's) cost two
+    lookups.
+    """
+    if "x-ratelimit-limit-requests" not in headers and "x-ratelimit-limit-tokens" not in headers:
+        return completion
+    windows = {
+        name: state for name in BUDGETS if (state := window_state(headers, name)) is not None
+    }
+    return dataclasses.replace(
+        completion,
+        limits=learned_limits(headers),
+        windows=windows,
+        pause=remaining_zero_wait(windows),
+    )
 
 
 # The client -----------------------------------------------------------------------------------
@@ -285,19 +279,7 @@ class Client:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise Retryable("invalid_response", "the server's answer is not JSON") from None
-        completion = _completion(parsed)
-        if "x-ratelimit-limit-requests" in headers or "x-ratelimit-limit-tokens" in headers:
-            windows = {
-                name: state
-                for name in ("requests", "tokens")
-                if (state := window_state(headers, name)) is not None
-            }
-            completion = dataclasses.replace(
-                completion,
-                limits=learned_limits(headers),
-                windows=windows,
-                pause=remaining_zero_wait(headers),
-            )
+        completion = with_rate_limits(_completion(parsed), headers)
         self.succeeded = True
         return completion
 

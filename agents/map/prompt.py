@@ -1,4 +1,6 @@
-"""Prompt templates: ``{field}`` and ``{field.sub}`` filled from a record, nothing else touched.
+"""Prompt templates, the messages of a request, and how many tokens they are estimated at.
+
+Templates: ``{field}`` and ``{field.sub}`` are filled from a record, nothing else is touched.
 
 A placeholder is a brace pair around dotted identifiers (``{word}``, ``{meta.lang}``). ``{{`` and
 ``}}`` are literal braces. Every other brace stays as written, so a prompt can show JSON
@@ -15,19 +17,20 @@ from dataclasses import dataclass
 import orjson
 
 from agents.contract.ids import Record
+from agents.errors import MissingFields
 
 _TOKEN = re.compile(r"\{\{|\}\}|\{([^\W\d]\w*(?:\.[^\W\d]\w*)*)\}")
 
 #: A path into a record: ("meta", "lang") for {meta.lang}.
 Path = tuple[str, ...]
 
+#: A chat message: {"role": ..., "content": ...}.
+Message = dict[str, str]
 
-class MissingFields(Exception):
-    """The record lacks fields the template names; ``names`` lists every one of them."""
-
-    def __init__(self, names: list[str]) -> None:
-        super().__init__(", ".join(names))
-        self.names = names
+#: The rule of thumb for English with OpenAI's tokenizers, used for budgets, caps and --dry-run
+#: (no tokenizer is loaded): four characters a token, plus four tokens a message.
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
 
 
 _MISSING = object()
@@ -108,3 +111,20 @@ class Template:
         if missing:
             raise MissingFields(missing)
         return "".join(out)
+
+
+def messages_for(template: Template, system: Template | None, record: Record) -> list[Message]:
+    """The messages of a request for ``record``: the system prompt's, if any, then the user's.
+
+    Raises :class:`MissingFields` like :meth:`Template.render`.
+    """
+    out = []
+    if system is not None:
+        out.append({"role": "system", "content": system.render(record)})
+    out.append({"role": "user", "content": template.render(record)})
+    return out
+
+
+def estimate_tokens(messages: list[Message]) -> int:
+    """The prompt tokens of ``messages``, by the rule of thumb above."""
+    return sum(len(m["content"]) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)

@@ -1,7 +1,7 @@
 """One record through the model: render the prompt, call with retries, read the answer.
 
 :meth:`Mapper.process` returns the output record, or an error record for a record that failed;
-it raises :class:`agents.map.http.Fatal` when nothing can succeed (the run then stops).
+it raises :class:`agents.errors.Fatal` when nothing can succeed (the run then stops).
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
-from agents.map.answer import Interpreter, Merger, Unusable, reask_message
+from agents.errors import CallError, MissingFields, RecordFailed, Retryable, Unusable
+from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
-from agents.map.http import CallError, Client, Completion, Fatal, RecordFailed, Retryable, Usage
+from agents.map.http import Client, Completion, Usage
 from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
 from agents.map.logs import LOGGER
-from agents.map.prompt import MissingFields, Template
+from agents.map.prompt import Message, Template, estimate_tokens, messages_for
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -80,14 +81,12 @@ class ServerAwareWait:
     random jitter, so that many clients rejected together do not come back together.
     """
 
-    def __init__(self, initial: float, maximum: float = 60.0, earlier: int = 0) -> None:
+    def __init__(self, initial: float, maximum: float = 60.0) -> None:
         self.initial = initial
         self.maximum = maximum
-        self.earlier = earlier  # failed attempts made before tenacity took over
 
     def __call__(self, state: RetryCallState) -> float:
-        failures = self.earlier + state.attempt_number
-        step = min(self.maximum, self.initial * 2.0 ** (failures - 1))
+        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
         wait: float = step + random.uniform(0, self.initial)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after is not None:
@@ -144,18 +143,11 @@ class Mapper:
             or DEFAULT_OUTPUT_ESTIMATE
         )
 
-    def messages(self, record: Record) -> list[dict[str, str]]:
-        messages = []
-        if self.system is not None:
-            messages.append({"role": "system", "content": self.system.render(record)})
-        messages.append({"role": "user", "content": self.template.render(record)})
-        return messages
-
     async def process(self, record: Record) -> tuple[Record, bool]:
         """(the output record, whether it succeeded). Fatal errors propagate."""
         attempts = 0
         try:
-            messages = self.messages(record)
+            messages = messages_for(self.template, self.system, record)
             for reask in range(self.max_reasks + 1):
                 completion, used = await self._call(messages)
                 attempts += used
@@ -216,36 +208,34 @@ class Mapper:
             raise Unusable("empty_response", "the model returned no content", reask=False)
         return completion.content
 
-    async def _call(self, messages: list[dict[str, str]]) -> tuple[Completion, int]:
+    async def _call(self, messages: list[Message]) -> tuple[Completion, int]:
         """One completion with transport retries; (the completion, the attempts it took).
 
         The first attempt is made directly: most calls succeed, and building the retry machinery
-        for each of them would cost more CPU than the call itself. A retryable failure hands
-        over to tenacity for the rest.
+        for each of them would cost more CPU than the call itself. A retryable failure hands the
+        whole sequence to tenacity, whose first attempt is that failure: its attempt numbers,
+        waits and stop condition are then the real ones.
         """
         try:
             return await self._request(messages), 1
         except Retryable as error:
-            if self.max_retries == 0:
-                raise
             first_failure = error
+        # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries),
-            wait=ServerAwareWait(self.retry_delay, earlier=1),
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=ServerAwareWait(self.retry_delay),
             retry=retry_if_exception_type(Retryable),
             sleep=self.sleep,
             before_sleep=self._count_retry,
             reraise=True,
         )
-        wait = ServerAwareWait(self.retry_delay)(_first_state(retrying, first_failure))
-        self._count_retry_of(first_failure)
-        self._log_retry(2, first_failure, wait)
-        await self.sleep(wait)
-        attempts = 1
+        attempts = 0
         try:
             async for attempt in retrying:
-                attempts = 1 + attempt.retry_state.attempt_number
+                attempts = attempt.retry_state.attempt_number
                 with attempt:
+                    if attempts == 1:
+                        raise first_failure
                     return await self._request(messages), attempts
         except CallError as error:
             error.attempts = attempts
@@ -254,22 +244,18 @@ class Mapper:
 
     def _count_retry(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
-        self._count_retry_of(error)
-        if state.next_action is not None:
-            # tenacity's attempts start after the first, which was made directly
-            self._log_retry(state.attempt_number + 2, error, state.next_action.sleep)
-
-    @staticmethod
-    def _log_retry(attempt: int, error: BaseException | None, wait: float) -> None:
-        if LOGGER.isEnabledFor(logging.INFO):
-            cause = getattr(error, "error_type", "error")
-            LOGGER.info("retry %d after %s: %s; waiting %.2fs", attempt, cause, error, wait)
-
-    def _count_retry_of(self, error: BaseException | None) -> None:
         cause = error.error_type if isinstance(error, CallError) else "unknown"
         self.counters.retries[cause] = self.counters.retries.get(cause, 0) + 1
+        if state.next_action is not None and LOGGER.isEnabledFor(logging.INFO):
+            LOGGER.info(
+                "retry %d after %s: %s; waiting %.2fs",
+                state.attempt_number + 1,
+                cause if isinstance(error, CallError) else "error",
+                error,
+                state.next_action.sleep,
+            )
 
-    async def _request(self, messages: list[dict[str, str]]) -> Completion:
+    async def _request(self, messages: list[Message]) -> Completion:
         while True:
             form = self.response_formats[0]
             body: dict[str, Any] = {
@@ -321,11 +307,10 @@ class Mapper:
                 )
             return completion
 
-    def _estimate(self, messages: list[dict[str, str]]) -> int:
-        """Tokens a request may use: the prompt (about four characters a token) and the
-        answer's allowance (max_tokens, else a default)."""
-        prompt = sum(len(message["content"]) // 4 + 4 for message in messages)
-        return prompt + self.output_allowance
+    def _estimate(self, messages: list[Message]) -> int:
+        """Tokens a request may use: the prompt's estimate and the answer's allowance
+        (max_tokens, else a default)."""
+        return estimate_tokens(messages) + self.output_allowance
 
     async def _admit(self, estimate: int) -> None:
         """Wait for the rate budgets (and a server's reset), and reserve the cost cap."""
@@ -375,16 +360,9 @@ class Mapper:
                 )
 
 
-def _first_state(retrying: AsyncRetrying, error: BaseException) -> RetryCallState:
-    """The retry state after one failed attempt, for the wait before tenacity takes over."""
-    state = RetryCallState(retrying, fn=None, args=(), kwargs={})
-    state.set_exception((type(error), error, error.__traceback__))
-    return state
-
-
 def _rejects_response_format(error: CallError) -> bool:
     text = error.message.lower()
-    return error.status in (400, 422) and (
+    return error.http_status in (400, 422) and (
         "response_format" in text or "json_schema" in text or "schema" in text
     )
 
@@ -402,4 +380,4 @@ def response_formats(
     ]
 
 
-__all__ = ["Counters", "Fatal", "Mapper", "RequestShape", "response_formats"]
+__all__ = ["Counters", "Mapper", "RequestShape", "response_formats"]

@@ -20,18 +20,14 @@ from typing import BinaryIO
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, content_id
+from agents.errors import CapReached, CircuitOpen, Fatal
 from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines, whole_lines
-from agents.map.caps import CapReached, ErrorCap
-from agents.map.http import Fatal
+from agents.map.caps import ErrorCap
 
 #: Processes one record: (the output record, whether it succeeded).
 Process = Callable[[Record], Awaitable[tuple[Record, bool]]]
-
-
-class CircuitOpen(Exception):
-    """Many records in a row failed the same way: the run stops instead of burning the input."""
 
 
 @dataclass
