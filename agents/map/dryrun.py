@@ -10,7 +10,7 @@ set, as an upper bound.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import orjson
@@ -30,7 +30,6 @@ class Estimate:
     first_missing: str | None = None
     input_tokens: int = 0
     output_tokens: int | None = None
-    examples: list[Record] = field(default_factory=list)
 
 
 def dry_run(

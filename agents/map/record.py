@@ -63,12 +63,9 @@ class Reservoir:
 
 @dataclass
 class Counters:
-    """Figures of the run so far, for the summary, the statistics and the circuit breaker."""
+    """Figures of the run so far, for the summary and the statistics."""
 
-    succeeded: int = 0
-    failed: int = 0
     retries: dict[str, int] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
     usage: Usage = field(default_factory=Usage)
     requests: int = 0
     latencies: Reservoir = field(default_factory=Reservoir)
@@ -167,7 +164,6 @@ class Mapper:
                         },
                     ]
                     continue
-                self.counters.succeeded += 1
                 return merged, True
         except MissingFields as missing:
             names = ", ".join(missing.names)
@@ -188,8 +184,6 @@ class Mapper:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _failed(self, record: Record, error_type: str, message: str, attempts: int) -> Record:
-        self.counters.failed += 1
-        self.counters.errors[error_type] = self.counters.errors.get(error_type, 0) + 1
         return error_record(record.get(ID_KEY), message, error_type, attempts, record)
 
     def _content(self, completion: Completion) -> str:
