@@ -164,6 +164,7 @@ class Scheduler:
     async def run(self, stdin: BinaryIO) -> Outcome:
         loop = asyncio.get_running_loop()
         self._install_signals(loop)
+        watched = self._watch_reader(loop)
         feeder = asyncio.create_task(self._feed(stdin))
         stopped = asyncio.create_task(self.stopping.wait())
         await asyncio.wait({feeder, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -182,6 +183,8 @@ class Scheduler:
             self._emit(*self.ready.pop(sequence))
         stopped.cancel()
         self._remove_signals(loop)
+        if watched is not None:
+            loop.remove_reader(watched)
         if isinstance(feeder.exception() if not feeder.cancelled() else None, BaseException):
             raise feeder.exception()  # type: ignore[misc]
         return self.outcome
@@ -301,6 +304,24 @@ class Scheduler:
             task.cancel()
 
     # Signals --------------------------------------------------------------------------------
+
+    def _watch_reader(self, loop: asyncio.AbstractEventLoop) -> int | None:
+        """When stdout is a pipe, notice at once that its reader is gone (the kernel reports an
+        error on the pipe's write end), rather than at the next write: each request sent in
+        between would be paid for and lost."""
+        try:
+            fd = self.out.fileno()
+            if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+                return None
+            loop.add_reader(fd, self._reader_gone, loop, fd)
+        except (OSError, ValueError, AttributeError, NotImplementedError):
+            return None
+        return fd
+
+    def _reader_gone(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
+        loop.remove_reader(fd)
+        self.outcome.broken_pipe = True
+        self.stopping.set()
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
