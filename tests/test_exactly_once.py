@@ -259,10 +259,35 @@ def test_resume_of_a_database_without_the_default_table_names_the_tables(tmp: Pa
     )
     assert result.returncode == 2
     assert result.stderr == (
-        f"agents-map: error: --resume {output}: the database has no table 'records' with "
-        f"IDs; it has 'T'\n"
-        f"  hint: name the table: --resume 'sqlite://{output}?table=T'\n"
+        f"agents-map: error: --resume {output}: the database has no table 'records'; it has "
+        f"'T' with IDs\n"
+        f"  hint: name the table the results go to, as agents-write is given it: "
+        f"--resume 'sqlite://{output}?table=NAME'\n"
     )
+
+
+def test_a_new_results_table_beside_another_is_a_first_run(tmp: Path) -> None:
+    output = tmp / "o.db"
+    source = words(tmp / "words.csv", 5)
+    assert shell(f"agents-read {source} --id word | agents-write --append {output} --table words").returncode == 0
+    url = f"'sqlite://{output}?table=results'"
+    with FakeLLM(answer) as server:
+        first = shell(pipeline(source, server.url, url, f"--append {url}"), tmp)
+        assert first.returncode == 0, first.stderr
+        assert len(server.requests) == 5
+    assert len(read_back(Path(str(output)), "--table", "results")) == 5
+
+
+@pytest.mark.parametrize("spelling", ["-", "out.jsonl.gz", "nowhere/out.jsonl", ".", "out"])
+def test_a_resume_of_what_cannot_be_an_output_is_refused_early(tmp: Path, spelling: str) -> None:
+    result = shell(
+        f"echo '{{\"_id\":1,\"w\":1}}' | agents-map --base-url http://127.0.0.1:9 "
+        f"--prompt '{{w}}' --resume {spelling}",
+        tmp,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("agents-map: error: --resume ")
+    assert "Traceback" not in result.stderr
 
 
 def test_resume_of_an_output_without_ids_is_refused(tmp: Path) -> None:
@@ -312,6 +337,58 @@ def test_a_second_writer_is_refused_and_nothing_is_corrupt(tmp: Path, name: str)
     assert waiting.wait(20) == 0
     assert sorted(str(r["_id"]) for r in read_back(output)) == ["1", "3", "4"]
     assert not Path(f"{output}.agents-lock").exists()
+
+
+def test_a_resume_beside_a_writer_of_another_pipeline_is_refused(tmp: Path) -> None:
+    """A second pipeline would pay again for what the first one is about to write."""
+    output = tmp / "out.jsonl"
+    writer = subprocess.Popen(  # another job of the shell: a process group of its own
+        [str(BIN / "agents-write"), "--append", str(output)],
+        stdin=subprocess.PIPE, env=_env(), process_group=0,
+    )
+    deadline = time.monotonic() + 20
+    while not Path(f"{output}.agents-lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)  # the PID is written once the lock is held
+    source = words(tmp / "words.csv", 3)
+    result = shell(pipeline(source, "http://127.0.0.1:9/v1", str(output), f"--append {output}"), tmp)
+    assert writer.stdin is not None
+    writer.stdin.close()
+    assert writer.wait(20) == 0
+    assert result.returncode == 2
+    assert (
+        f"agents-map: error: --resume {output}: another agents-write (pid {writer.pid}), not part "
+        "of this pipeline, is writing to it; resuming now would pay again for what it writes\n"
+        "  hint: wait for it to finish, then run this command again\n"
+    ) in result.stderr
+
+
+def test_a_symlink_to_an_output_shares_its_lock(tmp: Path) -> None:
+    output = tmp / "out.jsonl"
+    output.write_bytes(b"")
+    (tmp / "alias.jsonl").symlink_to(output)
+    writer = subprocess.Popen(
+        [str(BIN / "agents-write"), "--append", str(output)], stdin=subprocess.PIPE, env=_env()
+    )
+    deadline = time.monotonic() + 20
+    while not Path(f"{output}.agents-lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    second = shell(f"echo '{{\"_id\": 2}}' | agents-write --append {tmp / 'alias.jsonl'}")
+    assert writer.stdin is not None
+    writer.stdin.close()
+    writer.wait(20)
+    assert second.returncode == 2
+    assert "another agents-write" in second.stderr
+
+
+def test_temporary_files_a_killed_writer_left_are_removed(tmp: Path) -> None:
+    output = tmp / "out.csv"
+    assert run("agents-write", "--append", str(output), stdin=jsonl({"_id": 1, "a": 1})).status == 0
+    stale = tmp / ".out.csv.k3j2h1.tmp"
+    stale.write_bytes(b"half a rewrite")
+    assert run("agents-write", "--append", str(output), stdin=jsonl({"_id": 2, "a": 2})).status == 0
+    assert not stale.exists()
+    assert [str(r["_id"]) for r in read_back(output)] == ["1", "2"]
 
 
 def test_a_lock_left_by_a_killed_writer_never_blocks(tmp: Path) -> None:

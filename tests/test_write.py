@@ -131,7 +131,7 @@ def test_append_skips_ids_already_done(tmp: Path) -> None:
         stdin=jsonl({"_id": "1", "r": "again"}, {"_id": 3, "r": "c"}),
     )
     assert result.status == 0
-    assert result.stderr == f"agents-write: 1 records already in {target} were skipped\n"
+    assert result.stderr == f"agents-write: skipped 1 record already in {target}\n"
     assert target.read_text() == '{"_id":1,"r":"a"}\n{"_id":2,"r":"b"}\n{"_id":3,"r":"c"}\n'
 
 
@@ -191,7 +191,7 @@ def test_append_to_json_and_sqlite(tmp: Path) -> None:
     db = tmp / "out.db"
     run("agents-write", str(db), stdin=jsonl({"_id": 1, "r": "a"}))
     skipped = run("agents-write", "-a", str(db), stdin=jsonl({"_id": 1, "r": "x"}))
-    assert skipped.stderr == f"agents-write: 1 records already in {db} were skipped\n"
+    assert skipped.stderr == f"agents-write: skipped 1 record already in {db}\n"
     assert sqlite3.connect(db).execute("SELECT r FROM records").fetchall() == [("a",)]
 
 

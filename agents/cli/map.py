@@ -172,7 +172,9 @@ async def _run_job(
             jobs=o.jobs,
             keep_order=o.keep_order,
             errors_out=errors_out,
-            breaker=CircuitBreaker(),
+            # A resumed job whose output holds successes has shown its configuration works:
+            # the records it retries first, which failed before, may well fail again.
+            breaker=CircuitBreaker(any_success=bool(resumer and resumer.done.succeeded)),
             grace=max(0.0, o.grace),
             bad=bad,
             limit=o.limit,

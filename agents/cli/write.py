@@ -26,7 +26,6 @@ from agents.done.targets import open_target
 from agents.errors import DataError, ExitStatus, Terminated, UsageError
 from agents.formats import Location, resolve
 from agents.formats._options import WriteOptions
-from agents.formats.write import AtomicTarget, StreamTarget, Target
 
 PROG = "agents-write"
 
@@ -112,7 +111,13 @@ def _write_to(
     streams: Streams,
     reporter: Reporter,
 ) -> int:
-    target = open_target(location, options, streams.stdout)
+    # The first Ctrl-C or SIGTERM is held from here on, before the (possibly long) opening of
+    # an existing output, so that what upstream already paid for is still drained and kept.
+    drain = _Drain(
+        location.path != "-" and (options.append or location.format == "sqlite"), streams.stdin
+    )
+    with drain.signals():
+        target = open_target(location, options, streams.stdout)
     if target.repaired_bytes:
         reporter.warning(
             f"{location.path}: removed a torn last line "
@@ -127,7 +132,6 @@ def _write_to(
         skipped_lines += 1
         reporter.warning(f"{error.message} (skipped)")
 
-    drain = _Drain(target, streams.stdin)
     try:
         with drain.signals():
             target.consume(streams.stdin, "<stdin>", bad)
@@ -136,7 +140,8 @@ def _write_to(
         raise
     target.commit()
     if args.append and target.skipped:
-        reporter.info(f"{target.skipped} records already in {location.path} were skipped")
+        records = "record" if target.skipped == 1 else "records"
+        reporter.info(f"skipped {target.skipped} {records} already in {location.path}")
     if drain.interrupted:
         reporter.info(f"interrupted: {target.written} records written to {location.path}")
         if args.append:
@@ -159,9 +164,9 @@ class _Drain:
     pipe), stops at once.
     """
 
-    def __init__(self, target: Target, stdin: BinaryIO) -> None:
+    def __init__(self, keeps_partial: bool, stdin: BinaryIO) -> None:
         self.signal: int | None = None
-        self.keeps_partial = not isinstance(target, AtomicTarget | StreamTarget)
+        self.keeps_partial = keeps_partial
         try:
             self.from_pipe = stat.S_ISFIFO(os.fstat(stdin.fileno()).st_mode)
         except (OSError, ValueError, AttributeError):

@@ -14,6 +14,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, cast
 
+from agents.formats._io import fsync_folder
+
 
 class Disk:
     """The file operations of durable outputs (tests substitute a failing one)."""
@@ -60,13 +62,3 @@ def replace_whole(path: str, fill: Callable[[BinaryIO], None]) -> None:
             os.unlink(temp)
         raise
     fsync_folder(path)
-
-
-def fsync_folder(path: str) -> None:
-    """Make a rename or a new file in ``path``'s folder durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

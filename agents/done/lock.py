@@ -19,7 +19,8 @@ LOCK_SUFFIX = ".agents-lock"
 
 
 def lock_path(output: str) -> str:
-    return output + LOCK_SUFFIX
+    """The lock file of ``output``, named after the file itself (a symlink shares it)."""
+    return os.path.realpath(output) + LOCK_SUFFIX
 
 
 class WriterLock:
@@ -52,6 +53,7 @@ class WriterLock:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())
             self.fd = fd
+        remove_stale_temporaries(os.path.realpath(self.output))
 
     def release(self) -> None:
         if self.fd is None:
@@ -77,3 +79,79 @@ def _still_named(fd: int, path: str) -> bool:
         return False
     held = os.fstat(fd)
     return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
+
+
+def remove_stale_temporaries(path: str) -> None:
+    """Temporary files a killed writer left beside ``path`` (only its writer may call this: the
+    lock guarantees that no rewrite is under way)."""
+    folder, base = os.path.split(path)
+    with contextlib.suppress(OSError):
+        for name in os.listdir(folder or "."):
+            if name.startswith(f".{base}.") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(folder, name))
+
+
+def writer_outside_this_pipeline(output: str) -> int | None:
+    """The PID of a live agents-write holding ``output``'s lock that is not part of this
+    pipeline, if there is one.
+
+    A shell runs each pipeline in one process group (GNU parallel gives each of its jobs a
+    group of its own, below the pipeline's): a writer whose group is neither this process's nor
+    that of one of its ancestors belongs to another command. Linux only (``/proc``); elsewhere,
+    or when unsure, None.
+    """
+    path = lock_path(output)
+    try:
+        with open(path) as stream:
+            text = stream.read().strip()
+        inode = os.stat(path).st_ino
+    except OSError:
+        return None
+    if not text.isdigit() or not _holds_flock(int(text), inode):
+        return None
+    pid = int(text)
+    try:
+        group = os.getpgid(pid)
+        ours = {os.getpgid(ancestor) for ancestor in _ancestors(os.getpid())}
+    except OSError:
+        return None
+    return None if group in ours else pid
+
+
+def _holds_flock(pid: int, inode: int) -> bool:
+    try:
+        with open("/proc/locks") as stream:
+            lines = stream.read().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if (
+            "FLOCK" in fields
+            and len(fields) >= 6
+            and fields[-4] == str(pid)
+            and fields[-3].rsplit(":", 1)[-1] == str(inode)
+        ):
+            return True
+    return False
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat") as stream:
+            return int(stream.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _ancestors(pid: int) -> set[int]:
+    found: set[int] = set()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        parent = _parent(pid)
+        if parent is None:
+            break
+        pid = parent
+    return found
+

@@ -16,11 +16,13 @@ numbers shifted), and the run stops before pairing old results with new rows.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from agents.contract.ids import ID_KEY, Record, canonical_id, content_id
 from agents.done.ids import DoneIDs, Output, csv_header, done_ids
+from agents.done.lock import writer_outside_this_pipeline
 from agents.done.sidecar import Sidecar, read_sidecar
 from agents.errors import InvalidID, TargetError, UsageError
 from agents.formats import resolve
@@ -68,6 +70,10 @@ NAMES = {
 
 def output_to_resume(spelling: str) -> tuple[Output, Sidecar]:
     """The output ``--resume`` names, as agents-write writes it, and its sidecar."""
+    if spelling == "-":
+        raise UsageError(
+            "--resume needs the output file agents-write --append writes to, not '-'"
+        )
     try:
         location = resolve(spelling, None)
     except UsageError as error:
@@ -78,10 +84,31 @@ def output_to_resume(spelling: str) -> tuple[Output, Sidecar]:
     written = sidecar.output or {}
     fmt = written.get("format") or (location.format if location else None)
     if fmt is None:
-        raise unresolved
+        if os.path.isdir(spelling):
+            raise TargetError(f"--resume {spelling}: is a directory")
+        raise UsageError(
+            f"--resume {spelling}: cannot tell the output's format from its name ({unresolved})",
+            "name the output as agents-write is given it, with its extension "
+            "(out.jsonl, out.csv, out.db) or as sqlite://PATH?table=NAME",
+        )
     table = (location.table if location else None) or written.get("table")
     path = location.path if location else spelling
+    _check_path(spelling, path)
     return Output(path, fmt, table, written.get("delimiter")), sidecar
+
+
+def _check_path(spelling: str, path: str) -> None:
+    """Refuse what agents-write --append would refuse, before anything is sent."""
+    if path.endswith(".gz"):
+        raise UsageError(
+            f"--resume {spelling}: a compressed output cannot be appended to, so not resumed",
+            "resume an uncompressed output and compress it at the end",
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise TargetError(f"--resume {spelling}: is a directory")
+    if not os.path.isdir(folder):
+        raise TargetError(f"--resume {spelling}: the folder {folder} does not exist")
 
 
 CSV_DELIMITERS = (",", "\t", ";", "|")
@@ -91,11 +118,15 @@ def readable_ids(output: Output, spelling: str) -> DoneIDs:
     """The IDs of an existing output; an error when it holds records whose IDs cannot be read."""
     done = done_ids(output)
     if output.format == "sqlite":
-        if output.table_name not in done.tables and done.tables:
+        # A table named (in a sqlite:// URL, or by agents-write in the sidecar) that does not
+        # exist yet is a first run; the default one missing beside tables with IDs may mean
+        # an output written with --table before the sidecar said so.
+        if output.table is None and output.table_name not in done.tables and done.tables:
             raise TargetError(
-                f"--resume {spelling}: the database has no table {output.table_name!r} with "
-                f"IDs; it has {', '.join(map(repr, done.tables))}",
-                f"name the table: --resume 'sqlite://{output.path}?table={done.tables[0]}'",
+                f"--resume {spelling}: the database has no table {output.table_name!r}; it "
+                f"has {', '.join(map(repr, done.tables))} with IDs",
+                "name the table the results go to, as agents-write is given it: "
+                f"--resume 'sqlite://{output.path}?table=NAME'",
             )
         return done
     if done.records and done.without_id == done.records:
@@ -127,6 +158,13 @@ class Resumer:
 
     def open(self) -> None:
         output, sidecar = output_to_resume(self.output)
+        writer = writer_outside_this_pipeline(output.path)
+        if writer is not None:
+            raise TargetError(
+                f"--resume {self.output}: another agents-write (pid {writer}), not part of this "
+                "pipeline, is writing to it; resuming now would pay again for what it writes",
+                "wait for it to finish, then run this command again",
+            )
         self.done = readable_ids(output, self.output)
         if self.done.empty or sidecar.job is None:
             sidecar.start_job(self.job)

@@ -215,7 +215,7 @@ class AtomicFile:
             os.umask(umask)
             os.chmod(self.temp_path, 0o666 & ~umask)
         os.replace(self.temp_path, self.path)
-        _fsync_folder(self.path)
+        fsync_folder(self.path)
 
     def abort(self) -> None:
         with contextlib.suppress(OSError):
@@ -224,7 +224,8 @@ class AtomicFile:
             os.unlink(self.temp_path)
 
 
-def _fsync_folder(path: str) -> None:
+def fsync_folder(path: str) -> None:
+    """Make a rename or a new file in ``path``'s folder durable."""
     with contextlib.suppress(OSError):
         fd = os.open(os.path.dirname(os.path.abspath(path)) or ".", os.O_RDONLY)
         try:
