@@ -614,7 +614,7 @@ def test_a_bad_input_line_is_named_skipped_and_counted(server: FakeLLM) -> None:
     lines = result.stderr.splitlines()
     assert lines[0].startswith("agents-map: warning: <stdin>:2: invalid JSON")
     assert lines[-1] == (
-        "agents-map: warning: 1 input lines were not JSON objects and were skipped"
+        "agents-map: warning: skipped 1 bad input line"
     )
 
 

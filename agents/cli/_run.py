@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, NoReturn
 
 from agents import __version__
+from agents.contract.codec import BIG_INTEGERS
 from agents.errors import AgentsError, ExitStatus, Terminated, UsageError
 
 TRACEBACK_VARIABLE = "AGENTS_TRACEBACK"
@@ -131,6 +132,19 @@ def _silence_stdout(stdout: BinaryIO) -> None:
 def run(prog: str, body: Callable[[Reporter], int], streams: Streams) -> int:
     """Run a command's body and map whatever happens to an exit status."""
     reporter = Reporter(prog, streams.stderr)
+    kept = BIG_INTEGERS.kept
+    status = _outcome(body, reporter, streams)
+    if BIG_INTEGERS.kept > kept:
+        count = BIG_INTEGERS.kept - kept
+        reporter.warning(
+            f"{count:,} {'integer' if count == 1 else 'integers'} beyond 64 bits kept exactly, "
+            "as decimal text",
+            "see 'man agents' (FORMATS)",
+        )
+    return status
+
+
+def _outcome(body: Callable[[Reporter], int], reporter: Reporter, streams: Streams) -> int:
     try:
         with sigterm_raises():
             return body(reporter)

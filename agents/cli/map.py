@@ -19,6 +19,7 @@ import orjson
 
 from agents.cli._run import Reporter, Streams, exit_with, run
 from agents.cli.map_options import PROG, build_parser
+from agents.contract.ids import ID_KEY
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
 from agents.map.http import Client
@@ -72,7 +73,8 @@ def _map(
         handler.close()
     status = _finish(job, outcome, mapper, reporter, time.monotonic() - started)
     if bad_lines and status == ExitStatus.OK:
-        reporter.warning(f"{len(bad_lines)} input lines were not JSON objects and were skipped")
+        count = len(bad_lines)
+        reporter.warning(f"skipped {count} bad input {'line' if count == 1 else 'lines'}")
         return int(ExitStatus.PARTIAL)
     return status
 
@@ -201,6 +203,11 @@ async def _run_job(
                     else ""
                 ),
                 "read the data through agents-read, which gives every record an ID",
+            )
+        if job.merger.dropped_ids:
+            reporter.warning(
+                f"{job.merger.dropped_ids:,} results had an {ID_KEY} key, which is reserved: it "
+                "was dropped, and each record kept its own ID"
             )
         if resumer is not None and (resumer.skipped or resumer.retried):
             reporter.info(

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import functools
+import json
+import re
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -13,3 +16,55 @@ from agents.contract.ids import Record
 encode: Callable[[Record], bytes] = functools.partial(
     orjson.dumps, option=orjson.OPT_APPEND_NEWLINE
 )
+
+
+# Integers beyond 64 bits ------------------------------------------------------------------------
+#
+# orjson reads an integer outside [-2**63, 2**64 - 1] as a float, silently losing digits, and
+# cannot write one back. Such a number is kept exactly, as its decimal text (a string), and
+# counted so that each command can say so once. Only text holding a run of 19 digits can hold
+# one (2**63 has 19), so everything else keeps orjson's speed.
+
+_SMALLEST = -(2**63)
+_LARGEST = 2**64 - 1
+_LONG_DIGITS = re.compile(rb"\d{19}")
+_LONG_DIGITS_TEXT = re.compile(r"\d{19}")
+
+
+class _Counter:
+    """How many integers beyond 64 bits were kept as text in this process."""
+
+    kept = 0
+
+
+BIG_INTEGERS = _Counter()
+
+
+def _integer(text: str) -> int | str:
+    value = int(text)
+    if _SMALLEST <= value <= _LARGEST:
+        return value
+    BIG_INTEGERS.kept += 1
+    return text
+
+
+def may_hold_big_integers(data: bytes | str) -> bool:
+    pattern = _LONG_DIGITS if isinstance(data, bytes) else _LONG_DIGITS_TEXT
+    return pattern.search(data) is not None  # type: ignore[arg-type]
+
+
+def loads_exact(data: bytes | str) -> Any:
+    """``data`` parsed with every integer kept exactly (beyond 64 bits: as its text)."""
+    return json.loads(data, parse_int=_integer, parse_constant=_no_constant)
+
+
+def loads(data: bytes | str) -> Any:
+    """One JSON value; raises orjson.JSONDecodeError as orjson does."""
+    value = orjson.loads(data)
+    if may_hold_big_integers(data):
+        return loads_exact(data)
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise orjson.JSONDecodeError(f"{name} is not JSON", "", 0)

@@ -7,6 +7,7 @@ Every record carries its ID under :data:`ID_KEY`; IDs compare by their canonical
 from __future__ import annotations
 
 import hashlib
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -22,9 +23,12 @@ Record = dict[str, Any]
 def canonical_id(value: object) -> str:
     """The string an ID compares by: strings as they are, integral numbers without a fraction.
 
-    ``7``, ``7.0`` and ``"7"`` are all ``"7"``. Booleans, nulls, objects and arrays are not IDs.
+    ``7``, ``7.0`` and ``"7"`` are all ``"7"``. Booleans, nulls, objects, arrays and the empty
+    string are not IDs.
     """
     if isinstance(value, str):
+        if not value:
+            raise InvalidID("an empty string cannot be an ID")
         return value
     if isinstance(value, bool) or value is None:
         raise InvalidID(f"{orjson.dumps(value).decode()} cannot be an ID")
@@ -64,3 +68,26 @@ def content_id(record: Record) -> str:
     """An ID for a record that came without one: a hash of its canonical JSON."""
     canonical = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
     return hashlib.blake2b(canonical, digest_size=8).hexdigest()
+
+
+_ABSENT = object()
+_PLAIN_ID_TYPES = frozenset((str, int, type(_ABSENT)))
+
+
+def id_problem(record: Record) -> str | None:
+    """Why the record's ID cannot be one (None when it is valid, or when there is none)."""
+    if ID_KEY not in record:
+        return None
+    try:
+        canonical_id(record[ID_KEY])
+    except InvalidID as error:
+        return f"bad {ID_KEY}: {error}"
+    return None
+
+
+def all_ids_valid(records: list[Record]) -> bool:
+    """True when no record of the batch has an invalid ID; a quick check in C-level loops for
+    the usual case (string and integer IDs), to be followed by :func:`id_problem` otherwise."""
+    ids = list(map(dict.get, records, repeat(ID_KEY), repeat(_ABSENT)))
+    return set(map(type, ids)) <= _PLAIN_ID_TYPES and "" not in ids
+

@@ -49,9 +49,10 @@ def csv_units(stream: BinaryIO, delimiter: str) -> Iterator[Unit]:
     consumed: list[bytes] = []
 
     def lines() -> Iterator[str]:
-        for raw in stream:
+        for number, raw in enumerate(stream):
             consumed.append(raw)
-            yield raw.decode("utf-8", errors="surrogateescape")
+            text = raw.decode("utf-8", errors="surrogateescape")
+            yield text.removeprefix("\ufeff") if number == 0 else text  # the BOM stays in raw
 
     reader = csv.reader(lines(), delimiter=delimiter)
     places: list[int | None] = []

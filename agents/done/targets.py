@@ -13,6 +13,7 @@ SQLite targets are always upserts keyed by the ID, in batched transactions.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import os
 import time
@@ -79,11 +80,15 @@ class AppendTarget(Target):
                 self.repaired_bytes = repair_torn_csv(path, fmt, options.delimiter)
         self.ledger = Ledger(done_ids(self.output))
         existing: list[str] | None = None
+        lineterminator, bom = "\n", False
         if fmt in ("csv", "tsv") and os.path.exists(path) and os.path.getsize(path):
             existing = csv_header(path, self.delimiter)
+            lineterminator, bom = _csv_style(path)
         self.stream = durable.DISK.open(path, "r+b" if os.path.exists(path) else "w+b")
         self.stream.seek(0, os.SEEK_END)
-        self.writer = format_writer(fmt, self.stream, options, existing, self._replace)
+        self.writer = format_writer(
+            fmt, self.stream, options, existing, self._replace, lineterminator, bom
+        )
         self.last_sync = time.monotonic()
         note_output(self.output)
 
@@ -131,6 +136,17 @@ class AppendTarget(Target):
             self.writer.close()
             durable.DISK.fsync(self.stream)
         self.stream.close()
+
+
+def _csv_style(path: str) -> tuple[str, bool]:
+    """An existing CSV's line terminator (from its header line) and whether it has a BOM, so
+    that what is appended matches it."""
+    with open(path, "rb") as stream:
+        head = stream.read(1 << 16)
+    bom = head.startswith(codecs.BOM_UTF8)
+    end = head.find(b"\n")
+    crlf = end > 0 and head[end - 1 : end] == b"\r"
+    return ("\r\n" if crlf else "\n"), bom
 
 
 class JsonAppendTarget(Target):

@@ -8,6 +8,7 @@ objects and arrays JSON text; CSV keeps no types, so reading it back gives strin
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import shutil
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import orjson
 
-from agents.contract.ids import ID_KEY, Record
+from agents.contract.ids import ID_KEY, Record, canonical_id, id_problem
 from agents.errors import DataError, TargetError
 from agents.formats._io import Source, csv_lines, utf8_text
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
@@ -47,15 +48,18 @@ def delimiter_for(fmt: str, explicit: str | None) -> str:
 
 
 def header_names(row: list[str]) -> list[str]:
-    """Column names from a header row: blanks named columnN, repeats suffixed _2, _3…"""
+    """Column names from a header row: a blank is named columnN (N its position), a repeat gets
+    _2, _3… A generated name never takes a name the header itself has, wherever it stands:
+    ``a,a,a_2`` gives ``a, a_3, a_2``."""
+    given = set(row)
     names: list[str] = []
-    seen: set[str] = set()
+    used: set[str] = set()
     for index, raw in enumerate(row, 1):
         name = raw if raw != "" else f"column{index}"
         candidate, suffix = name, 2
-        while candidate in seen:
+        while candidate in used or (candidate != raw and candidate in given):
             candidate, suffix = f"{name}_{suffix}", suffix + 1
-        seen.add(candidate)
+        used.add(candidate)
         names.append(candidate)
     return names
 
@@ -125,7 +129,7 @@ class _ReadState:
         if self.header is None:  # --no-header: the first row's width names the columns
             width = len(next((row for row in rows if row), []))
             self.header = [f"column{index}" for index in range(1, width + 1)]
-        if set(map(len, rows)) == {len(self.header)}:
+        if set(map(len, rows)) == {len(self.header)} and not self._empty_ids(rows):
             first = self.number + 1
             self.number += len(rows)
             keys = [ID_KEY, *self.header]
@@ -142,12 +146,23 @@ class _ReadState:
             if len(row) == len(self.header):
                 record: Record = {ID_KEY: self.number}
                 record.update(zip(self.header, row, strict=True))
+                if problem := id_problem(record):
+                    self.bad(DataError(f"{self.name}:{first_line}", problem))
+                    continue
                 yield record
             else:
                 reason = (
                     f"row {self.number} has {len(row)} fields but the header has {len(self.header)}"
                 )
                 self.bad(DataError(f"{self.name}:{first_line}", reason))
+
+    def _empty_ids(self, rows: list[list[str]]) -> bool:
+        """Whether the file's own _id column has an empty cell in ``rows``."""
+        assert self.header is not None
+        if ID_KEY not in self.header:
+            return False
+        at = self.header.index(ID_KEY)
+        return "" in map(itemgetter(at), rows)
 
     def malformed(self, error: csv.Error, row_start: int, current: int) -> None:
         message = str(error)
@@ -197,9 +212,13 @@ class Writer:
         columns: list[str] | None,
         existing: list[str] | None = None,
         replace: Replace | None = None,
+        lineterminator: str = "\n",
+        bom: bool = False,
     ) -> None:
         self.stream = stream
         self.replace = replace
+        self.lineterminator = lineterminator  # an existing file's own, when appending to it
+        self.bom = bom  # the existing file starts with a UTF-8 byte-order mark
         self.delimiter = delimiter_for(fmt, delimiter)
         self.fixed = columns is not None
         self.columns: list[str] = list(columns or existing or [])
@@ -224,12 +243,29 @@ class Writer:
         else:
             if not _SPECIAL.isdisjoint(map(type, chain.from_iterable(rows))):
                 rows = [[cell(value) for value in row] for row in rows]
+            rows = self._canonical_ids(rows)
             if not self.header_written:
                 self.pending.append(list(self.columns))
                 self.header_written = True
             self.pending.extend(rows)
         if len(self.pending) >= self.BATCH:
             self._drain()
+
+    def _canonical_ids(self, rows: list[Any]) -> list[Any]:
+        """The ID column in its canonical form: a float ID such as 7.0 is the ID 7, and a CSV
+        cell keeps no type to say so."""
+        if ID_KEY not in self.index:
+            return rows
+        at = self.columns.index(ID_KEY)
+        if float not in set(map(type, map(itemgetter(at), rows))):
+            return rows
+        fixed = []
+        for row in rows:
+            row = list(row)
+            if isinstance(row[at], float):
+                row[at] = canonical_id(row[at])
+            fixed.append(row)
+        return fixed
 
     def _known_rows(self, batch: list[Record] | tuple[Record, ...]) -> list[Any] | None:
         """The batch's rows when every record has exactly the known columns (else None).
@@ -262,7 +298,7 @@ class Writer:
         values = list(map(record.get, self.columns))
         if not _SPECIAL.isdisjoint(map(type, values)):
             values = [cell(value) for value in values]
-        self.pending.append(values)
+        self.pending.extend(self._canonical_ids([values]))
 
     def flush(self) -> None:
         self._drain()
@@ -277,7 +313,7 @@ class Writer:
     def _render(self, rows: list[list[Any]], quoting: _QuotingType = csv.QUOTE_MINIMAL) -> str:
         buffer = io.StringIO()
         csv.writer(
-            buffer, delimiter=self.delimiter, lineterminator="\n", quoting=quoting
+            buffer, delimiter=self.delimiter, lineterminator=self.lineterminator, quoting=quoting
         ).writerows(rows)
         return buffer.getvalue()
 
@@ -289,9 +325,9 @@ class Writer:
 
     def _write_rows(self, rows: list[list[Any]], stream: BinaryIO) -> None:
         text = self._render(rows)
-        if "\r" in text:
+        if self._lone_cr(text):
             text = "".join(
-                self._render([row], csv.QUOTE_ALL) if "\r" in line else line
+                self._render([row], csv.QUOTE_ALL) if self._lone_cr(line) else line
                 for row in rows
                 for line in [self._render([row])]
             )
@@ -299,7 +335,7 @@ class Writer:
 
     def write_rendered(self, rows: BinaryIO) -> None:
         """Rows already rendered for the current columns (see agents.formats.csv_parallel)."""
-        if not self.header_written:
+        if not self.header_written and self.columns:  # no columns yet: no record came
             self.pending.append(list(self.columns))
             self.header_written = True
         self._drain()
@@ -337,9 +373,17 @@ class Writer:
             copy(spool, self.stream)
             self.stream.flush()
 
+    def _lone_cr(self, text: str) -> bool:
+        """A carriage return that is not part of the line terminator (see the class)."""
+        if self.lineterminator == "\r\n":
+            text = text.replace("\r\n", "")
+        return "\r" in text
+
     def _copy_widened(self, old: BinaryIO, new: BinaryIO, columns: list[str]) -> None:
         """The rows of ``old`` under the wider header ``columns``, into ``new``."""
-        text = io.TextIOWrapper(old, encoding="utf-8", newline="")
+        if self.bom:
+            new.write(codecs.BOM_UTF8)
+        text = io.TextIOWrapper(old, encoding="utf-8-sig", newline="")
         try:
             rows = csv.reader(text, delimiter=self.delimiter)
             next(rows, None)

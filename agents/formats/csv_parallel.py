@@ -147,7 +147,8 @@ def write_parallel(
         result = pending.get()
         while isinstance(result, Widen):
             writer.add_columns(result.keys)
-            for index, (later, line, _) in enumerate(queue):
+            for index, (later, line, stale) in enumerate(queue):
+                _discard(stale)  # rendered for the narrower header: its part is thrown away
                 queue[index] = (later, line, submit(later, line))
             result = submit(data, first_line).get()
         try:
@@ -172,9 +173,15 @@ def write_parallel(
         pool.terminate()
         pool.join()
         for _, _, pending in queue:  # parts rendered but never written (an error, Ctrl-C)
-            if pending.ready() and pending.successful():
-                leftover = pending.get()
-                if isinstance(leftover, Rendered):
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(leftover.path)
+            if pending.ready():
+                _discard(pending)
     return written
+
+
+def _discard(pending: AsyncResult[Rendered | Widen]) -> None:
+    """Wait for a task that will not be written and remove the part it rendered."""
+    with contextlib.suppress(Exception):
+        result = pending.get()
+        if isinstance(result, Rendered):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(result.path)

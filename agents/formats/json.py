@@ -11,7 +11,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from agents.contract.ids import ID_KEY, Record
+from agents.contract.codec import loads
+from agents.contract.ids import ID_KEY, Record, id_problem
 from agents.errors import DataError
 from agents.formats._io import Source, normalise_encoding, strip_bom
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
@@ -26,7 +27,7 @@ def parse_document(source: Source, encoding: str) -> Any:
     if not data.strip():
         return []
     try:
-        return orjson.loads(data)
+        return loads(data)
     except orjson.JSONDecodeError as error:
         reason, hint = describe_json_error(error)
         line = getattr(error, "lineno", None)
@@ -52,6 +53,8 @@ def select(document: Any, key: str | None, name: str) -> Any:
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
     value = select(parse_document(source, options.encoding), options.key, source.name)
     if isinstance(value, dict):
+        if problem := id_problem(value):
+            raise DataError(source.name, problem)
         yield _with_position(1, value)
         return
     if not isinstance(value, list):
@@ -68,6 +71,9 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
                     f"expected a JSON object, found {type_name(element)}",
                 )
             )
+            continue
+        if problem := id_problem(element):
+            bad(DataError(f"{source.name}: element {number}", problem))
             continue
         yield _with_position(number, element)
 

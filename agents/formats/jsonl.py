@@ -8,8 +8,8 @@ from typing import BinaryIO
 
 import orjson
 
-from agents.contract.codec import encode
-from agents.contract.ids import ID_KEY, Record
+from agents.contract.codec import encode, loads, may_hold_big_integers
+from agents.contract.ids import ID_KEY, Record, all_ids_valid, id_problem
 from agents.errors import DataError
 from agents.formats._io import (
     ENCODING_HINT,
@@ -100,7 +100,11 @@ def parse_lines(lines: list[bytes], name: str, first: int, bad: BadRowHandler) -
     """
     try:
         batch = list(map(orjson.loads, lines))
-        if set(map(type, batch)) <= {dict}:
+        if (
+            set(map(type, batch)) <= {dict}
+            and all_ids_valid(batch)
+            and not may_hold_big_integers(b"\n".join(lines))
+        ):
             return batch
     except orjson.JSONDecodeError:
         pass
@@ -117,13 +121,16 @@ def parse_object(line: bytes | str, where: str, bad: BadRowHandler) -> Record | 
     if not line.strip():
         return None
     try:
-        value = orjson.loads(line)
+        value = loads(line)
     except orjson.JSONDecodeError as error:
         reason, hint = describe_json_error(error)
         bad(DataError(where, reason, hint))
         return None
     if not isinstance(value, dict):
         bad(DataError(where, f"expected a JSON object, found {type_name(value)}"))
+        return None
+    if problem := id_problem(value):
+        bad(DataError(where, problem))
         return None
     return value
 

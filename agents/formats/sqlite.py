@@ -12,25 +12,38 @@ declared ``JSON`` (its values are JSON text and are parsed again when read); boo
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import sqlite3
 import time
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 
-from agents.contract.ids import ID_KEY, Record, canonical_id
+from agents.contract.ids import ID_KEY, Record, canonical_id, id_problem
 from agents.errors import DataError, InvalidID, SourceError, TargetError, UsageError
 from agents.formats._options import Positioned, ReadOptions
 
 JSON_TYPE = "JSON"
 
-# Python registers DATE and TIMESTAMP converters that would reformat (or crash on) such columns;
-# agents passes values through unchanged, and only JSON columns are decoded.
-sqlite3.converters.pop("DATE", None)
-sqlite3.converters.pop("TIMESTAMP", None)
-sqlite3.register_converter(JSON_TYPE, orjson.loads)
+
+@contextlib.contextmanager
+def _only_json_converted() -> Iterator[None]:
+    """While a source is read: JSON columns decoded, every other value passed through unchanged
+    (Python's DATE and TIMESTAMP converters would reformat, or crash on, such columns). The
+    sqlite3 module's converters are global, so they are put back as they were afterwards: a
+    program using agents as a library keeps its own."""
+    saved = dict(sqlite3.converters)
+    sqlite3.converters.pop("DATE", None)
+    sqlite3.converters.pop("TIMESTAMP", None)
+    sqlite3.register_converter(JSON_TYPE, orjson.loads)
+    try:
+        yield
+    finally:
+        sqlite3.converters.clear()
+        sqlite3.converters.update(saved)
 
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -177,7 +190,8 @@ def _table_query(connection: sqlite3.Connection, table: str, path: str) -> tuple
 def read(path: str, options: ReadOptions) -> Positioned:
     connection = _open_read_only(path)
     try:
-        yield from _read(connection, path, options)
+        with _only_json_converted():
+            yield from _read(connection, path, options)
     finally:
         connection.close()
 
@@ -225,8 +239,9 @@ def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Po
                 values = [_blob(value) for value in values]
             record: Record = {ID_KEY: number}
             record.update(zip(names, values, strict=True))
-            if own_id:
-                pass  # the source's own ID column wins, as for every format
+            if own_id:  # the source's own ID column wins, as for every format
+                if problem := id_problem(record):
+                    raise DataError(f"{path}: row {number}", problem)
             elif with_rowid:
                 record[ID_KEY] = row[0]
             elif key_column is not None:
@@ -336,6 +351,20 @@ class Writer:
                 f"record {self.count}",
                 "has a key with a NUL character, which SQLite cannot name a column",
             )
+        try:
+            self._store(record, record_id)
+        except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.OperationalError) as error:
+            raise DataError(
+                f"{self.path}: table {self.table!r}, record {self.count} ({ID_KEY} {record_id})",
+                f"SQLite refused it: {error}",
+                "fix the record or the table, or write to a new table with --table NAME; "
+                "the records before it are kept",
+            ) from None
+        self.pending += 1
+        if self.pending >= BATCH_RECORDS or time.monotonic() - self.batch_started >= BATCH_SECONDS:
+            self.flush()
+
+    def _store(self, record: Record, record_id: str) -> None:
         if not self.types:
             self._create(record)
         elif not record.keys() <= self.types.keys():
@@ -351,9 +380,6 @@ class Writer:
         values = [self._value(key, value) for key, value in record.items()]
         values[keys.index(ID_KEY)] = record_id
         self.connection.execute(statement, values)
-        self.pending += 1
-        if self.pending >= BATCH_RECORDS or time.monotonic() - self.batch_started >= BATCH_SECONDS:
-            self.flush()
 
     def _value(self, key: str, value: Any) -> Any:
         if value is None:

@@ -36,13 +36,23 @@ def format_writer(
     options: WriteOptions,
     existing_columns: list[str] | None = None,
     replace: Replace | None = None,
+    lineterminator: str = "\n",
+    bom: bool = False,
 ) -> FormatWriter:
-    """The writer of ``fmt`` on ``stream``; ``replace`` rewrites a live CSV/TSV file whole."""
+    """The writer of ``fmt`` on ``stream``; for CSV/TSV appended to, ``replace`` rewrites the
+    live file whole, and ``lineterminator`` and ``bom`` follow the existing file."""
     if fmt in ("csv", "tsv"):
         from agents.formats import csv
 
         return csv.Writer(
-            stream, fmt, options.delimiter, options.columns, existing_columns, replace
+            stream,
+            fmt,
+            options.delimiter,
+            options.columns,
+            existing_columns,
+            replace,
+            lineterminator,
+            bom,
         )
     if fmt == "json":
         from agents.formats import json

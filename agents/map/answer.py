@@ -9,6 +9,7 @@ the result under a field), ``update`` (an object result's keys merged into the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -75,10 +76,14 @@ class Interpreter:
         return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class Merger:
+    """The result into the output record. The ID is the record's own: a ``--merge update``
+    result that has the ID key loses it (counted in ``dropped_ids``, reported once)."""
+
     strategy: str = "extend"
     field: str = "result"
+    dropped_ids: int = dataclasses.field(default=0, compare=False)
 
     def merge(self, record: Record, result: Any) -> Record:
         if self.strategy == "replace":
@@ -89,6 +94,8 @@ class Merger:
                 raise Unusable(
                     "not_an_object", "--merge update needs an object as the result", reask=True
                 )
+            if ID_KEY in result:
+                self.dropped_ids += 1
             out.update(result)
             out[ID_KEY] = record.get(ID_KEY)
             return out

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from agents.contract.ids import ID_KEY
 from agents.errors import UsageError
 from agents.map import config
 from agents.map.answer import Interpreter, Merger
@@ -168,6 +169,10 @@ def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
 def build(o: SimpleNamespace) -> Job:
     if o.prompt_file is None and o.prompt is None:
         raise UsageError("give the prompt with -p FILE or --prompt TEXT (or prompt: in --config)")
+    if o.field == ID_KEY:
+        raise UsageError(
+            f"--field {ID_KEY}: that key holds each record's ID", "name the result field otherwise"
+        )
     if o.prompt_file is not None and o.prompt is not None:
         raise UsageError("give the prompt with -p FILE or --prompt TEXT, not both")
     source = o.prompt if o.prompt is not None else read_text(o.prompt_file, "prompt")
