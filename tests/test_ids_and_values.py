@@ -103,18 +103,19 @@ def test_a_sqlite_source_with_a_null_id_is_refused(tmp: Path) -> None:
         st.integers(min_value=-(2**63), max_value=2**63 - 1),
         st.floats(allow_nan=False, allow_infinity=False),
         st.text(max_size=8),
-        st.lists(st.integers(), max_size=2),
+        st.lists(st.integers(min_value=0, max_value=9), max_size=2),
     )
 )
 def test_an_id_of_any_json_type_round_trips_or_is_refused_alike(tmp: Path, value: Any) -> None:
-    """Through JSONL, CSV and SQLite: the canonical form survives, or every stage refuses it."""
+    """Through every format and agents-map's reading of its input: the canonical form survives,
+    or every one of them refuses it."""
     try:
         expected: str | None = canonical_id(value)
     except InvalidID:
         expected = None
     line = jsonl({"_id": value, "w": "x"})
     outcomes = []
-    for target in ("rt.jsonl", "rt.csv", "rt.db"):
+    for target in ("rt.jsonl", "rt.csv", "rt.tsv", "rt.json", "rt.db"):
         path = tmp / target
         path.unlink(missing_ok=True)
         written = run("agents-write", str(path), stdin=line)
@@ -124,7 +125,24 @@ def test_an_id_of_any_json_type_round_trips_or_is_refused_alike(tmp: Path, value
         back = run("agents-read", str(path))
         assert back.status == 0, back.stderr
         outcomes.append(canonical_id(back.records[0]["_id"]))
-    assert outcomes == [expected] * 3
+    mapped = map_dry_run(line)
+    outcomes.append(canonical_id(mapped[0]["_id"]) if mapped else None)
+    assert outcomes == [expected] * 6
+
+
+def map_dry_run(stdin: bytes) -> list[dict[str, Any]]:
+    """agents-map's records as --dry-run renders them (a refused record is skipped)."""
+    import io
+
+    from agents.cli import map as map_cli
+    from agents.cli._run import Streams
+
+    out, err = io.BytesIO(), io.StringIO()
+    map_cli.main(
+        ["--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}", "--dry-run"],
+        Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err),
+    )
+    return [orjson.loads(line) for line in out.getvalue().splitlines()]
 
 
 # Reserved keys ---------------------------------------------------------------------------------
@@ -265,3 +283,95 @@ def test_appending_to_a_crlf_csv_with_a_bom_keeps_both(tmp: Path) -> None:
     lines = jsonl({"_id": 2, "a": "y"}, {"_id": 3, "a": "z", "b": "new"})
     assert run("agents-write", "--append", str(target), stdin=lines).status == 0
     assert target.read_bytes() == b"\xef\xbb\xbf_id,a,b\r\n1,x,\r\n2,y,\r\n3,z,new\r\n"
+
+
+# Duplicate IDs in one input --------------------------------------------------------------------
+
+PENGUINS = "species,x\nAdelie,1\nAdelie,2\nGentoo,3\nAdelie,4\nChinstrap,5\nGentoo,6\n"
+
+
+def records_of(path: Path) -> list[dict[str, Any]]:
+    result = run("agents-read", str(path))
+    assert result.status == 0, result.stderr
+    return result.records
+
+
+@pytest.mark.parametrize("target", ["p.db", "p.csv --append", "p.jsonl --append", "p.json --append"])
+def test_duplicate_ids_keep_the_first_and_are_named(tmp: Path, target: str) -> None:
+    source = tmp / "penguins.csv"
+    source.write_text(PENGUINS)
+    name, *args = target.split()
+    result = shell(f"agents-read {source} --id species | agents-write {tmp / name} {' '.join(args)}")
+    assert result.returncode == 3
+    assert result.stderr == (
+        "agents-write: warning: 3 records repeat an ID of this input ('Adelie', 'Gentoo'); "
+        "the first record of each ID is kept\n"
+    )
+    kept = {str(r["_id"]): r["x"] for r in records_of(tmp / name)}
+    assert kept == {"Adelie": "1", "Gentoo": "3", "Chinstrap": "5"}
+
+
+def test_keep_last_and_error(tmp: Path) -> None:
+    source = tmp / "penguins.csv"
+    source.write_text(PENGUINS)
+    last = shell(
+        f"agents-read {source} --id species | agents-write --append {tmp / 'l.csv'} "
+        "--on-duplicate keep-last"
+    )
+    assert last.returncode == 3
+    assert last.stderr.endswith("the last record of each ID is kept\n")
+    kept = {str(r["_id"]): r["x"] for r in records_of(tmp / "l.csv")}
+    assert kept == {"Adelie": "4", "Gentoo": "6", "Chinstrap": "5"}
+    stop = shell(
+        f"agents-read {source} --id species | agents-write {tmp / 'e.db'} --on-duplicate error"
+    )
+    assert stop.returncode == 1
+    assert stop.stderr == (
+        "agents-write: error: <stdin>: duplicate ID in this input: 'Adelie'\n"
+        "  hint: keep one record for each ID with --on-duplicate keep-first or keep-last\n"
+    )
+    assert [str(r["_id"]) for r in records_of(tmp / "e.db")] == ["Adelie"]  # kept what came before
+
+
+def test_a_success_after_its_own_error_in_one_input_is_no_duplicate(tmp: Path) -> None:
+    lines = jsonl(
+        {"_id": 1, "error": "HTTP 500", "error_type": "server_error", "attempts": 3, "item": {}},
+        {"_id": 1, "result": "ok"},
+    )
+    result = run("agents-write", "--append", str(tmp / "m.jsonl"), stdin=lines)
+    assert (result.status, result.stderr) == (0, "")
+    assert records_of(tmp / "m.jsonl") == [{"_id": 1, "result": "ok"}]
+
+
+def test_the_message_tells_a_resume_from_a_duplicate(tmp: Path) -> None:
+    target = tmp / "p2.csv"
+    assert run("agents-write", "--append", str(target), stdin=jsonl({"_id": "a"})).status == 0
+    result = run(
+        "agents-write", "--append", str(target), stdin=jsonl({"_id": "a"}, {"_id": "b"}, {"_id": "b"})
+    )
+    assert result.status == 3
+    assert result.stderr == (
+        f"agents-write: skipped 1 record already in {target}\n"
+        "agents-write: warning: 1 record repeats an ID of this input ('b'); the first record "
+        "of each ID is kept\n"
+    )
+
+
+def test_agents_map_resume_sends_a_duplicate_id_once(tmp: Path) -> None:
+    from fake_llm import FakeLLM, Reply, last_user_message
+
+    source = tmp / "penguins.csv"
+    source.write_text(PENGUINS)
+    output = tmp / "o.jsonl"
+    with FakeLLM(lambda request, number: Reply(f"a {last_user_message(request)}")) as server:
+        result = shell(
+            f"set -o pipefail; agents-read {source} --id species | agents-map --base-url "
+            f"{server.url} --prompt '{{x}}' -q --resume {output} | agents-write --append {output}; "
+            'echo "${PIPESTATUS[@]}"'
+        )
+        assert sorted(last_user_message(r) for r in server.requests) == ["1", "3", "5"]
+    assert result.stdout.split() == ["0", "3", "0"]
+    assert result.stderr == (
+        "agents-map: warning: 3 records repeat an ID of this input ('Adelie', 'Gentoo'); only "
+        "the first record of each ID is sent\n"
+    )

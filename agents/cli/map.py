@@ -72,6 +72,8 @@ def _map(
             errors_out.close()
         handler.close()
     status = _finish(job, outcome, mapper, reporter, time.monotonic() - started)
+    if outcome.duplicates and status == ExitStatus.OK:
+        status = int(ExitStatus.PARTIAL)
     if bad_lines and status == ExitStatus.OK:
         count = len(bad_lines)
         reporter.warning(f"skipped {count} bad input {'line' if count == 1 else 'lines'}")
@@ -209,6 +211,11 @@ async def _run_job(
                 f"{job.merger.dropped_ids:,} results had an {ID_KEY} key, which is reserved: it "
                 "was dropped, and each record kept its own ID"
             )
+        if resumer is not None and resumer.duplicates.count:
+            reporter.warning(
+                resumer.duplicates.describe("only the first record of each ID is sent")
+            )
+            outcome.duplicates = resumer.duplicates.count
         if resumer is not None and (resumer.skipped or resumer.retried):
             reporter.info(
                 f"skipped {resumer.skipped:,} records already done; retried "

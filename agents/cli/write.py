@@ -22,7 +22,8 @@ from agents.cli._run import (
     run,
 )
 from agents.done.lock import WriterLock
-from agents.done.targets import open_target
+from agents.done.rules import ON_DUPLICATE
+from agents.done.targets import LedgerTarget, open_target
 from agents.errors import DataError, ExitStatus, Terminated, UsageError
 from agents.formats import Location, resolve
 from agents.formats._options import WriteOptions
@@ -60,6 +61,14 @@ def build_parser(streams: Streams) -> Parser:
         "(default: fail at once, naming its pid)",
     )
     flags.add_skip_bad(parser, "an input line that is not a JSON object")
+    parser.add_argument(
+        "--on-duplicate",
+        choices=ON_DUPLICATE,
+        default="keep-first",
+        help="an ID that comes twice in the input, where the target keys records by ID "
+        "(--append, SQLite): keep-first or keep-last (named on stderr, exit 3), or error "
+        "(stop, exit 1); default: keep-first",
+    )
     csv = parser.add_argument_group("CSV and TSV")
     flags.add_columns(
         csv, "write exactly these columns in this order (default: every key, in first-seen order)"
@@ -93,6 +102,7 @@ def _write(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         field=args.field,
         table=args.table or location.table,
         append=args.append,
+        on_duplicate=args.on_duplicate,
     )
     lock = WriterLock(location.path, wait=args.wait) if location.path != "-" else None
     if lock is not None:
@@ -147,12 +157,18 @@ def _write_to(
         if args.append:
             reporter.info("run the same command again to resume")
         return int(drain.status)
+    status = ExitStatus.OK
+    if isinstance(target, LedgerTarget) and target.ledger.duplicates.count:
+        which = "last" if args.on_duplicate == "keep-last" else "first"
+        kept = f"the {which} record of each ID is kept"
+        reporter.warning(target.ledger.duplicates.describe(kept))
+        status = ExitStatus.PARTIAL
     if skipped_lines:
         reporter.warning(
             f"skipped {skipped_lines} bad input {'line' if skipped_lines == 1 else 'lines'}"
         )
-        return int(ExitStatus.PARTIAL)
-    return int(ExitStatus.OK)
+        status = ExitStatus.PARTIAL
+    return int(status)
 
 
 class _Drain:

@@ -72,9 +72,11 @@ def csv_units(stream: BinaryIO, delimiter: str) -> Iterator[Unit]:
         yield None, False, b"".join(consumed)
 
 
-def one_per_id(units: Callable[[], Iterator[Unit]], keys: set[str]) -> Iterator[bytes]:
+def one_per_id(
+    units: Callable[[], Iterator[Unit]], keys: set[str], last_wins: set[str]
+) -> Iterator[bytes]:
     """The raw units, keeping for each ID of ``keys`` only the record that stands (two passes)."""
-    standing = Standing(keys)
+    standing = Standing(keys, last_wins)
     for position, (key, failed, _) in enumerate(units()):
         standing.see(key, position, failed)
     for position, (key, _, raw) in enumerate(units()):
@@ -82,8 +84,11 @@ def one_per_id(units: Callable[[], Iterator[Unit]], keys: set[str]) -> Iterator[
             yield raw
 
 
-def compact_file(path: str, fmt: str, delimiter: str, keys: set[str]) -> None:
-    """Rewrite ``path`` (JSONL, CSV or TSV) atomically with one record for each ID of ``keys``."""
+def compact_file(
+    path: str, fmt: str, delimiter: str, keys: set[str], last_wins: set[str] | None = None
+) -> None:
+    """Rewrite ``path`` (JSONL, CSV or TSV) atomically with one record for each ID of ``keys``
+    (the last one for those of ``last_wins``, see :mod:`agents.done.rules`)."""
 
     def units() -> Iterator[Unit]:
         with open(path, "rb") as stream:
@@ -93,7 +98,7 @@ def compact_file(path: str, fmt: str, delimiter: str, keys: set[str]) -> None:
                 yield from csv_units(stream, delimiter)
 
     def fill(stream: BinaryIO) -> None:
-        for raw in one_per_id(units, keys):
+        for raw in one_per_id(units, keys, last_wins or set()):
             stream.write(raw)
 
     durable.replace_whole(path, fill)

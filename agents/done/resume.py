@@ -23,6 +23,7 @@ from typing import Any
 from agents.contract.ids import ID_KEY, Record, canonical_id, content_id
 from agents.done.ids import DoneIDs, Output, csv_header, done_ids
 from agents.done.lock import writer_outside_this_pipeline
+from agents.done.rules import Duplicates
 from agents.done.sidecar import Sidecar, read_sidecar
 from agents.errors import InvalidID, TargetError, UsageError
 from agents.formats import resolve
@@ -155,6 +156,8 @@ class Resumer:
     retried: int = 0
     position: int = 0
     sidecar: Sidecar | None = None
+    here: set[str] = field(default_factory=set)  # the IDs of this input
+    duplicates: Duplicates = field(default_factory=Duplicates)
 
     def open(self) -> None:
         output, sidecar = output_to_resume(self.output)
@@ -189,6 +192,10 @@ class Resumer:
             key = canonical_id(record[ID_KEY])
         except InvalidID:
             return False
+        if key in self.here:  # sent once already in this run: never paid for twice
+            self.duplicates.note(key)
+            return True
+        self.here.add(key)
         if key in self.samples:
             digest = content_hash(record)
             if digest != self.samples[key] and not self.force:

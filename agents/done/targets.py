@@ -65,7 +65,18 @@ def note_output(output: Output) -> None:
         )
 
 
-class AppendTarget(Target):
+class LedgerTarget(Target):
+    """A target that knows the IDs it holds: it skips those done, and names duplicates."""
+
+    ledger: Ledger
+
+    @property
+    def skipped(self) -> int:
+        return self.ledger.skipped_done
+
+
+
+class AppendTarget(LedgerTarget):
     """JSONL, CSV or TSV appended to in place, one flushed write per batch of records."""
 
     def __init__(self, location: Location, options: WriteOptions) -> None:
@@ -78,7 +89,7 @@ class AppendTarget(Target):
                 self.repaired_bytes = repair_torn_jsonl(path)
             else:
                 self.repaired_bytes = repair_torn_csv(path, fmt, options.delimiter)
-        self.ledger = Ledger(done_ids(self.output))
+        self.ledger = Ledger(done_ids(self.output), options.on_duplicate)
         existing: list[str] | None = None
         lineterminator, bom = "\n", False
         if fmt in ("csv", "tsv") and os.path.exists(path) and os.path.getsize(path):
@@ -97,7 +108,6 @@ class AppendTarget(Target):
 
     def write_many(self, records: list[Record]) -> None:
         admitted = [record for record in records if self.ledger.admit(record)]
-        self.skipped += len(records) - len(admitted)
         if not admitted:
             return
         self.writer.write_many(admitted)
@@ -128,7 +138,11 @@ class AppendTarget(Target):
         self.stream.close()
         if self.ledger.superseded:
             compact_file(
-                self.output.path, self.output.format, self.delimiter, self.ledger.superseded
+                self.output.path,
+                self.output.format,
+                self.delimiter,
+                self.ledger.superseded,
+                self.ledger.last_wins,
             )
 
     def abort(self) -> None:
@@ -149,7 +163,7 @@ def _csv_style(path: str) -> tuple[str, bool]:
     return ("\r\n" if crlf else "\n"), bom
 
 
-class JsonAppendTarget(Target):
+class JsonAppendTarget(LedgerTarget):
     """A JSON array grown in place, so that it is durable as records arrive like the others.
 
     The file is kept as ``[``, one record per line, ``]``; each new record overwrites the
@@ -168,7 +182,7 @@ class JsonAppendTarget(Target):
         done = DoneIDs()
         for record in records:
             done.add(record.get(ID_KEY), is_error_record(record))
-        self.ledger = Ledger(done)
+        self.ledger = Ledger(done, options.on_duplicate)
         self.count = len(records)
         _write_json_lines(path, records)
         self.stream = durable.DISK.open(path, "r+b")
@@ -178,7 +192,6 @@ class JsonAppendTarget(Target):
 
     def write(self, record: Record) -> None:
         if not self.ledger.admit(record):
-            self.skipped += 1
             return
         line = (b",\n" if self.count else b"") + orjson.dumps(record)
         self.stream.seek(self.end)
@@ -196,7 +209,7 @@ class JsonAppendTarget(Target):
         self.stream.close()
         if self.ledger.superseded:
             records, _ = _json_records(self.output.path)
-            standing = Standing(self.ledger.superseded)
+            standing = Standing(self.ledger.superseded, self.ledger.last_wins)
             keys = [record_key(record.get(ID_KEY)) for record in records]
             for position, (record, key) in enumerate(zip(records, keys, strict=True)):
                 standing.see(key, position, is_error_record(record))
@@ -241,7 +254,7 @@ def _write_json_lines(path: str, records: list[Record]) -> None:
     durable.replace_whole(path, fill)
 
 
-class SqliteTarget(Target):
+class SqliteTarget(LedgerTarget):
     def __init__(self, location: Location, options: WriteOptions) -> None:
         from agents.formats.sqlite import Writer
 
@@ -249,14 +262,17 @@ class SqliteTarget(Target):
             raise UsageError("SQLite cannot be written to stdout", "give a database file path")
         check_writable(location.path)
         output = output_of(location, options)
-        self.ledger = Ledger(done_ids(output)) if options.append else None
+        # Appending, the IDs already there are done; a one-shot write upserts over them, but
+        # still names an ID that comes twice in its input (the table would keep one row).
+        done = done_ids(output) if options.append else DoneIDs()
+        self.ledger = Ledger(done, options.on_duplicate)
+        self.append = options.append
         self.writer = Writer(location.path, output.table, durable=options.append)
         if options.append:
             note_output(output)
 
     def write(self, record: Record) -> None:
-        if self.ledger is not None and not self.ledger.admit(record):
-            self.skipped += 1
+        if not self.ledger.admit(record):
             return
         self.writer.write(record)
         self.written += 1
@@ -264,7 +280,7 @@ class SqliteTarget(Target):
     def write_many(self, records: list[Record]) -> None:
         for record in records:
             self.write(record)
-        if self.ledger is not None:  # appending: what has arrived is committed at once
+        if self.append:  # appending: what has arrived is committed at once
             self.writer.flush()
 
     def commit(self) -> None:

@@ -34,6 +34,7 @@ class WriteOptions:
     field: str = "content"
     table: str | None = None
     append: bool = False
+    on_duplicate: str = "keep-first"  # an ID twice in one input (see agents.done.rules)
 
 
 def raise_bad(error: DataError) -> None:

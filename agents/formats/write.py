@@ -71,8 +71,12 @@ class Target:
     """An opened output. ``write`` each record, then ``commit`` on success or ``abort``."""
 
     written = 0
-    skipped = 0
     repaired_bytes = 0
+
+    @property
+    def skipped(self) -> int:
+        """Records not written because the output already held their ID (appending only)."""
+        return 0
 
     def write(self, record: Record) -> None:
         raise NotImplementedError

@@ -120,6 +120,7 @@ class Outcome:
     in_flight_lost: int = 0
     errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
     capped: str | None = None  # a --max-cost or --max-errors cap stopped the run
+    duplicates: int = 0  # records skipped under --resume: their ID came earlier in the input
 
 
 class Scheduler:
