@@ -30,6 +30,7 @@ class Key:
 
 SECTIONS: dict[str, dict[str, Key]] = {
     "llm": {
+        "provider": Key("provider", "str", choices=("openai", "openai-compatible")),
         "model": Key("model", "str"),
         "base_url": Key("base_url", "str"),
         "api_key": Key("api_key", "str"),
@@ -44,7 +45,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "price": Key("price", "price"),
     },
     "processing": {
+        "mode": Key("mode", "str", choices=("async", "sequential")),
         "concurrency": Key("jobs", "int"),
+        "batch_size": Key("batch_size", "int"),
         "keep_order": Key("keep_order", "bool"),
         "max_retries": Key("max_retries", "int"),
         "retry_delay": Key("retry_delay", "number"),
@@ -129,6 +132,32 @@ def load(path: str) -> dict[str, Any]:
             if key is None:
                 raise _unknown(place, [f"{section}.{known}" for known in SECTIONS[section]])
             options[key.dest] = _value(place, key, _expand(place, value), folder)
+    return _design_spellings(path, options)
+
+
+def _design_spellings(path: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The design document's spellings: ``processing.mode`` (sequential is one request at a
+    time) and ``processing.batch_size`` (requests in flight, as ``concurrency``), checked against
+    each other; ``llm.provider`` is checked when the job is built (it needs the base URL)."""
+    mode = options.pop("mode", None)
+    batch_size = options.pop("batch_size", None)
+    jobs = options.get("jobs")
+    if batch_size is not None:
+        if jobs is not None and jobs != batch_size:
+            raise UsageError(
+                f"{path}: processing.batch_size {batch_size} contradicts processing.concurrency "
+                f"{jobs}",
+                "they are the same setting; keep processing.concurrency",
+            )
+        options["jobs"] = jobs = batch_size
+    if mode == "sequential":
+        if jobs is not None and jobs != 1:
+            raise UsageError(
+                f"{path}: processing.mode sequential sends one request at a time, but "
+                f"{'batch_size' if batch_size is not None else 'concurrency'} is {jobs}",
+                "drop one of them (sequential is concurrency 1)",
+            )
+        options["jobs"] = 1
     return options
 
 
@@ -221,8 +250,12 @@ def _wrong(place: str, expected: str, value: Any) -> UsageError:
 
 
 def _unknown(place: str, known: list[str]) -> UsageError:
-    close = difflib.get_close_matches(place, known, n=1)
+    """An unknown key, with the known one it is a likely typo of (compared without the shared
+    section prefix, which would make every key of a section look alike)."""
+    name = place.rsplit(".", 1)[-1]
+    by_name = {option.rsplit(".", 1)[-1]: option for option in known}
+    close = difflib.get_close_matches(name, list(by_name), n=1, cutoff=0.75)
     return UsageError(
         f"{place}: unknown key",
-        f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}",
+        f"did you mean {by_name[close[0]]}?" if close else f"known: {', '.join(known)}",
     )

@@ -155,6 +155,11 @@ def headers(items: list[str]) -> dict[str, str]:
 def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
     key = os.environ.get(o.api_key_env) or getattr(o, "api_key", None) or None
     base_url = o.base_url or None
+    if getattr(o, "provider", None) == "openai-compatible" and base_url is None:
+        raise UsageError(
+            "llm.provider openai-compatible needs the server's address",
+            "set llm.base_url (or --base-url, or OPENAI_BASE_URL)",
+        )
     if need and key is None and base_url is None:
         raise UsageError(
             f"no API key and no endpoint: ${o.api_key_env} is not set and no --base-url was given",
