@@ -7,9 +7,7 @@ outcome to an exit status.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Sequence
@@ -19,14 +17,12 @@ import orjson
 
 from agents.cli._run import Reporter, Streams, exit_with, run
 from agents.cli.map_options import PROG, build_parser
-from agents.contract.ids import ID_KEY
 from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
-from agents.map.http import Client
 from agents.map.job import Job, build, merge
-from agents.map.progress import Progress, Tally
 from agents.map.record import Mapper, Sleep
-from agents.map.window import CircuitBreaker, Outcome, Scheduler
+from agents.map.run import Telling, event_loop, run_job
+from agents.map.window import Outcome
 
 
 def main(
@@ -64,8 +60,17 @@ def _map(
             raise UsageError(f"--errors {o.errors}: cannot write: {error.strerror}") from None
     started = time.monotonic()
     try:
-        outcome, mapper = _event_loop().run_until_complete(
-            _run_job(job, streams, reporter, sleep or asyncio.sleep, errors_out, bad)
+        telling = Telling(reporter.warning, reporter.info, streams.stderr)
+        outcome, mapper = event_loop().run_until_complete(
+            run_job(
+                job,
+                streams.stdin,
+                streams.stdout,
+                telling=telling,
+                sleep=sleep or asyncio.sleep,
+                errors_out=errors_out,
+                bad=bad,
+            )
         )
     finally:
         if errors_out is not None:
@@ -101,147 +106,6 @@ def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler)
     for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
         reporter.say(line)
     return int(ExitStatus.OK)
-
-
-def _total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
-    """--total, or the lines left in stdin when it is a regular file (counted without reading
-    it for real: pread leaves the offset where it is)."""
-    total = explicit
-    if total is None:
-        try:
-            fd = stdin.fileno()
-            info = os.fstat(fd)
-        except (OSError, ValueError, AttributeError):
-            info = None
-        if info is not None and stat.S_ISREG(info.st_mode):
-            offset, count = os.lseek(fd, 0, os.SEEK_CUR), 0
-            while chunk := os.pread(fd, 1 << 20, offset):
-                count += chunk.count(b"\n")
-                offset += len(chunk)
-            total = count
-    if total is not None and limit is not None:
-        total = min(total, limit)
-    return total
-
-
-async def _run_job(
-    job: Job,
-    streams: Streams,
-    reporter: Reporter,
-    sleep: Sleep,
-    errors_out: BinaryIO | None,
-    bad: BadRowHandler,
-) -> tuple[Outcome, Mapper]:
-    o = job.options
-    tally = Tally()
-    terminal = _is_terminal(streams.stderr)
-    progress = None
-    if not o.quiet and (terminal or o.progress):
-        progress = Progress(
-            streams.stderr, tally, _total(streams.stdin, o.total, o.limit), terminal
-        )
-    resumer = None
-    if o.resume:
-        from agents.done.resume import Resumer
-
-        resumer = Resumer(
-            o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
-        )
-        resumer.open()
-        held = resumer.done
-        if held.succeeded or held.failed:
-            reporter.info(
-                f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
-                f"{len(held.failed):,} failed records"
-            )
-    client = Client(job.endpoint, o.jobs)
-    try:
-        from agents.map.caps import CostCap, ErrorCap
-        from agents.map.limits import Budgets, Concurrency, group_file
-
-        budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
-        mapper = Mapper(
-            client,
-            sleep=sleep,
-            warn=reporter.warning,
-            budgets=budgets,
-            concurrency=Concurrency(o.jobs),
-            price=job.price,
-            cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
-            **job.mapper_args,
-        )
-        scheduler = Scheduler(
-            mapper.process,
-            streams.stdout,
-            jobs=o.jobs,
-            keep_order=o.keep_order,
-            errors_out=errors_out,
-            # A resumed job whose output holds successes has shown its configuration works:
-            # the records it retries first, which failed before, may well fail again.
-            breaker=CircuitBreaker(any_success=bool(resumer and resumer.done.succeeded)),
-            grace=max(0.0, o.grace),
-            bad=bad,
-            limit=o.limit,
-            on_result=tally.record,
-            skip=resumer.skip if resumer is not None else None,
-            error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
-        )
-        drawing = asyncio.create_task(progress.run()) if progress else None
-        try:
-            outcome = await scheduler.run(streams.stdin)
-        finally:
-            if drawing is not None:
-                drawing.cancel()
-                await asyncio.gather(drawing, return_exceptions=True)
-                assert progress is not None
-                progress.finish()
-        if scheduler.ids.hashed:
-            reporter.warning(
-                f"{scheduler.ids.hashed} records had no _id; each got one from a hash of its "
-                "content"
-                + (
-                    f" ({scheduler.ids.duplicates} were duplicates and share an ID)"
-                    if scheduler.ids.duplicates
-                    else ""
-                ),
-                "read the data through agents-read, which gives every record an ID",
-            )
-        if job.merger.dropped_ids:
-            reporter.warning(
-                f"{job.merger.dropped_ids:,} results had an {ID_KEY} key, which is reserved: it "
-                "was dropped, and each record kept its own ID"
-            )
-        if resumer is not None and resumer.duplicates.count:
-            reporter.warning(
-                resumer.duplicates.describe("only the first record of each ID is sent")
-            )
-            outcome.duplicates = resumer.duplicates.count
-        if resumer is not None and (resumer.skipped or resumer.retried):
-            reporter.info(
-                f"skipped {resumer.skipped:,} records already done; retried "
-                f"{resumer.retried:,} that had failed"
-            )
-        return outcome, mapper
-    finally:
-        if resumer is not None:
-            resumer.close()
-        await client.close()
-
-
-def _is_terminal(stream: object) -> bool:
-    try:
-        return bool(stream.isatty())  # type: ignore[attr-defined]
-    except (AttributeError, ValueError, OSError):
-        return False
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        return asyncio.new_event_loop()
 
 
 def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:

@@ -1,0 +1,179 @@
+"""An agents-map job put together and run: the one composition behind the command and the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, BinaryIO
+
+from agents.contract.ids import ID_KEY
+from agents.formats._options import BadRowHandler, raise_bad
+from agents.map.http import Client
+from agents.map.job import Job
+from agents.map.progress import Progress, Tally
+from agents.map.record import Mapper, Sleep
+from agents.map.window import CircuitBreaker, Outcome, Scheduler
+
+
+def input_total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
+    """--total, or the lines left in stdin when it is a regular file (counted without reading
+    it for real: pread leaves the offset where it is)."""
+    total = explicit
+    if total is None:
+        try:
+            fd = stdin.fileno()
+            info = os.fstat(fd)
+        except (OSError, ValueError, AttributeError):
+            info = None
+        if info is not None and stat.S_ISREG(info.st_mode):
+            offset, count = os.lseek(fd, 0, os.SEEK_CUR), 0
+            while chunk := os.pread(fd, 1 << 20, offset):
+                count += chunk.count(b"\n")
+                offset += len(chunk)
+            total = count
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    return total
+
+
+@dataclass
+class Telling:
+    """Where a run tells people what happens: warnings (with a hint), notes, and the progress
+    display (a text stream, drawn in place when it is a terminal)."""
+
+    warn: Callable[..., None] = lambda message, hint=None: None
+    info: Callable[[str], None] = lambda message: None
+    progress: IO[str] | None = None
+
+
+async def run_job(
+    job: Job,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    *,
+    telling: Telling | None = None,
+    sleep: Sleep = asyncio.sleep,
+    errors_out: BinaryIO | None = None,
+    bad: BadRowHandler = raise_bad,
+) -> tuple[Outcome, Mapper]:
+    """The whole of an agents-map job: JSON Lines from ``stdin``, results to ``stdout``.
+
+    Resume, the client, rate budgets, adaptive concurrency, caps, the circuit breaker and the
+    sliding window are put together here, for the command and for the Python API alike.
+    """
+    o = job.options
+    telling = telling or Telling()
+    tally = Tally()
+    progress = None
+    if telling.progress is not None:
+        terminal = is_terminal(telling.progress)
+        if not o.quiet and (terminal or o.progress):
+            progress = Progress(
+                telling.progress, tally, input_total(stdin, o.total, o.limit), terminal
+            )
+    resumer = None
+    if o.resume:
+        from agents.done.resume import Resumer
+
+        resumer = Resumer(
+            o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
+        )
+        resumer.open()
+        held = resumer.done
+        if held.succeeded or held.failed:
+            telling.info(
+                f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
+                f"{len(held.failed):,} failed records"
+            )
+    client = Client(job.endpoint, o.jobs)
+    try:
+        from agents.map.caps import CostCap, ErrorCap
+        from agents.map.limits import Budgets, Concurrency, group_file
+
+        budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
+        mapper = Mapper(
+            client,
+            sleep=sleep,
+            warn=telling.warn,
+            budgets=budgets,
+            concurrency=Concurrency(o.jobs),
+            price=job.price,
+            cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
+            **job.mapper_args,
+        )
+        scheduler = Scheduler(
+            mapper.process,
+            stdout,
+            jobs=o.jobs,
+            keep_order=o.keep_order,
+            errors_out=errors_out,
+            # A resumed job whose output holds successes has shown its configuration works:
+            # the records it retries first, which failed before, may well fail again.
+            breaker=CircuitBreaker(any_success=bool(resumer and resumer.done.succeeded)),
+            grace=max(0.0, o.grace),
+            bad=bad,
+            limit=o.limit,
+            on_result=tally.record,
+            skip=resumer.skip if resumer is not None else None,
+            error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
+        )
+        drawing = asyncio.create_task(progress.run()) if progress else None
+        try:
+            outcome = await scheduler.run(stdin)
+        finally:
+            if drawing is not None:
+                drawing.cancel()
+                await asyncio.gather(drawing, return_exceptions=True)
+                assert progress is not None
+                progress.finish()
+        if scheduler.ids.hashed:
+            telling.warn(
+                f"{scheduler.ids.hashed} records had no _id; each got one from a hash of its "
+                "content"
+                + (
+                    f" ({scheduler.ids.duplicates} were duplicates and share an ID)"
+                    if scheduler.ids.duplicates
+                    else ""
+                ),
+                "read the data through agents-read, which gives every record an ID",
+            )
+        if job.merger.dropped_ids:
+            telling.warn(
+                f"{job.merger.dropped_ids:,} results had an {ID_KEY} key, which is reserved: it "
+                "was dropped, and each record kept its own ID"
+            )
+        if resumer is not None and resumer.duplicates.count:
+            telling.warn(
+                resumer.duplicates.describe("only the first record of each ID is sent")
+            )
+            outcome.duplicates = resumer.duplicates.count
+        if resumer is not None and (resumer.skipped or resumer.retried):
+            telling.info(
+                f"skipped {resumer.skipped:,} records already done; retried "
+                f"{resumer.retried:,} that had failed"
+            )
+        return outcome, mapper
+    finally:
+        if resumer is not None:
+            resumer.close()
+        await client.close()
+
+
+def is_terminal(stream: object) -> bool:
+    try:
+        return bool(stream.isatty())  # type: ignore[attr-defined]
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.new_event_loop()
