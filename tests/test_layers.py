@@ -3,7 +3,7 @@
 Every import counts, also the ones inside functions (a lazy import is still a dependency).
 The layers, lowest first (README, design notes):
 
-    errors, paths  →  contract  →  formats  →  done  →  map | local  →  agents (the API)  →  cli
+    errors, paths  →  contract  →  formats  →  done  →  map | local  →  api  →  agents  →  cli
 
 A module may import its own package and the layers below it; ``map`` and ``local`` sit side by
 side and do not import each other.
@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agents.formats",),
     ("agents.done",),
     ("agents.map", "agents.local"),
+    ("agents.api",),
     ("agents",),
     ("agents.cli",),
 ]

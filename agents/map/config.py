@@ -89,6 +89,14 @@ PROMPT_KEYS = {
 _VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+def option_names() -> set[str]:
+    """agents-map's options by their destination names (its long flags with _ for -), as the
+    Python API takes them: every key of the file but the design document's other spellings."""
+    names = {key.dest for table in SECTIONS.values() for key in table.values()}
+    names |= {key.dest for key in PROMPT_KEYS.values()}
+    return names - {"mode", "batch_size"}
+
+
 def all_keys() -> list[str]:
     """Every key the file accepts, as section.key (for documentation checks)."""
     keys = [f"{section}.{name}" for section, table in SECTIONS.items() for name in table]

@@ -86,6 +86,22 @@ class Job:
     price: Price | None
     options: SimpleNamespace
 
+    @classmethod
+    def create(cls, job_file: str | None = None, **options: Any) -> Job:
+        """A job from agents-map's options, named as its long flags with underscores
+        (``prompt``, ``model``, ``base_url``, ``jobs``, ``output_format``, ``merge``, ...), over
+        a job file when ``job_file`` names one; the same defaults and checks as the command."""
+        known = config.option_names()
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise UsageError(
+                f"unknown option{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)}",
+                "name options as agents-map's long flags, with _ for -, e.g. output_format",
+            )
+        flags: dict[str, Any] = dict.fromkeys(known)
+        flags.update(options)
+        return build(merge(flags, job_file))
+
     @property
     def mapper_args(self) -> dict[str, Any]:
         o = self.options
