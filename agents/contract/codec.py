@@ -27,7 +27,8 @@ encode: Callable[[Record], bytes] = functools.partial(
 
 _SMALLEST = -(2**63)
 _LARGEST = 2**64 - 1
-_LONG_DIGITS = re.compile(rb"\d{19}")
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= byte <= 57 else 32 for byte in range(256))
+_LONG_RUN = b"0" * 19
 _LONG_DIGITS_TEXT = re.compile(r"\d{19}")
 
 
@@ -49,8 +50,12 @@ def _integer(text: str) -> int | str:
 
 
 def may_hold_big_integers(data: bytes | str) -> bool:
-    pattern = _LONG_DIGITS if isinstance(data, bytes) else _LONG_DIGITS_TEXT
-    return pattern.search(data) is not None  # type: ignore[arg-type]
+    """Whether ``data`` has a run of 19 digits. For bytes, every digit becomes ``0`` and every
+    other byte a space, and the run is searched for: two C loops, several times faster than a
+    regular expression over the same bytes."""
+    if isinstance(data, bytes):
+        return _LONG_RUN in data.translate(_DIGITS_AS_ZEROS)
+    return _LONG_DIGITS_TEXT.search(data) is not None
 
 
 def loads_exact(data: bytes | str) -> Any:
