@@ -16,6 +16,7 @@ from conftest import ROOT, shell
 from fake_llm import FakeLLM, Reply, echo, last_user_message
 from test_e2e_local import local_model_installed
 
+from agents.cli import agents as agents_cli
 from agents.cli import local, read, write
 from agents.cli import map as map_cli
 from agents.cli._run import Streams
@@ -27,6 +28,7 @@ PAGES = {
     "agents-write": write.build_parser,
     "agents-map": map_cli.build_parser,
     "agents-local": local.build_parser,
+    "agents": agents_cli.build_parser,
 }
 
 

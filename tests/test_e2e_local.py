@@ -161,3 +161,32 @@ def test_jobs_4_with_a_resume_after_kill_9(local: dict[str, str], tmp: Path) -> 
     assert "skipped" in again.stderr
     ids = [orjson.loads(line)["_id"] for line in output.read_bytes().splitlines()]
     assert sorted(ids) == list(range(1, 61))
+
+
+def test_agents_process_then_resume_on_the_local_model(local: dict[str, str], tmp: Path) -> None:
+    """The one-command interface on the real server: interrupted with Ctrl-C, then resumed."""
+    (tmp / "words.csv").write_text("word\n" + "".join(f"word{n}\n" for n in range(30)))
+    (tmp / "n.json").write_text(
+        '{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}'
+    )
+    command = [
+        "agents", "process", "words.csv", "letters.csv",
+        "--prompt", "How many letters are in {word}? Answer in JSON.",
+        "-j", "4", "--max-tokens", "40", "--temperature", "0", "--seed", "7", "-q",
+        "--output-format", "structured", "--schema", "n.json",
+    ]  # fmt: skip
+    process = subprocess.Popen(command, env=local, cwd=tmp, stderr=subprocess.PIPE, text=True)
+    work = tmp / "letters.csv.agents-work.jsonl"
+    deadline = time.monotonic() + 120
+    while not work.exists() or work.read_bytes().count(b"\n") < 5:
+        assert process.poll() is None, process.stderr.read() if process.stderr else ""
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert not (tmp / "letters.csv").exists()
+    resumed = sh("agents resume letters.csv", local, tmp)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = (tmp / "letters.csv").read_text().splitlines()
+    assert len(rows) == 31 and rows[0].startswith("_id,word")

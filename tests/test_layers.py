@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agents.formats",),
     ("agents.done",),
     ("agents.map", "agents.local"),
-    ("agents.api",),
+    ("agents.api", "agents.process"),
     ("agents",),
     ("agents.cli",),
 ]

@@ -48,7 +48,7 @@ def _map(
         reporter.warning(f"{error.message} (skipped)")
 
     if o.dry_run:
-        return _dry_run(job, streams, reporter, bad)
+        return show_dry_run(job, streams, reporter, bad)
     from agents.map import logs
 
     handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, PROG)
@@ -76,7 +76,7 @@ def _map(
         if errors_out is not None:
             errors_out.close()
         handler.close()
-    status = _finish(job, outcome, mapper, reporter, time.monotonic() - started)
+    status = finish(job, outcome, mapper, reporter, time.monotonic() - started)
     if outcome.duplicates and status == ExitStatus.OK:
         status = int(ExitStatus.PARTIAL)
     if bad_lines and status == ExitStatus.OK:
@@ -86,7 +86,8 @@ def _map(
     return status
 
 
-def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
+def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
+    """--dry-run: the requests on stdout, the estimate on stderr; nothing is sent."""
     from agents.map.dryrun import dry_run, report
 
     o = job.options
@@ -108,7 +109,7 @@ def _dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler)
     return int(ExitStatus.OK)
 
 
-def _finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
+def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
     from agents.map.usage import stats_document, summary_lines
 
     o = job.options

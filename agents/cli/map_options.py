@@ -22,6 +22,12 @@ examples:
 
 def build_parser(streams: Streams) -> Parser:
     parser = Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_STATUS_EPILOG, streams=streams)
+    add_map_options(parser)
+    return parser
+
+
+def add_map_options(parser: Parser) -> None:
+    """Every agents-map option (also those of agents process)."""
     parser.add_argument(
         "-c",
         "--config",
@@ -286,4 +292,3 @@ def build_parser(streams: Streams) -> Parser:
         metavar="FILE",
         help="write the log to FILE instead of stderr (default: stderr)",
     )
-    return parser

@@ -46,11 +46,11 @@ def build_parser(streams: Streams) -> Parser:
         "the row or line number, or the SQLite primary key or rowid)",
     )
     parser.add_argument(
-        "-n", "--limit", type=_count, metavar="N", help="stop after N records (default: all)"
+        "-n", "--limit", type=count, metavar="N", help="stop after N records (default: all)"
     )
     parser.add_argument(
         "--shard",
-        type=_shard,
+        type=shard,
         metavar="K/N",
         help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID",
     )
@@ -88,7 +88,7 @@ def build_parser(streams: Streams) -> Parser:
     return parser
 
 
-def _count(text: str) -> int:
+def count(text: str) -> int:  # an argparse type, shared with agents process
     try:
         value = int(text)
     except ValueError:
@@ -98,7 +98,7 @@ def _count(text: str) -> int:
     return value
 
 
-def _shard(text: str) -> tuple[int, int]:
+def shard(text: str) -> tuple[int, int]:
     part, _, total = text.partition("/")
     try:
         k, n = int(part), int(total)

@@ -1,0 +1,213 @@
+"""agents process INPUT OUTPUT: read, map and write in one command, with resume built in.
+
+The durable state is a JSON Lines work file beside the output, ``OUTPUT.agents-work.jsonl``:
+results are appended to it as they arrive (agents-write --append's rules: exactly once, torn
+lines repaired, error records superseded), and agents-map resumes from it. OUTPUT itself is
+rendered from the work file, atomically, when a run ends with every record done (exit 0) or
+done but some failed (exit 3), so make never sees a half-done target and every format
+agents-write knows works (CSV, JSON, SQLite, text, .gz). ``OUTPUT.agents-process.json`` records
+the settings, so that ``agents resume OUTPUT`` carries on: paths made absolute, a job file named
+by its path (its ``${VAR}`` stay unexpanded), never a key.
+
+The job runs in the main thread's event loop (so Ctrl-C and SIGTERM stop it as they stop
+agents-map: answers in flight are kept); the input is read and the work file written by two
+threads, through pipes, so backpressure works as it does between the commands.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, BinaryIO
+
+from agents.contract.codec import encode
+from agents.done.lock import WriterLock
+from agents.done.targets import open_target
+from agents.errors import UsageError
+from agents.formats import Location, resolve
+from agents.formats._options import BadRowHandler, ReadOptions, WriteOptions, raise_bad
+from agents.formats.read import Selection, read_records
+from agents.formats.write import Target
+from agents.map.job import Job
+from agents.map.record import Mapper, Sleep
+from agents.map.run import Telling, event_loop, run_job
+from agents.map.window import Outcome
+
+WORK_SUFFIX = ".agents-work.jsonl"
+SETTINGS_SUFFIX = ".agents-process.json"
+SETTINGS_VERSION = 1
+
+
+def work_file(output: Location) -> str:
+    return output.path + WORK_SUFFIX
+
+
+def settings_file(output: Location) -> str:
+    return output.path + SETTINGS_SUFFIX
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to read, as agents-read would."""
+
+    location: Location
+    options: ReadOptions
+    selection: Selection
+
+
+@dataclass
+class Processed:
+    outcome: Outcome
+    mapper: Mapper
+
+
+def output_location(output: str) -> Location:
+    location = resolve(output, None)
+    if location.path == "-":
+        raise UsageError("agents process needs an output file, not '-'")
+    return location
+
+
+def process(
+    source: Source,
+    output: Location,
+    job: Job,
+    stdin: BinaryIO,
+    *,
+    telling: Telling,
+    sleep: Sleep,
+    bad: BadRowHandler = raise_bad,
+) -> Processed:
+    """Run the job over the source into the work file (resuming what it holds)."""
+    work = resolve(work_file(output), "jsonl")
+    lock = WriterLock(work.path)
+    lock.acquire()
+    try:
+        target = open_target(work, WriteOptions(append=True), stdin)
+        try:
+            result = _run(source, target, job, stdin, telling=telling, sleep=sleep, bad=bad)
+        except BaseException:
+            target.abort()
+            raise
+        target.commit()
+        return result
+    finally:
+        lock.release()
+
+
+def _run(
+    source: Source,
+    target: Target,
+    job: Job,
+    stdin: BinaryIO,
+    *,
+    telling: Telling,
+    sleep: Sleep,
+    bad: BadRowHandler,
+) -> Processed:
+    records_read, records_write = os.pipe()
+    results_read, results_write = os.pipe()
+    failures: list[BaseException] = []
+    feeder = _thread(failures, _feed, source, stdin, bad, records_write)
+    writer = _thread(failures, _store, target, results_read)
+    try:
+        with (
+            os.fdopen(records_read, "rb") as records_in,
+            os.fdopen(results_write, "wb") as results_out,
+        ):
+            loop = event_loop()
+            try:
+                outcome, mapper = loop.run_until_complete(
+                    run_job(job, records_in, results_out, telling=telling, sleep=sleep)
+                )
+            finally:
+                loop.close()
+    finally:
+        feeder.join()
+        writer.join()
+    if failures:
+        raise failures[0]
+    return Processed(outcome, mapper)
+
+
+def _thread(
+    failures: list[BaseException], work: Callable[..., None], *args: Any
+) -> threading.Thread:
+    def run() -> None:
+        try:
+            work(*args)
+        except BaseException as error:
+            failures.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _feed(source: Source, stdin: BinaryIO, bad: BadRowHandler, fd: int) -> None:
+    """The input's records into the job's pipe (the job stopping early closes it)."""
+    with os.fdopen(fd, "wb") as pipe:
+        try:
+            for record in read_records(
+                source.location, source.options, source.selection, stdin, bad
+            ):
+                pipe.write(encode(record))
+        except BrokenPipeError:
+            pass
+
+
+def _store(target: Target, fd: int) -> None:
+    """The job's results into the work file, durably, until the job closes its output."""
+    with os.fdopen(fd, "rb") as pipe:
+        target.consume(pipe, "<results>", raise_bad)
+
+
+def render(output: Location, format_options: WriteOptions | None = None) -> int:
+    """OUTPUT from the work file, replaced whole and atomically; the records written."""
+    work = resolve(work_file(output), "jsonl")
+    options = format_options or WriteOptions(table=output.table)
+    lock = WriterLock(output.path)
+    lock.acquire()
+    try:
+        target = open_target(output, options, io.BytesIO())
+        try:
+            with open(work.path, "rb") as stream:
+                target.consume(stream, work.path, raise_bad)
+        except BaseException:
+            target.abort()
+            raise
+        target.commit()
+    finally:
+        lock.release()
+    return target.written
+
+
+# Settings for agents resume ---------------------------------------------------------------------
+
+
+def save_settings(output: Location, settings: dict[str, Any]) -> None:
+    document = {"version": SETTINGS_VERSION, **settings}
+    with open(settings_file(output), "w", encoding="utf-8") as stream:
+        json.dump(document, stream, indent=1, sort_keys=True)
+        stream.write("\n")
+
+
+def load_settings(output: Location) -> dict[str, Any]:
+    path = settings_file(output)
+    try:
+        with open(path, encoding="utf-8") as stream:
+            document = json.load(stream)
+    except FileNotFoundError:
+        raise UsageError(
+            f"{output.path}: no job to resume (no {os.path.basename(path)} beside it)",
+            "start it with agents process INPUT OUTPUT ...",
+        ) from None
+    except (OSError, ValueError) as error:
+        raise UsageError(f"{path}: cannot read the recorded settings: {error}") from None
+    if not isinstance(document, dict) or document.get("version") != SETTINGS_VERSION:
+        raise UsageError(f"{path}: settings of another version of agents")
+    return document

@@ -1,0 +1,202 @@
+"""agents process / agents resume: read, map and write in one resumable command, end to end on
+the fake server (the real local model: test_e2e_local.py)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, run, shell
+from fake_llm import FakeLLM, Reply, last_user_message
+
+
+def answer(delay: float = 0.0) -> Any:
+    return lambda request, number: Reply(f"es: {last_user_message(request)}", delay=delay)
+
+
+def words(folder: Path, count: int) -> Path:
+    source = folder / "input.csv"
+    source.write_text("text\n" + "".join(f"w{n}\n" for n in range(1, count + 1)))
+    return source
+
+
+def environment(url: str) -> dict[str, str]:
+    path = os.pathsep.join([str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]])
+    env = {**os.environ, "PATH": path, "OPENAI_BASE_URL": url}
+    env.pop("OPENAI_API_KEY", None)
+    return env
+
+
+def agents(args: str, cwd: Path, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f"agents {args}"],
+        cwd=cwd,
+        env=environment(url),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def ids_in(path: Path) -> list[str]:
+    result = run("agents-read", str(path))
+    assert result.status == 0, result.stderr
+    return sorted(str(record["_id"]) for record in result.records)
+
+
+PROMPT = "--prompt \"Translate '{text}' to Spanish\""
+
+
+@pytest.mark.parametrize(
+    "output", ["output.csv", "output.tsv", "output.json", "output.jsonl", "output.db", "o.jsonl.gz"]
+)
+def test_every_output_format(tmp: Path, output: str) -> None:
+    words(tmp, 5)
+    with FakeLLM(answer()) as server:
+        done = agents(f"process input.csv {output} {PROMPT} -q", tmp, server.url)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr == f"agents: 5 records written to {output}\n"
+        again = agents(f"process input.csv {output} {PROMPT} -q", tmp, server.url)
+        assert again.returncode == 0, again.stderr
+        assert len(server.requests) == 5  # the second run sent nothing
+    assert ids_in(tmp / output) == ["1", "2", "3", "4", "5"]
+
+
+def test_a_text_output_gets_the_result_field(tmp: Path) -> None:
+    words(tmp, 2)
+    with FakeLLM(answer()) as server:
+        done = agents(f"process input.csv out.txt {PROMPT} -q", tmp, server.url)
+    assert done.returncode == 0, done.stderr
+    assert (tmp / "out.txt").read_text().splitlines() == [
+        "es: Translate 'w1' to Spanish",
+        "es: Translate 'w2' to Spanish",
+    ]
+
+
+def test_dry_run_creates_no_file(tmp: Path) -> None:
+    words(tmp, 9)
+    before = sorted(p.name for p in tmp.iterdir())
+    with FakeLLM(answer()) as server:
+        done = agents(f"process input.csv output.csv {PROMPT} --dry-run --limit 5", tmp, server.url)
+        assert server.requests == []
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count('"request"') == 5
+    assert sorted(p.name for p in tmp.iterdir()) == before
+
+
+def test_a_sqlite_query_as_input(tmp: Path) -> None:
+    words(tmp, 3)
+    assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'w.db'} --table w").returncode == 0
+    source = f"'sqlite://{tmp / 'w.db'}?query=SELECT text FROM w WHERE text != \"w2\"'"
+    with FakeLLM(answer()) as server:
+        done = agents(f"process {source} out.jsonl --prompt '{{text}}' -q", tmp, server.url)
+    assert done.returncode == 0, done.stderr
+    assert ids_in(tmp / "out.jsonl") == ["1", "2"]
+
+
+def test_ctrl_c_then_agents_resume_pays_nothing_twice(tmp: Path) -> None:
+    words(tmp, 60)
+    with FakeLLM(answer(0.05)) as server:
+        process = subprocess.Popen(
+            ["agents", "process", "input.csv", "output.csv", "--prompt", "{text}", "-j", "4", "-q"],
+            cwd=tmp,
+            env=environment(server.url),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 30
+        while server.answered < 10 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 130, err
+        assert "output.csv is not written yet: run the same command again to resume" in err
+        assert not (tmp / "output.csv").exists()
+        elsewhere = tmp / "elsewhere"
+        elsewhere.mkdir()
+        resumed = agents(f"resume {tmp / 'output.csv'}", elsewhere, server.url)
+        assert resumed.returncode == 0, resumed.stderr
+        assert sorted(server.prompts.values()) == [1] * 60  # nothing paid twice
+    assert ids_in(tmp / "output.csv") == sorted(str(n) for n in range(1, 61))
+
+
+def test_kill_9_then_the_same_command(tmp: Path) -> None:
+    words(tmp, 60)
+    with FakeLLM(answer(0.05)) as server:
+        command = ["agents", "process", "input.csv", "out.jsonl", "--prompt", "{text}", "-j", "4"]
+        process = subprocess.Popen(
+            command, cwd=tmp, env=environment(server.url), stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 30
+        while server.answered < 20 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        in_flight = server.in_flight
+        process.kill()
+        process.wait()
+        again = agents("process input.csv out.jsonl --prompt '{text}' -j 4 -q", tmp, server.url)
+        assert again.returncode == 0, again.stderr
+        repeated = sum(times - 1 for times in server.prompts.values())
+    assert ids_in(tmp / "out.jsonl") == sorted(str(n) for n in range(1, 61))
+    assert repeated <= in_flight + 4  # what was open, or between the job and the work file
+
+
+def test_a_makefile_whose_recipe_is_one_line(tmp: Path) -> None:
+    words(tmp, 40)
+    (tmp / "Makefile").write_text(
+        "output.csv: input.csv\n\tagents process input.csv output.csv --prompt '{text}' -q\n"
+    )
+    with FakeLLM(answer(0.05)) as server:
+        env = environment(server.url)
+        make = subprocess.Popen(["make", "-s"], cwd=tmp, env=env, process_group=0)
+        deadline = time.monotonic() + 30
+        while server.answered < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.killpg(make.pid, signal.SIGINT)
+        make.wait(timeout=60)
+        assert make.returncode != 0
+        assert not (tmp / "output.csv").exists()  # make never sees a half-done target
+        again = subprocess.run(["make", "-s"], cwd=tmp, env=env, capture_output=True, text=True)
+        assert again.returncode == 0, again.stderr
+        assert sorted(server.prompts.values()) == [1] * 40
+    assert ids_in(tmp / "output.csv") == sorted(str(n) for n in range(1, 41))
+
+
+def test_resume_without_a_job_and_process_with_resume_are_refused(tmp: Path) -> None:
+    missing = agents("resume nothing.csv", tmp, "http://127.0.0.1:9/v1")
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        "agents: error: nothing.csv: no job to resume (no nothing.csv.agents-process.json "
+        "beside it)\n  hint: start it with agents process INPUT OUTPUT ...\n"
+    )
+    words(tmp, 1)
+    twice = agents(f"process input.csv o.csv {PROMPT} --resume o.csv", tmp, "http://127.0.0.1:9/v1")
+    assert twice.returncode == 2
+    assert twice.stderr == (
+        "agents: error: agents process resumes by itself, from the work file beside OUTPUT\n"
+        "  hint: drop --resume (it is for agents-map in a pipeline)\n"
+    )
+
+
+def test_the_settings_hold_no_key(tmp: Path) -> None:
+    words(tmp, 1)
+    job = tmp / "job.yaml"
+    job.write_text("llm:\n  api_key: ${SECRET_FOR_TEST}\nprompt: '{text}'\n")
+    with FakeLLM(answer()) as server:
+        env = {**environment(server.url), "SECRET_FOR_TEST": "sk-very-secret"}
+        done = subprocess.run(
+            ["agents", "process", "input.csv", "o.csv", "--config", "job.yaml", "-q"],
+            cwd=tmp,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+    assert done.returncode == 0, done.stderr
+    settings = (tmp / "o.csv.agents-process.json").read_text()
+    assert "sk-very-secret" not in settings
+    assert str(job) in settings  # the job file by its absolute path, ${VAR} unexpanded
