@@ -81,15 +81,26 @@ def process(
     telling: Telling,
     sleep: Sleep,
     bad: BadRowHandler = raise_bad,
+    errors_out: BinaryIO | None = None,
 ) -> Processed:
-    """Run the job over the source into the work file (resuming what it holds)."""
+    """Run the job over the source into the work file (resuming what it holds); with
+    ``errors_out``, error records go there instead (agents-map --errors)."""
     work = resolve(work_file(output), "jsonl")
     lock = WriterLock(work.path)
     lock.acquire()
     try:
         target = open_target(work, WriteOptions(append=True), stdin)
         try:
-            result = _run(source, target, job, stdin, telling=telling, sleep=sleep, bad=bad)
+            result = _run(
+                source,
+                target,
+                job,
+                stdin,
+                telling=telling,
+                sleep=sleep,
+                bad=bad,
+                errors_out=errors_out,
+            )
         except BaseException:
             target.abort()
             raise
@@ -108,6 +119,7 @@ def _run(
     telling: Telling,
     sleep: Sleep,
     bad: BadRowHandler,
+    errors_out: BinaryIO | None,
 ) -> Processed:
     records_read, records_write = os.pipe()
     results_read, results_write = os.pipe()
@@ -122,7 +134,14 @@ def _run(
             loop = event_loop()
             try:
                 outcome, mapper = loop.run_until_complete(
-                    run_job(job, records_in, results_out, telling=telling, sleep=sleep)
+                    run_job(
+                        job,
+                        records_in,
+                        results_out,
+                        telling=telling,
+                        sleep=sleep,
+                        errors_out=errors_out,
+                    )
                 )
             finally:
                 loop.close()

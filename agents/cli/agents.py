@@ -17,7 +17,7 @@ from typing import Any
 
 from agents.cli import flags
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
-from agents.cli.map import finish, show_dry_run
+from agents.cli.map import finish, show_dry_run, side_outputs
 from agents.cli.map_options import add_map_options
 from agents.cli.read import shard
 from agents.contract.codec import encode
@@ -161,9 +161,16 @@ def _process(
     save_settings(output, {"arguments": settings})
     telling = Telling(reporter.warning, reporter.info, streams.stderr)
     started = time.monotonic()
-    done = process(
-        source, output, job, streams.stdin, telling=telling, sleep=sleep or asyncio.sleep
-    )
+    with side_outputs(job, PROG) as errors_out:
+        done = process(
+            source,
+            output,
+            job,
+            streams.stdin,
+            telling=telling,
+            sleep=sleep or asyncio.sleep,
+            errors_out=errors_out,
+        )
     status = finish(job, done.outcome, done.mapper, reporter, time.monotonic() - started)
     if status in (ExitStatus.OK, ExitStatus.PARTIAL):
         written = render(output, WriteOptions(table=output.table, field=job.options.field))

@@ -10,7 +10,8 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import BinaryIO
 
 import orjson
@@ -49,17 +50,8 @@ def _map(
 
     if o.dry_run:
         return show_dry_run(job, streams, reporter, bad)
-    from agents.map import logs
-
-    handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, PROG)
-    errors_out: BinaryIO | None = None
-    if o.errors:
-        try:
-            errors_out = open(o.errors, "ab")
-        except OSError as error:
-            raise UsageError(f"--errors {o.errors}: cannot write: {error.strerror}") from None
     started = time.monotonic()
-    try:
+    with side_outputs(job, PROG) as errors_out:
         telling = Telling(reporter.warning, reporter.info, streams.stderr)
         outcome, mapper = event_loop().run_until_complete(
             run_job(
@@ -72,10 +64,6 @@ def _map(
                 bad=bad,
             )
         )
-    finally:
-        if errors_out is not None:
-            errors_out.close()
-        handler.close()
     status = finish(job, outcome, mapper, reporter, time.monotonic() - started)
     if outcome.duplicates and status == ExitStatus.OK:
         status = int(ExitStatus.PARTIAL)
@@ -84,6 +72,29 @@ def _map(
         reporter.warning(f"skipped {count} bad input {'line' if count == 1 else 'lines'}")
         return int(ExitStatus.PARTIAL)
     return status
+
+
+@contextmanager
+def side_outputs(job: Job, prog: str) -> Iterator[BinaryIO | None]:
+    """The log (--log-level, --log-file) and the --errors file for the run; the latter yielded."""
+    from agents.map import logs
+
+    o = job.options
+    handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, prog)
+    try:
+        errors_out: BinaryIO | None = None
+        if o.errors:
+            try:
+                errors_out = open(o.errors, "ab")
+            except OSError as error:
+                raise UsageError(f"--errors {o.errors}: cannot write: {error.strerror}") from None
+        try:
+            yield errors_out
+        finally:
+            if errors_out is not None:
+                errors_out.close()
+    finally:
+        handler.close()
 
 
 def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:
