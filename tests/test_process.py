@@ -200,3 +200,35 @@ def test_the_settings_hold_no_key(tmp: Path) -> None:
     settings = (tmp / "o.csv.agents-process.json").read_text()
     assert "sk-very-secret" not in settings
     assert str(job) in settings  # the job file by its absolute path, ${VAR} unexpanded
+
+
+def test_the_design_documents_examples_verbatim(tmp: Path) -> None:
+    """`agents process input.csv output.csv --prompt ...`, with the design document's job file
+    as written there, a sqlite:// source and --dry-run --limit 5."""
+    from test_design_job import DESIGN
+
+    (tmp / "input.csv").write_text("text,word\nhello,cat\nworld,dog\n")
+    (tmp / "job.yaml").write_text(DESIGN)
+    with FakeLLM(lambda request, number: Reply('{"es": "x", "fr": "y", "de": "z"}')) as server:
+        env = {**environment(server.url), "OPENAI_API_KEY": "sk-test"}
+
+        def agents_env(args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                ["bash", "-c", f"agents {args}"], cwd=tmp, env=env, capture_output=True, text=True
+            )
+
+        prompt = agents_env("process input.csv output.csv --prompt \"Translate '{text}' to Spanish\" -q")
+        assert prompt.returncode == 0, prompt.stderr
+        configured = agents_env("process input.csv configured.csv --config job.yaml -q")
+        assert configured.returncode == 0, configured.stderr
+        assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'data.db'} --table words").returncode == 0
+        query = agents_env(
+            "process \"sqlite://data.db?query=SELECT * FROM words\" from_db.jsonl --config job.yaml -q"
+        )
+        assert query.returncode == 0, query.stderr
+        preview = agents_env("process input.csv preview.csv --config job.yaml --dry-run --limit 5")
+        assert preview.returncode == 0, preview.stderr
+    assert ids_in(tmp / "output.csv") == ["1", "2"]
+    assert ids_in(tmp / "configured.csv") == ["1", "2"]
+    assert ids_in(tmp / "from_db.jsonl") == ["1", "2"]
+    assert not (tmp / "preview.csv").exists()
