@@ -75,18 +75,11 @@ def build_parser(streams: Streams) -> Parser:
     add_map_options(job)
     source = job.add_argument_group("reading INPUT (as agents-read)")
     flags.add_format(source, "input")
-    source.add_argument(
-        "--id",
-        metavar="FIELD",
-        dest="id_field",
-        help="use FIELD as each record's ID (default: the row or line number, or the key)",
-    )
+    flags.add_id(source)
     source.add_argument(
         "--shard", type=shard, metavar="K/N", help="keep only shard K of N (default: all)"
     )
-    source.add_argument(
-        "--encoding", default="utf-8", metavar="NAME", help="the input's encoding (default: utf-8)"
-    )
+    flags.add_encoding(source)
     flags.add_delimiter(source)
     source.add_argument(
         "--no-header", action="store_true", help="the first CSV row is data (default: a header)"

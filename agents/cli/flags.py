@@ -63,3 +63,25 @@ def add_columns(parser: Adder, purpose: str) -> None:
 def add_table(parser: Adder, purpose: str) -> None:
     """``-t/--table NAME`` of SQLite; ``purpose`` says what the table is for in this command."""
     parser.add_argument("-t", "--table", metavar="NAME", help=purpose)
+
+
+def add_id(parser: Adder) -> None:
+    """``--id FIELD``: a field of the source as each record's ID."""
+    parser.add_argument(
+        "--id",
+        metavar="FIELD",
+        dest="id_field",
+        help="use FIELD as each record's ID (default: an existing _id, else "
+        "the row or line number, or the SQLite primary key or rowid)",
+    )
+
+
+def add_encoding(parser: Adder) -> None:
+    """``--encoding NAME``: the input's text encoding."""
+    parser.add_argument(
+        "--encoding",
+        default="utf-8",
+        metavar="NAME",
+        help="text encoding of the input (default: utf-8; a BOM is skipped)",
+    )
+

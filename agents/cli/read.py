@@ -38,13 +38,7 @@ def build_parser(streams: Streams) -> Parser:
         help="file, sqlite://PATH?query=… URL, or - for stdin (default: -)",
     )
     flags.add_format(parser, "input")
-    parser.add_argument(
-        "--id",
-        metavar="FIELD",
-        dest="id_field",
-        help="use FIELD as each record's ID (default: an existing _id, else "
-        "the row or line number, or the SQLite primary key or rowid)",
-    )
+    flags.add_id(parser)
     parser.add_argument(
         "-n", "--limit", type=count, metavar="N", help="stop after N records (default: all)"
     )
@@ -55,12 +49,7 @@ def build_parser(streams: Streams) -> Parser:
         help="keep only shard K of N (1 ≤ K ≤ N), by a stable hash of the ID",
     )
     flags.add_skip_bad(parser, "a bad row or line")
-    parser.add_argument(
-        "--encoding",
-        default="utf-8",
-        metavar="NAME",
-        help="text encoding of the input (default: utf-8; a BOM is skipped)",
-    )
+    flags.add_encoding(parser)
     csv = parser.add_argument_group("CSV and TSV")
     flags.add_delimiter(csv)
     csv.add_argument(
