@@ -19,11 +19,11 @@ from dataclasses import dataclass
 
 import orjson
 
-from agents.contract.codec import encode
-from agents.contract.ids import Record
+from agents.contract.codec import encode, exact
+from agents.contract.ids import Record, id_problem
 from agents.done.lock import WriterLock
 from agents.done.targets import LedgerTarget, open_target
-from agents.errors import AgentsError, CapReached
+from agents.errors import AgentsError, CapReached, DataError
 from agents.formats import resolve
 from agents.formats._options import BadRowHandler, ReadOptions, WriteOptions, raise_bad
 from agents.formats.read import Selection
@@ -106,7 +106,7 @@ def write_records(
         opened = open_target(location, options, sys.stdout.buffer)
         try:
             batch: list[Record] = []
-            for record in records:
+            for record in _checked(records):
                 batch.append(record)
                 if len(batch) >= 256:
                     opened.write_many(batch)
@@ -121,6 +121,19 @@ def write_records(
             lock.release()
     duplicates = opened.ledger.duplicates.count if isinstance(opened, LedgerTarget) else 0
     return WriteSummary(opened.written, opened.skipped, duplicates)
+
+
+def _checked(records: Iterable[Record]) -> Iterator[Record]:
+    """Records from Python held to the stream contract, as if they had been read from JSON: a
+    bad ID is refused, an integer beyond 64 bits kept as its decimal text."""
+    for number, record in enumerate(records, 1):
+        if problem := id_problem(record):
+            raise DataError(f"record {number}", problem)
+        try:
+            encode(record)
+        except TypeError:  # orjson: an integer beyond 64 bits
+            record = exact(record)
+        yield record
 
 
 def map_records(records: Iterable[Record], job: Job) -> Generator[Record, None, None]:
@@ -171,7 +184,7 @@ class _Runner:
     def _feed(self) -> None:
         with os.fdopen(self.feed_end, "wb") as stream:
             try:
-                for record in self.records:
+                for record in _checked(self.records):
                     stream.write(encode(record))
             except BrokenPipeError:
                 pass  # the job stopped reading
@@ -181,16 +194,19 @@ class _Runner:
     def _work(self) -> None:
         warnings: list[str] = []
         telling = Telling(lambda message, hint=None: warnings.append(message))
-        with os.fdopen(self.inputs, "rb") as stdin, os.fdopen(self.results_end, "wb") as stdout:
-            loop = event_loop()
-            try:
-                self.outcome, _ = loop.run_until_complete(
-                    run_job(self.job, stdin, stdout, telling=telling)
-                )
-            except BaseException as error:
-                self.error = self.error or error
-            finally:
-                loop.close()
+        try:
+            with os.fdopen(self.inputs, "rb") as stdin, os.fdopen(self.results_end, "wb") as out:
+                loop = event_loop()
+                try:
+                    self.outcome, _ = loop.run_until_complete(
+                        run_job(self.job, stdin, out, telling=telling)
+                    )
+                finally:
+                    loop.close()
+        except BrokenPipeError:
+            pass  # the reader stopped iterating: the job stopped, as it should
+        except BaseException as error:
+            self.error = self.error or error
 
     def finish(self) -> None:
         """After the results were read (their pipe closed: a reader that stopped early stops

@@ -96,6 +96,9 @@ class DataError(AgentsError):
         super().__init__(f"{where}: {message}", hint)
         self.where = where
         self.reason = message
+        #: Records read whole before the bad one in the same batch, so that a writer can keep
+        #: them ("every record before it is kept") although the batch stopped.
+        self.records_before: list[dict[str, object]] = []
 
 
 class InvalidID(ValueError):

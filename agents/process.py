@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from agents.contract.codec import encode
+from agents.contract.error_record import is_error_record
 from agents.done.lock import WriterLock
 from agents.done.targets import open_target
 from agents.errors import UsageError
 from agents.formats import Location, resolve
 from agents.formats._options import BadRowHandler, ReadOptions, WriteOptions, raise_bad
+from agents.formats.jsonl import batches
 from agents.formats.read import Selection, read_records
 from agents.formats.write import Target
 from agents.map.job import Job
@@ -82,6 +84,7 @@ def process(
     sleep: Sleep,
     bad: BadRowHandler = raise_bad,
     errors_out: BinaryIO | None = None,
+    when_locked: Callable[[], None] | None = None,
 ) -> Processed:
     """Run the job over the source into the work file (resuming what it holds); with
     ``errors_out``, error records go there instead (agents-map --errors)."""
@@ -89,6 +92,8 @@ def process(
     lock = WriterLock(work.path)
     lock.acquire()
     try:
+        if when_locked is not None:  # what must not happen unless this run owns the output
+            when_locked()
         target = open_target(work, WriteOptions(append=True), stdin)
         try:
             result = _run(
@@ -185,24 +190,31 @@ def _store(target: Target, fd: int) -> None:
         target.consume(pipe, "<results>", raise_bad)
 
 
-def render(output: Location, format_options: WriteOptions | None = None) -> int:
-    """OUTPUT from the work file, replaced whole and atomically; the records written."""
+def render(output: Location, format_options: WriteOptions | None = None) -> tuple[int, int]:
+    """OUTPUT from the work file, replaced whole and atomically: (records written, error
+    records left out). A text output holds results only: error records have none to show."""
     work = resolve(work_file(output), "jsonl")
     options = format_options or WriteOptions(table=output.table)
     lock = WriterLock(output.path)
     lock.acquire()
     try:
         target = open_target(output, options, io.BytesIO())
+        left_out = 0
         try:
             with open(work.path, "rb") as stream:
-                target.consume(stream, work.path, raise_bad)
+                for batch in batches(stream, work.path, raise_bad):
+                    if output.format == "text":
+                        kept = [record for record in batch if not is_error_record(record)]
+                        left_out += len(batch) - len(kept)
+                        batch = kept
+                    target.write_many(batch)
         except BaseException:
             target.abort()
             raise
         target.commit()
     finally:
         lock.release()
-    return target.written
+    return target.written, left_out
 
 
 # Settings for agents resume ---------------------------------------------------------------------

@@ -140,3 +140,32 @@ def test_nothing_of_the_api_is_imported_by_a_command_that_needs_none() -> None:
     assert loaded.stdout == "False\n"
 
 
+
+
+
+def test_write_records_holds_python_records_to_the_contract(tmp: Path) -> None:
+    with pytest.raises(DataError, match="record 2: bad _id: true cannot be an ID"):
+        agents.write_records([{"_id": 1}, {"_id": True}], str(tmp / "w.jsonl"))
+    summary = agents.write_records([{"_id": 1, "n": 10**30}], str(tmp / "big.jsonl"))
+    assert summary.written == 1
+    assert (tmp / "big.jsonl").read_text() == '{"_id":1,"n":"1000000000000000000000000000000"}\n'
+
+
+def test_breaking_out_of_map_records_prints_nothing(tmp: Path) -> None:
+    script = (
+        "import agents, sys\n"
+        "job = agents.Job.create(prompt='{w}', base_url=sys.argv[1], jobs=2)\n"
+        "for _ in range(3):\n"
+        "    for record in agents.map_records(({'_id': n, 'w': n} for n in range(500)), job):\n"
+        "        break\n"
+        "print('done')\n"
+    )
+    with FakeLLM(answer) as server:
+        done = subprocess.run(
+            [sys.executable, "-c", script, server.url],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            timeout=60,
+        )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")

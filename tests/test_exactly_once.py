@@ -462,3 +462,34 @@ def test_a_sidecar_of_a_newer_version_is_refused(tmp: Path) -> None:
     assert result.returncode == 2
     assert "written by a newer version of agents (sidecar version 99)" in result.stderr
     assert "hint: upgrade agents to resume this output, or write to a new one" in result.stderr
+
+
+
+# What a new user broke (2) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["b.jsonl", "b.csv", "b.db", "b.json"])
+def test_records_before_a_bad_line_in_the_same_batch_are_kept(tmp: Path, name: str) -> None:
+    lines = jsonl({"_id": 1, "w": "a"}, {"_id": 2, "w": "b"}) + b'{"_id":true}\n' + jsonl({"_id": 4})
+    result = run("agents-write", "--append", str(tmp / name), stdin=lines)
+    assert result.status == 1
+    assert sorted(str(r["_id"]) for r in read_back(tmp / name)) == ["1", "2"]
+
+
+def test_records_before_a_duplicate_error_are_kept(tmp: Path) -> None:
+    lines = jsonl({"_id": 1}, {"_id": 2}, {"_id": 3}, {"_id": 2}, {"_id": 4})
+    result = run("agents-write", "--append", str(tmp / "o.jsonl"), "--on-duplicate", "error", stdin=lines)
+    assert result.status == 1
+    assert [str(r["_id"]) for r in read_back(tmp / "o.jsonl")] == ["1", "2", "3"]
+
+
+def test_records_with_ids_are_not_appended_to_rows_without(tmp: Path) -> None:
+    target = tmp / "plain.csv"
+    target.write_text("word\nfoo\nbar\n")
+    result = run("agents-write", "--append", str(target), stdin=jsonl({"_id": 1, "word": "new"}))
+    assert result.status == 2
+    assert result.stderr.startswith(
+        f"agents-write: error: {target}: its rows have no _id column, so records with IDs "
+        "cannot be appended to it\n"
+    )
+    assert target.read_text() == "word\nfoo\nbar\n"

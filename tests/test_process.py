@@ -61,7 +61,7 @@ def test_every_output_format(tmp: Path, output: str) -> None:
     with FakeLLM(answer()) as server:
         done = agents(f"process input.csv {output} {PROMPT} -q", tmp, server.url)
         assert done.returncode == 0, done.stderr
-        assert done.stderr == f"agents: 5 records written to {output}\n"
+        assert done.stderr == ""  # -q: nothing to say
         again = agents(f"process input.csv {output} {PROMPT} -q", tmp, server.url)
         assert again.returncode == 0, again.stderr
         assert len(server.requests) == 5  # the second run sent nothing
@@ -232,3 +232,92 @@ def test_the_design_documents_examples_verbatim(tmp: Path) -> None:
     assert ids_in(tmp / "configured.csv") == ["1", "2"]
     assert ids_in(tmp / "from_db.jsonl") == ["1", "2"]
     assert not (tmp / "preview.csv").exists()
+
+
+
+# What a new user broke -------------------------------------------------------------------------
+
+
+def test_a_refused_second_run_leaves_the_first_runs_settings(tmp: Path) -> None:
+    words(tmp, 30)
+    (tmp / "other.csv").write_text("text\nother\n")
+    with FakeLLM(answer(0.2)) as server:
+        first = subprocess.Popen(
+            ["agents", "process", "input.csv", "two.csv", "--prompt", "{text}", "-j", "1", "-q"],
+            cwd=tmp,
+            env=environment(server.url),
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while server.answered < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = agents("process other.csv two.csv --prompt 'x {text}'", tmp, server.url)
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=30)
+        assert second.returncode == 2
+        assert "is writing to it" in second.stderr
+        resumed = agents(f"resume {tmp / 'two.csv'}", tmp / ".." , server.url)
+        assert resumed.returncode == 0, resumed.stderr
+    assert ids_in(tmp / "two.csv") == sorted(str(n) for n in range(1, 31))
+
+
+def test_sqlite_urls_resume_from_any_folder(tmp: Path) -> None:
+    words(tmp, 4)
+    assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'in.db'} --table w").returncode == 0
+    elsewhere = tmp / "elsewhere"
+    elsewhere.mkdir()
+    with FakeLLM(answer()) as server:
+        started = agents(
+            "process 'sqlite://in.db?query=SELECT text FROM w' 'sqlite://out.db?table=t' "
+            "--prompt '{text}' -q",
+            tmp,
+            server.url,
+        )
+        assert started.returncode == 0, started.stderr
+        resumed = agents(f"resume 'sqlite://{tmp / 'out.db'}?table=t'", elsewhere, server.url)
+        assert resumed.returncode == 0, resumed.stderr
+        assert len(server.requests) == 4
+    assert len(run("agents-read", str(tmp / "out.db"), "--table", "t").records) == 4
+
+
+def test_a_text_output_leaves_error_records_out(tmp: Path) -> None:
+    words(tmp, 4)
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if last_user_message(request) == "w3":
+            return Reply("refused", status=400)
+        return Reply(f"es: {last_user_message(request)}")
+
+    with FakeLLM(script) as server:
+        done = agents("process input.csv t.txt --prompt '{text}' -q", tmp, server.url)
+    assert done.returncode == 3, done.stderr
+    assert (tmp / "t.txt").read_text().splitlines() == ["es: w1", "es: w2", "es: w4"]
+    assert "1 error record kept in t.txt.agents-work.jsonl, not in the text output" in done.stderr
+
+
+def test_a_stdin_job_is_not_resumed_from_an_empty_stdin(tmp: Path) -> None:
+    with FakeLLM(answer()) as server:
+        started = subprocess.run(
+            ["agents", "process", "-", "s.csv", "--prompt", "{w}", "-q"],
+            cwd=tmp,
+            env=environment(server.url),
+            input='{"_id": 1, "w": "a"}\n',
+            capture_output=True,
+            text=True,
+        )
+        assert started.returncode == 0, started.stderr  # stdin is JSON Lines by default
+        resumed = agents("resume s.csv < /dev/null", tmp, server.url)
+    assert resumed.returncode == 2
+    assert "the job read standard input, which cannot be read again" in resumed.stderr
+
+
+def test_force_resume_is_not_recorded_and_a_failed_start_can_be_fixed(tmp: Path) -> None:
+    words(tmp, 2)
+    with FakeLLM(answer()) as server:
+        typo = agents("process input.csv o.csv --prompt '{nope}' -q", tmp, server.url)
+        assert typo.returncode in (1, 3), typo.stderr
+        fixed = agents("process input.csv o.csv --prompt '{text}' -q", tmp, server.url)
+        assert fixed.returncode == 0, fixed.stderr  # no result yet: nothing to mix
+        forced = agents("process input.csv o.csv --prompt 'B {text}' --force-resume -q", tmp, server.url)
+        assert forced.returncode == 0, forced.stderr
+    assert '"force_resume"' not in (tmp / "o.csv.agents-process.json").read_text()

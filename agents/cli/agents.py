@@ -11,6 +11,7 @@ import io
 import os
 import sys
 import time
+import urllib.parse
 from collections.abc import Sequence
 from itertools import islice
 from typing import Any
@@ -118,6 +119,11 @@ def _agents(
     if command == "resume":
         output = output_location(args["output"])
         args = dict(load_settings(output)["arguments"])
+        if args["input"] == "-":
+            raise UsageError(
+                f"{output.path}: the job read standard input, which cannot be read again",
+                "run 'agents process - OUTPUT ...' again with the same input",
+            )
         reporter.info(f"resuming the job from {args['input']} into {output.path}")
     return _process(args, streams, reporter, sleep)
 
@@ -127,7 +133,7 @@ def _process(
 ) -> int:
     output = output_location(args["output"])
     settings = _absolute(args)
-    location = resolve(args["input"], args.pop("format"))
+    location = resolve(args["input"], args.pop("format"), default="jsonl")
     source = Source(
         location,
         ReadOptions(
@@ -151,7 +157,8 @@ def _process(
     job = build(merge(map_flags, map_flags.pop("config")))
     if job.options.dry_run:
         return _dry_run(job, source, streams, reporter)
-    save_settings(output, {"arguments": settings})
+    for once in ("force_resume", "dry_run"):  # choices for this run, not for every resume
+        settings.pop(once, None)
     telling = Telling(reporter.warning, reporter.info, streams.stderr)
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
@@ -163,11 +170,18 @@ def _process(
             telling=telling,
             sleep=sleep or asyncio.sleep,
             errors_out=errors_out,
+            when_locked=lambda: save_settings(output, {"arguments": settings}),
         )
     status = finish(job, done.outcome, done.mapper, reporter, time.monotonic() - started)
     if status in (ExitStatus.OK, ExitStatus.PARTIAL):
-        written = render(output, WriteOptions(table=output.table, field=job.options.field))
-        reporter.info(f"{written:,} records written to {output.path}")
+        written, failed = render(output, WriteOptions(table=output.table, field=job.options.field))
+        if not job.options.quiet:
+            reporter.info(f"{written:,} records written to {output.path}")
+        if failed:
+            records = "record" if failed == 1 else "records"
+            reporter.warning(
+                f"{failed:,} error {records} kept in {work_file(output)}, not in the text output"
+            )
     else:
         reporter.info(f"{output.path} is not written yet: run the same command again to resume")
     return status
@@ -195,14 +209,21 @@ def _dry_run(job: Job, source: Source, streams: Streams, reporter: Reporter) -> 
 def _absolute(arguments: dict[str, Any]) -> dict[str, Any]:
     """File paths made absolute, so agents resume works from any folder."""
     fixed = dict(arguments)
-    for name in (*PATH_OPTIONS, "output"):
+    for name in (*PATH_OPTIONS, "output", "input"):
         value = fixed.get(name)
-        if isinstance(value, str) and value:
-            fixed[name] = os.path.abspath(value)
-    source = fixed.get("input")
-    if isinstance(source, str) and source != "-" and "://" not in source:
-        fixed["input"] = os.path.abspath(source)
+        if isinstance(value, str) and value and value != "-":
+            fixed[name] = absolute_spelling(value)
     return fixed
+
+
+def absolute_spelling(spelling: str) -> str:
+    """A path, or the path inside a sqlite:// URL, made absolute (the rest kept as it is)."""
+    if not spelling.startswith("sqlite://"):
+        return os.path.abspath(spelling)
+    parts = urllib.parse.urlsplit(spelling)
+    path = os.path.abspath(urllib.parse.unquote(parts.netloc + parts.path))
+    query = f"?{parts.query}" if parts.query else ""
+    return f"sqlite://{urllib.parse.quote(path)}{query}"
 
 
 def entry_point() -> None:

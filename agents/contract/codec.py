@@ -73,3 +73,18 @@ def loads(data: bytes | str) -> Any:
 
 def _no_constant(name: str) -> Any:
     raise orjson.JSONDecodeError(f"{name} is not JSON", "", 0)
+
+
+def exact(value: Any) -> Any:
+    """``value`` (a record built in Python) with its integers beyond 64 bits as their decimal
+    text, as they are read from JSON (for the Python API, whose records come from no parser)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value if _SMALLEST <= value <= _LARGEST else _integer(str(value))
+    if isinstance(value, dict):
+        return {key: exact(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [exact(item) for item in value]
+    return value
+

@@ -44,7 +44,7 @@ class WriterLock:
                 holder = _holder(fd)
                 os.close(fd)
                 raise TargetError(
-                    f"{self.output}: another agents-write{holder} is writing to it",
+                    f"{self.output}: another {holder} is writing to it",
                     "wait for it to finish, or add --wait to start when it does",
                 ) from None
             if not _still_named(fd, self.path):
@@ -65,11 +65,16 @@ class WriterLock:
 
 
 def _holder(fd: int) -> str:
+    """The lock's holder as the message names it: its program and PID, when known."""
+    program, pid = "agents-write", ""
     with contextlib.suppress(OSError, ValueError):
         text = os.pread(fd, 32, 0).decode().strip()
         if text.isdigit():
-            return f" (pid {text})"
-    return ""
+            pid = f" (pid {text})"
+            with open(f"/proc/{text}/cmdline", "rb") as stream:
+                names = [os.path.basename(arg.decode()) for arg in stream.read().split(b"\0")]
+            program = next((name for name in names if name.startswith("agents")), program)
+    return program + pid
 
 
 def _still_named(fd: int, path: str) -> bool:

@@ -169,7 +169,9 @@ class Resumer:
                 "wait for it to finish, then run this command again",
             )
         self.done = readable_ids(output, self.output)
-        if self.done.empty or sidecar.job is None:
+        if not self.done.succeeded or sidecar.job is None:
+            # No result yet (a first run, or only failures, such as a typo in the prompt):
+            # nothing could be mixed, so this run's job is the job.
             sidecar.start_job(self.job)
         else:
             self._check(sidecar.job)

@@ -30,7 +30,7 @@ from agents.done.ids import DoneIDs, Output, csv_header, done_ids, torn_json_rec
 from agents.done.repair import repair_torn_csv, repair_torn_jsonl
 from agents.done.rules import Ledger, Standing
 from agents.done.sidecar import read_sidecar
-from agents.errors import UsageError
+from agents.errors import DataError, TargetError, UsageError
 from agents.formats import Location, resolve
 from agents.formats._io import check_writable
 from agents.formats._options import WriteOptions
@@ -95,6 +95,11 @@ class AppendTarget(LedgerTarget):
         if fmt in ("csv", "tsv") and os.path.exists(path) and os.path.getsize(path):
             existing = csv_header(path, self.delimiter)
             lineterminator, bom = _csv_style(path)
+        # Rows without an ID column cannot be told apart from new ones: records with IDs
+        # appended to them would leave those rows with an empty, invalid ID.
+        self.rows_without_ids = bool(
+            existing and ID_KEY not in existing and self.ledger.done.records
+        )
         self.stream = durable.DISK.open(path, "r+b" if os.path.exists(path) else "w+b")
         self.stream.seek(0, os.SEEK_END)
         self.writer = format_writer(
@@ -107,15 +112,31 @@ class AppendTarget(LedgerTarget):
         self.write_many([record])
 
     def write_many(self, records: list[Record]) -> None:
-        admitted = [record for record in records if self.ledger.admit(record)]
-        if not admitted:
-            return
-        self.writer.write_many(admitted)
-        self.writer.flush()
-        self.written += len(admitted)
-        if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
-            durable.DISK.fsync(self.stream)
-            self.last_sync = time.monotonic()
+        if self.rows_without_ids and any(ID_KEY in record for record in records):
+            path = self.output.path
+            raise TargetError(
+                f"{path}: its rows have no {ID_KEY} column, so records with IDs cannot be "
+                "appended to it",
+                f"append to a new file, or give its rows IDs first: "
+                f"agents-read {path} | agents-write NEW.csv",
+            )
+        admitted: list[Record] = []
+        stopped: DataError | None = None
+        try:
+            for record in records:
+                if self.ledger.admit(record):
+                    admitted.append(record)
+        except DataError as error:  # --on-duplicate error: what came before it is kept
+            stopped = error
+        if admitted:
+            self.writer.write_many(admitted)
+            self.writer.flush()
+            self.written += len(admitted)
+            if time.monotonic() - self.last_sync >= FSYNC_SECONDS:
+                durable.DISK.fsync(self.stream)
+                self.last_sync = time.monotonic()
+        if stopped is not None:
+            raise stopped
 
     def _replace(self, copy: Callable[[BinaryIO, BinaryIO], None]) -> BinaryIO:
         """Rewrite the live file whole (new CSV columns), then go on appending to the new one."""

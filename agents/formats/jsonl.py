@@ -110,7 +110,11 @@ def parse_lines(lines: list[bytes], name: str, first: int, bad: BadRowHandler) -
         pass
     checked: list[Record] = []
     for number, line in enumerate(lines, first):
-        value = parse_object(line, f"{name}:{number}", bad)
+        try:
+            value = parse_object(line, f"{name}:{number}", bad)
+        except DataError as error:  # ``bad`` stopped the batch: say what came before
+            error.records_before = checked
+            raise
         if value is not None:
             checked.append(value)
     return checked

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from typing import BinaryIO, Protocol
 
 from agents.contract.ids import Record
+from agents.errors import DataError
 from agents.formats import Location
 from agents.formats._io import AtomicFile, check_writable
 from agents.formats._options import BadRowHandler, WriteOptions
@@ -86,9 +87,15 @@ class Target:
             self.write(record)
 
     def consume(self, stream: BinaryIO, name: str, bad: BadRowHandler) -> None:
-        """Write every record of the JSON Lines ``stream``, batch by batch as they arrive."""
-        for batch in batches(stream, name, bad):
-            self.write_many(batch)
+        """Write every record of the JSON Lines ``stream``, batch by batch as they arrive; a bad
+        line that stops the run stops it after the records before it."""
+        try:
+            for batch in batches(stream, name, bad):
+                self.write_many(batch)
+        except DataError as error:
+            if error.records_before:
+                self.write_many(error.records_before)
+            raise
 
     def commit(self) -> None:
         raise NotImplementedError

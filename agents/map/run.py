@@ -143,8 +143,9 @@ async def run_job(
             )
         if job.merger.dropped_ids:
             telling.warn(
-                f"{job.merger.dropped_ids:,} results had an {ID_KEY} key, which is reserved: it "
-                "was dropped, and each record kept its own ID"
+                f"{job.merger.dropped_ids:,} "
+                f"{'result' if job.merger.dropped_ids == 1 else 'results'} had an {ID_KEY} key, "
+                "which is reserved: it was dropped, and each record kept its own ID"
             )
         if resumer is not None and resumer.duplicates.count:
             telling.warn(
