@@ -125,15 +125,7 @@ def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, secon
 
     o = job.options
     counters = mapper.counters
-    stopped = (
-        "fatal"
-        if outcome.fatal
-        else "broken_pipe"
-        if outcome.broken_pipe
-        else "signal"
-        if outcome.signal
-        else None
-    )
+    stopped = outcome.stopped
     if o.stats:
         document = stats_document(
             usage=counters.usage,

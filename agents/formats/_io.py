@@ -64,11 +64,12 @@ def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
 
 
 def normalise_encoding(name: str) -> str:
-    """The codec's own name for ``name`` ("UTF8", "utf_8" and "u8" are all "utf-8").
-
-    Raises :class:`LookupError` for a name Python does not know.
-    """
-    return codecs.lookup(name).name
+    """The codec's own name for ``name`` ("UTF8", "utf_8" and "u8" are all "utf-8"); a name
+    Python does not know is a usage error, whatever the format."""
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise SourceError(f"unknown encoding {name!r}", ENCODING_HINT) from None
 
 
 def strip_bom(data: bytes) -> bytes:
@@ -91,10 +92,7 @@ def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
     its line number after every line before it was delivered. A UTF-8 byte-order mark is dropped.
     UTF-16 and UTF-32, where a newline byte can sit inside a character, go through a text stream.
     """
-    try:
-        codec = normalise_encoding(encoding)
-    except LookupError:
-        raise SourceError(f"unknown encoding {encoding!r}", ENCODING_HINT) from None
+    codec = normalise_encoding(encoding)
     if codec.startswith(("utf-16", "utf-32")):
         wide = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
         for lines in iter(lambda: wide.readlines(CHUNK_BYTES), []):

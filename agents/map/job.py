@@ -222,6 +222,14 @@ def build(o: SimpleNamespace) -> Job:
         raise UsageError(
             f"schema {o.schema}: not a valid JSON Schema: {getattr(error, 'message', error)}"
         ) from None
+    for flag, value in (("--retry-delay", o.retry_delay), ("--grace", o.grace)):
+        if value is not None and value < 0:
+            raise UsageError(f"{flag} must be at least 0, not {value:g}")
+    if o.merge == "update" and o.output_format == "text":
+        raise UsageError(
+            "--merge update needs an object as the result, and --output-format text gives text",
+            "use --output-format json or structured with --merge update",
+        )
     at_least(o.jobs, "--jobs")
     at_least(o.max_retries, "--max-retries", 0)
     at_least(o.max_reasks, "--max-reasks", 0)

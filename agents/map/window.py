@@ -67,7 +67,16 @@ async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
         mode = os.fstat(stream.fileno()).st_mode
     except (OSError, ValueError, AttributeError):
         mode = 0
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode):
+    if stat.S_ISCHR(mode):  # a terminal, /dev/null: the event loop cannot watch these
+        read = getattr(stream, "read1", stream.read)
+        splitter = LineSplitter()
+        while chunk := await asyncio.to_thread(read, 1 << 16):
+            if lines := splitter.feed(chunk):
+                yield lines
+        if rest := splitter.finish():
+            yield rest
+        return
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         reader = asyncio.StreamReader(limit=1 << 20)  # pauses the pipe beyond 2 MB: flat memory
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(os.dup(stream.fileno()), "rb")
@@ -121,6 +130,9 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
     capped: str | None = None  # a --max-cost or --max-errors cap stopped the run
     duplicates: int = 0  # records skipped under --resume: their ID came earlier in the input
+    #: Why the run stopped early, for --stats: fatal, circuit, max_cost, max_errors, signal or
+    #: broken_pipe (None: it read its whole input).
+    stopped: str | None = None
 
 
 class Scheduler:
@@ -222,10 +234,10 @@ class Scheduler:
         try:
             output, succeeded = await self.process(record)
         except Fatal as error:
-            self._stop_fatal(error.message)
+            self._stop_fatal(error.message, "fatal")
             return
         except CapReached as error:
-            self._stop_capped(str(error))
+            self._stop_capped(str(error), "max_cost")
             return
         except asyncio.CancelledError:
             self.outcome.in_flight_lost += 1
@@ -241,7 +253,7 @@ class Scheduler:
             self.breaker.record(output, succeeded)
         except CircuitOpen as error:
             self._write(sequence, output, succeeded)
-            self._stop_fatal(str(error))
+            self._stop_fatal(str(error), "circuit")
             return
         self._write(sequence, output, succeeded)
         if self.error_cap is not None and not succeeded:
@@ -250,13 +262,19 @@ class Scheduler:
                     self.outcome.failed, self.outcome.failed + self.outcome.written
                 )
             except CapReached as error:
-                self._stop_capped(str(error))
+                self._stop_capped(str(error), "max_errors")
 
-    def _stop_capped(self, message: str) -> None:
+    def _stopped(self, reason: str) -> None:
+        """Stop sending, remembering the first reason (for --stats)."""
+        if self.outcome.stopped is None:
+            self.outcome.stopped = reason
+        self.stopping.set()
+
+    def _stop_capped(self, message: str, reason: str) -> None:
         """Stop sending; requests in flight finish and are written (they are paid for)."""
         if self.outcome.capped is None:
             self.outcome.capped = message
-        self.stopping.set()
+        self._stopped(reason)
 
     def _write(self, sequence: int, output: Record, succeeded: bool) -> None:
         if not self.keep_order:
@@ -277,7 +295,7 @@ class Scheduler:
             target.flush()
         except BrokenPipeError:
             self.outcome.broken_pipe = True
-            self.stopping.set()
+            self._stopped("broken_pipe")
             return
         if succeeded:
             self.outcome.written += 1
@@ -288,10 +306,10 @@ class Scheduler:
         if self.on_result is not None:
             self.on_result(output, succeeded)
 
-    def _stop_fatal(self, message: str) -> None:
+    def _stop_fatal(self, message: str, reason: str) -> None:
         if self.outcome.fatal is None:
             self.outcome.fatal = message
-        self.stopping.set()
+        self._stopped(reason)
 
     def _cancel_all(self) -> None:
         for task in list(self.tasks):
@@ -322,7 +340,7 @@ class Scheduler:
     def _reader_gone(self, loop: asyncio.AbstractEventLoop, fd: int) -> None:
         loop.remove_reader(fd)
         self.outcome.broken_pipe = True
-        self.stopping.set()
+        self._stopped("broken_pipe")
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -339,4 +357,4 @@ class Scheduler:
             self._cancel_all()
             return
         self.outcome.signal = signum
-        self.stopping.set()
+        self._stopped("signal")

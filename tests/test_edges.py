@@ -1,0 +1,103 @@
+"""The edges of a run (issue 14, the points done so far): stdin that is a device, refusals before
+anything is sent, and why a run stopped in --stats."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN, jsonl, run
+from fake_llm import FakeLLM, Reply
+
+from agents.cli import map as map_cli
+from agents.cli._run import Streams
+
+
+def agents_map(*args: str, stdin: bytes = b"") -> tuple[int, str, str]:
+    out, err = io.BytesIO(), io.StringIO()
+    status = map_cli.main(
+        list(args), Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err), sleep=_no_wait
+    )
+    return status, out.getvalue().decode(), err.getvalue()
+
+
+async def _no_wait(seconds: float) -> None:
+    return None
+
+
+def test_stdin_that_is_dev_null_is_an_empty_input() -> None:
+    path = os.pathsep.join([str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]])
+    with open(os.devnull, "rb") as nothing:
+        done = subprocess.run(
+            ["agents-map", "-m", "x", "--prompt", "hi {text}", "--base-url", "http://127.0.0.1:9/v1"],
+            stdin=nothing,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "PATH": path},
+            timeout=30,
+        )
+    assert (done.returncode, done.stdout) == (0, "")
+
+
+@pytest.mark.parametrize("flag", ["--retry-delay", "--grace"])
+def test_negative_waits_are_usage_errors(flag: str) -> None:
+    status, _, err = agents_map(
+        "--base-url", "http://127.0.0.1:9/v1", "--prompt", "x", flag, "-1", stdin=b'{"_id":1}\n'
+    )
+    assert (status, err) == (2, f"agents-map: error: {flag} must be at least 0, not -1\n")
+
+
+def test_update_with_text_answers_is_refused_before_sending() -> None:
+    with FakeLLM(lambda request, number: Reply("text")) as server:
+        status, _, err = agents_map(
+            "--base-url", server.url, "--prompt", "x", "--merge", "update", stdin=b'{"_id":1}\n'
+        )
+        assert server.requests == []
+    assert (status, err) == (
+        2,
+        "agents-map: error: --merge update needs an object as the result, and --output-format "
+        "text gives text\n  hint: use --output-format json or structured with --merge update\n",
+    )
+
+
+@pytest.mark.parametrize("name", ["in.jsonl", "in.json", "in.csv"])
+def test_an_unknown_encoding_is_a_usage_error_in_every_format(tmp: Path, name: str) -> None:
+    source = tmp / name
+    source.write_text('{"_id": 1}\n' if name != "in.csv" else "a\n1\n")
+    result = run("agents-read", str(source), "--encoding", "bogus")
+    assert (result.status, result.stderr) == (
+        2,
+        "agents-read: error: unknown encoding 'bogus'\n"
+        "  hint: use --encoding to name the file's encoding (for example --encoding latin-1)\n",
+    )
+
+
+def stats_after(tmp: Path, script: Any, *args: str) -> dict[str, Any]:
+    stats = tmp / "stats.json"
+    with FakeLLM(script) as server:
+        agents_map(
+            "--base-url", server.url, "--prompt", "{w}", "-j", "1", "--stats", str(stats), *args,
+            stdin=jsonl(*({"_id": n, "w": f"w{n}"} for n in range(1, 41))),
+        )
+    return dict(json.loads(stats.read_text()))
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "reason"),
+    [
+        (lambda request, number: Reply("ok"), (), None),
+        (lambda request, number: Reply("bad", status=400), ("--max-errors", "3"), "max_errors"),
+        (lambda request, number: Reply("bad", status=400), (), "circuit"),
+        (lambda request, number: Reply("key", status=401), (), "fatal"),
+    ],
+)
+def test_stats_say_why_the_run_stopped(
+    tmp: Path, script: Any, args: tuple[str, ...], reason: str | None
+) -> None:
+    assert stats_after(tmp, script, *args)["stopped"] == reason
