@@ -101,3 +101,17 @@ def test_stats_say_why_the_run_stopped(
     tmp: Path, script: Any, args: tuple[str, ...], reason: str | None
 ) -> None:
     assert stats_after(tmp, script, *args)["stopped"] == reason
+
+
+@pytest.mark.parametrize("flag", ["--stats", "--log-file", "--errors"])
+def test_a_file_an_option_names_is_checked_before_sending(tmp: Path, flag: str) -> None:
+    path = tmp / "missing-folder" / "file"
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        status, _, err = agents_map(
+            "--base-url", server.url, "--prompt", "x", flag, str(path), stdin=b'{"_id":1}\n'
+        )
+        assert server.requests == []
+    assert (status, err) == (
+        2,
+        f"agents-map: error: {flag} {path}: the folder {path.parent} does not exist\n",
+    )

@@ -18,7 +18,8 @@ import orjson
 
 from agents.cli._run import Reporter, Streams, exit_with, run
 from agents.cli.map_options import PROG, build_parser
-from agents.errors import DataError, ExitStatus, UsageError
+from agents.errors import DataError, ExitStatus, TargetError, UsageError
+from agents.formats._io import check_writable
 from agents.formats._options import BadRowHandler
 from agents.map.job import Job, build, merge
 from agents.map.record import Mapper, Sleep
@@ -80,6 +81,12 @@ def side_outputs(job: Job, prog: str) -> Iterator[BinaryIO | None]:
     from agents.map import logs
 
     o = job.options
+    for flag, path in (("--stats", o.stats), ("--log-file", o.log_file), ("--errors", o.errors)):
+        if path:  # before anything is sent: a file that cannot be written is a usage error
+            try:
+                check_writable(path)
+            except TargetError as error:
+                raise UsageError(f"{flag} {error.message}") from None
     handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, prog)
     try:
         errors_out: BinaryIO | None = None
