@@ -173,7 +173,7 @@ def test_dry_run_renders_estimates_and_sends_nothing(tmp: Path) -> None:
             stdin=records,
         )
         assert server.requests == []
-    assert result.status == 0, result.stderr
+    assert result.status == 3, result.stderr  # a record would fail: a script can gate on it
     assert result.records == [
         {
             "_id": 1,
@@ -187,7 +187,7 @@ def test_dry_run_renders_estimates_and_sends_nothing(tmp: Path) -> None:
     # 404 characters → 101 tokens + 4; 6 characters → 1 token + 4
     assert result.stderr == (
         "Dry run: 3 records, nothing sent\n"
-        "Missing fields: 1 records (first: #3 lacks word)\n"
+        "Missing fields: 1 record (first: #3 lacks word)\n"
         "Estimated input tokens: 110 (about 4 characters a token)\n"
         "Estimated output tokens: up to 20\n"
         "Estimated cost: up to $0.00\n"

@@ -124,7 +124,8 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
     )
     for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
         reporter.say(line)
-    return int(ExitStatus.OK)
+    # A script can gate on the dry run: 3 when some record would fail (missing fields).
+    return int(ExitStatus.PARTIAL if estimate.missing else ExitStatus.OK)
 
 
 def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:

@@ -82,7 +82,8 @@ def report(
     lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
     if estimate.missing:
         lines.append(
-            f"Missing fields: {estimate.missing:,} records (first: {estimate.first_missing})"
+            f"Missing fields: {estimate.missing:,} "
+            f"{'record' if estimate.missing == 1 else 'records'} (first: {estimate.first_missing})"
         )
     lines.append(
         f"Estimated input tokens: {estimate.input_tokens:,} "
