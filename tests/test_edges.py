@@ -115,3 +115,30 @@ def test_a_file_an_option_names_is_checked_before_sending(tmp: Path, flag: str) 
         2,
         f"agents-map: error: {flag} {path}: the folder {path.parent} does not exist\n",
     )
+
+
+def test_input_that_is_not_json_lines_is_refused_before_sending() -> None:
+    csv = b"name,city\n" + b"".join(b"n%d,c%d\n" % (n, n) for n in range(3000))
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        status, out, err = agents_map("--base-url", server.url, "--prompt", "{name}", stdin=csv)
+        assert server.requests == []
+    assert (status, out) == (2, "")
+    assert err == (
+        "agents-map: error: the input is not JSON Lines: its first 5 lines are not JSON objects "
+        "(<stdin>:1: invalid JSON: invalid literal, expected 'null')\n"
+        "  hint: read CSV, JSON, text or SQLite through agents-read first: "
+        "agents-read FILE | agents-map ...\n"
+    )
+
+
+def test_a_few_bad_lines_before_records_are_still_skipped_and_named() -> None:
+    lines = b"oops\n[1]\n" + jsonl({"_id": 1, "name": "a"}, {"_id": 2, "name": "b"})
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        status, _, err = agents_map("--base-url", server.url, "--prompt", "{name}", "-q", stdin=lines)
+        assert len(server.requests) == 2
+    assert status == 3
+    assert err.splitlines()[0].startswith("agents-map: warning: <stdin>:1: invalid JSON")
+    assert err.splitlines()[1] == (
+        "agents-map: warning: <stdin>:2: expected a JSON object, found an array (skipped)"
+    )
+    assert err.splitlines()[-1] == "agents-map: warning: skipped 2 bad input lines"

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, content_id
-from agents.errors import CapReached, CircuitOpen, Fatal
+from agents.errors import CapReached, CircuitOpen, DataError, Fatal, UsageError
 from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines, whole_lines
@@ -93,6 +93,43 @@ async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
         return
     for lines in whole_lines(stream):  # a regular file: reads never wait long
         yield lines
+
+
+#: Bad lines before any record that mean the input is not JSON Lines at all.
+NOT_JSON_LINES_AFTER = 5
+
+
+class _JsonLinesGate:
+    """Input that is not JSON Lines at all (a CSV piped straight in) is refused before anything
+    is sent, instead of one warning a line: the first bad lines are held until a record shows
+    the input is JSON Lines after all (then they are reported as usual), or until there are
+    too many of them."""
+
+    def __init__(self, bad: BadRowHandler) -> None:
+        self.report = bad
+        self.held: list[DataError] = []
+        self.records = 0
+
+    def bad(self, error: DataError) -> None:
+        if self.records:
+            self.report(error)
+            return
+        self.held.append(error)
+        if len(self.held) >= NOT_JSON_LINES_AFTER:
+            first = self.held[0]
+            raise UsageError(
+                f"the input is not JSON Lines: its first {len(self.held)} lines are not JSON "
+                f"objects ({first.message})",
+                "read CSV, JSON, text or SQLite through agents-read first: "
+                "agents-read FILE | agents-map ...",
+            )
+
+    def saw(self, records: int, ended: bool = False) -> None:
+        self.records += records
+        if self.held and (self.records or ended):
+            held, self.held = self.held, []
+            for error in held:
+                self.report(error)
 
 
 @dataclass
@@ -205,8 +242,11 @@ class Scheduler:
     async def _feed(self, stdin: BinaryIO) -> None:
         number = 1
         sequence = 0
+        gate = _JsonLinesGate(self.bad)
         async for lines in read_lines(stdin):
-            for parsed in parse_lines(lines, "<stdin>", number, self.bad):
+            batch = parse_lines(lines, "<stdin>", number, gate.bad)
+            gate.saw(len(batch))
+            for parsed in batch:
                 if self.limit is not None and sequence >= self.limit:
                     break
                 record = self.ids.ensure(parsed)
@@ -227,6 +267,7 @@ class Scheduler:
             number += len(lines)
             if self.limit is not None and sequence >= self.limit:
                 break
+        gate.saw(0, ended=True)
         while self.tasks:  # asyncio.wait, unlike gather, leaves them running if we are cancelled
             await asyncio.wait(set(self.tasks))
 
