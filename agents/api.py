@@ -16,13 +16,13 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 import orjson
 
 from agents.contract.codec import encode, exact
 from agents.contract.ids import Record, id_problem
-from agents.done.lock import WriterLock
-from agents.done.targets import LedgerTarget, open_target
+from agents.done.targets import LedgerTarget, write_locked
 from agents.errors import AgentsError, CapReached, DataError
 from agents.formats import resolve
 from agents.formats._options import BadRowHandler, ReadOptions, WriteOptions, raise_bad
@@ -99,41 +99,35 @@ def write_records(
         append=append,
         on_duplicate=on_duplicate,
     )
-    lock = WriterLock(location.path, wait=wait) if location.path != "-" else None
-    if lock is not None:
-        lock.acquire()
-    try:
-        opened = open_target(location, options, sys.stdout.buffer)
-        try:
-            batch: list[Record] = []
-            for record in _checked(records):
-                batch.append(record)
-                if len(batch) >= 256:
-                    opened.write_many(batch)
-                    batch = []
-            opened.write_many(batch)
-        except BaseException:
-            opened.abort()
-            raise
-        opened.commit()
-    finally:
-        if lock is not None:
-            lock.release()
+    opened = write_locked(
+        location,
+        options,
+        _batches(record for record, _ in _checked(records)),
+        sys.stdout.buffer,
+        wait=wait,
+    )
     duplicates = opened.ledger.duplicates.count if isinstance(opened, LedgerTarget) else 0
     return WriteSummary(opened.written, opened.skipped, duplicates)
 
 
-def _checked(records: Iterable[Record]) -> Iterator[Record]:
-    """Records from Python held to the stream contract, as if they had been read from JSON: a
-    bad ID is refused, an integer beyond 64 bits kept as its decimal text."""
+def _batches(records: Iterable[Record], size: int = 256) -> Iterator[list[Record]]:
+    iterator = iter(records)
+    while batch := list(islice(iterator, size)):
+        yield batch
+
+
+def _checked(records: Iterable[Record]) -> Iterator[tuple[Record, bytes]]:
+    """Records from Python held to the stream contract, as if they had been read from JSON (a
+    bad ID refused, an integer beyond 64 bits kept as its decimal text), with their line."""
     for number, record in enumerate(records, 1):
         if problem := id_problem(record):
             raise DataError(f"record {number}", problem)
         try:
-            encode(record)
+            line = encode(record)
         except TypeError:  # orjson: an integer beyond 64 bits
             record = exact(record)
-        yield record
+            line = encode(record)
+        yield record, line
 
 
 def map_records(records: Iterable[Record], job: Job) -> Generator[Record, None, None]:
@@ -184,8 +178,8 @@ class _Runner:
     def _feed(self) -> None:
         with os.fdopen(self.feed_end, "wb") as stream:
             try:
-                for record in _checked(self.records):
-                    stream.write(encode(record))
+                for _, line in _checked(self.records):
+                    stream.write(line)
             except BrokenPipeError:
                 pass  # the job stopped reading
             except BaseException as error:

@@ -20,14 +20,15 @@ import io
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from agents.contract.codec import encode
 from agents.contract.error_record import is_error_record
+from agents.contract.ids import Record
 from agents.done.lock import WriterLock
-from agents.done.targets import open_target
+from agents.done.targets import open_target, write_locked
 from agents.errors import UsageError
 from agents.formats import Location, resolve
 from agents.formats._options import BadRowHandler, ReadOptions, WriteOptions, raise_bad
@@ -195,25 +196,19 @@ def render(output: Location, format_options: WriteOptions | None = None) -> tupl
     records left out). A text output holds results only: error records have none to show."""
     work = resolve(work_file(output), "jsonl")
     options = format_options or WriteOptions(table=output.table)
-    lock = WriterLock(output.path)
-    lock.acquire()
-    try:
-        target = open_target(output, options, io.BytesIO())
-        left_out = 0
-        try:
-            with open(work.path, "rb") as stream:
-                for batch in batches(stream, work.path, raise_bad):
-                    if output.format == "text":
-                        kept = [record for record in batch if not is_error_record(record)]
-                        left_out += len(batch) - len(kept)
-                        batch = kept
-                    target.write_many(batch)
-        except BaseException:
-            target.abort()
-            raise
-        target.commit()
-    finally:
-        lock.release()
+    left_out = 0
+
+    def results() -> Iterator[list[Record]]:
+        nonlocal left_out
+        with open(work.path, "rb") as stream:
+            for batch in batches(stream, work.path, raise_bad):
+                if output.format == "text":
+                    kept = [record for record in batch if not is_error_record(record)]
+                    left_out += len(batch) - len(kept)
+                    batch = kept
+                yield batch
+
+    target = write_locked(output, options, results(), io.BytesIO())
     return target.written, left_out
 
 

@@ -17,7 +17,7 @@ import codecs
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import BinaryIO
 
 import orjson
@@ -27,6 +27,7 @@ from agents.contract.ids import ID_KEY, Record
 from agents.done import durable
 from agents.done.compaction import compact_file, record_key
 from agents.done.ids import DoneIDs, Output, csv_header, done_ids, torn_json_records
+from agents.done.lock import WriterLock
 from agents.done.repair import repair_torn_csv, repair_torn_jsonl
 from agents.done.rules import Ledger, Standing
 from agents.done.sidecar import read_sidecar
@@ -335,3 +336,32 @@ def open_target(location: Location, options: WriteOptions, stdout: BinaryIO) -> 
     if fmt == "json":
         return JsonAppendTarget(location, options)
     return AppendTarget(location, options)
+
+
+def write_locked(
+    location: Location,
+    options: WriteOptions,
+    batches: Iterable[list[Record]],
+    stdout: BinaryIO,
+    *,
+    wait: bool = False,
+) -> Target:
+    """Write ``batches`` to ``location`` as its one writer: the lock held, the target committed
+    when they end, aborted (a one-shot target untouched) when anything fails on the way."""
+    lock = WriterLock(location.path, wait=wait) if location.path != "-" else None
+    if lock is not None:
+        lock.acquire()
+    try:
+        target = open_target(location, options, stdout)
+        try:
+            for batch in batches:
+                target.write_many(batch)
+        except BaseException:
+            target.abort()
+            raise
+        target.commit()
+        return target
+    finally:
+        if lock is not None:
+            lock.release()
+

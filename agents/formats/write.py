@@ -104,7 +104,21 @@ class Target:
         raise NotImplementedError
 
 
-class StreamTarget(Target):
+class _FormatTarget(Target):
+    """A target that hands every record to its format's writer."""
+
+    writer: FormatWriter
+
+    def write(self, record: Record) -> None:
+        self.writer.write(record)
+        self.written += 1
+
+    def write_many(self, records: list[Record]) -> None:
+        self.writer.write_many(records)
+        self.written += len(records)
+
+
+class StreamTarget(_FormatTarget):
     """Standard output. CSV/TSV without --columns is spooled so a late new column loses nothing."""
 
     def __init__(self, fmt: str, options: WriteOptions, stdout: BinaryIO) -> None:
@@ -115,14 +129,6 @@ class StreamTarget(Target):
             self.spool = tempfile.TemporaryFile()
             stream = self.spool
         self.writer = format_writer(fmt, stream, options)
-
-    def write(self, record: Record) -> None:
-        self.writer.write(record)
-        self.written += 1
-
-    def write_many(self, records: list[Record]) -> None:
-        self.writer.write_many(records)
-        self.written += len(records)
 
     def commit(self) -> None:
         self.writer.close()
@@ -138,7 +144,7 @@ class StreamTarget(Target):
             self.stdout.flush()
 
 
-class AtomicTarget(Target):
+class AtomicTarget(_FormatTarget):
     """A file replaced whole at commit; ``.gz`` targets are compressed from a plain spool."""
 
     def __init__(self, location: Location, options: WriteOptions) -> None:
@@ -148,14 +154,6 @@ class AtomicTarget(Target):
         self.file = AtomicFile(location.path)
         self.spool: BinaryIO | None = tempfile.TemporaryFile() if self.compress else None
         self.writer = format_writer(location.format, self.spool or self.file.stream, options)
-
-    def write(self, record: Record) -> None:
-        self.writer.write(record)
-        self.written += 1
-
-    def write_many(self, records: list[Record]) -> None:
-        self.writer.write_many(records)
-        self.written += len(records)
 
     def consume(self, stream: BinaryIO, name: str, bad: BadRowHandler) -> None:
         """A large CSV or TSV input is rendered on every core (see agents.formats.csv_parallel)."""
