@@ -161,6 +161,12 @@ class CapReached(Exception):
     """A cap stops the run: nothing more is sent; what was written stays; rerun to resume."""
 
 
+class NotSent(Exception):
+    """The run stopped (a signal, a cap) while this record's request was still waiting for a
+    slot, a rate budget or a backoff: it is not sent, and the record gets no output, so the
+    next run sends it."""
+
+
 class CircuitOpen(Exception):
     """Many records in a row failed the same way: the run stops instead of burning the input."""
 

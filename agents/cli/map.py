@@ -175,6 +175,10 @@ def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, secon
     if outcome.signal is not None:
         lost = (
             f"; {outcome.in_flight_lost} in flight were dropped" if outcome.in_flight_lost else ""
+        ) + (
+            f"; {outcome.not_sent} waiting to be sent were not sent"
+            if outcome.not_sent
+            else ""
         )
         reporter.info(
             f"interrupted: {outcome.written} results and {outcome.failed} error "

@@ -165,15 +165,22 @@ class Concurrency:
 
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
+        await self.acquire()
         try:
             yield
         finally:
-            async with self.changed:
-                self.in_flight -= 1
-                self.changed.notify_all()
+            await self.release()
+
+    async def acquire(self) -> None:
+        """Wait for a free slot and take it (nothing is taken if cancelled while waiting)."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.in_flight < self.limit)
+            self.in_flight += 1
+
+    async def release(self) -> None:
+        async with self.changed:
+            self.in_flight -= 1
+            self.changed.notify_all()
 
     async def rate_limited(self) -> None:
         async with self.changed:

@@ -11,16 +11,16 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
-from agents.errors import CallError, MissingFields, RecordFailed, Retryable, Unusable
+from agents.errors import CallError, MissingFields, NotSent, RecordFailed, Retryable, Unusable
 from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
 from agents.map.http import Client, Completion, Usage
@@ -30,6 +30,7 @@ from agents.map.prompt import Message, Template, estimate_tokens, messages_for
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
+T = TypeVar("T")
 
 #: Answer tokens assumed for budgets and caps when no --max-tokens is given.
 DEFAULT_OUTPUT_ESTIMATE = 256
@@ -112,6 +113,7 @@ class Mapper:
         cost_cap: CostCap | None = None,
         price: Price | None = None,
         learn_limits: bool = True,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.client = client
         self.shape = shape
@@ -132,6 +134,8 @@ class Mapper:
         self.cost_cap = cost_cap
         self.price = price
         self.learn_limits = learn_limits
+        # Set when the run stops (a signal, a cap): from then on nothing new is sent.
+        self.stopping = stopping
         self.paused_until = 0.0
         params = shape.params
         self.output_allowance = int(
@@ -145,14 +149,21 @@ class Mapper:
         attempts = 0
         try:
             messages = messages_for(self.template, self.system, record)
+            problem: Unusable | None = None
             for reask in range(self.max_reasks + 1):
-                completion, used = await self._call(messages)
+                try:
+                    completion, used = await self._call(messages)
+                except NotSent:
+                    if problem is None:
+                        raise
+                    raise problem from None  # the answer paid for is kept, as an error record
                 attempts += used
                 content = self._content(completion)
                 try:
                     result = self.interpreter.interpret(content)
                     merged = self.merger.merge(record, result)
-                except Unusable as problem:
+                except Unusable as unusable:
+                    problem = unusable
                     if not problem.reask or reask == self.max_reasks:
                         raise
                     messages = [
@@ -219,7 +230,7 @@ class Mapper:
             stop=stop_after_attempt(self.max_retries + 1),
             wait=ServerAwareWait(self.retry_delay),
             retry=retry_if_exception_type(Retryable),
-            sleep=self.sleep,
+            sleep=self._backoff,
             before_sleep=self._count_retry,
             reraise=True,
         )
@@ -260,14 +271,18 @@ class Mapper:
             if form is not None:
                 body["response_format"] = form
             estimate = self._estimate(messages)
-            await self._admit(estimate)
+            try:
+                await self._admit(estimate)
+            except NotSent:
+                self._settle(estimate, None)
+                raise
             self.counters.requests += 1
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             if debug:
                 LOGGER.debug("request %s", orjson.dumps(body).decode())
             started = time.monotonic()
             try:
-                async with self._slot():
+                async with self._sending():
                     completion = await self.client.complete(body)
             except RecordFailed as error:
                 self._settle(estimate, None)
@@ -318,7 +333,7 @@ class Mapper:
         if self.budgets is not None and self.budgets.active:
             wait = max(wait, self.budgets.reserve(estimate))
         if wait > 0:
-            await asyncio.sleep(wait)
+            await self._unless_stopped(asyncio.sleep(wait))
 
     def _settle(self, estimate: int, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else Usage()
@@ -342,8 +357,43 @@ class Mapper:
         if completion.pause:
             self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
 
-    def _slot(self) -> Any:
-        return self.concurrency.slot() if self.concurrency is not None else contextlib.nullcontext()
+    @contextlib.asynccontextmanager
+    async def _sending(self) -> AsyncIterator[None]:
+        """A concurrency slot, then the last look at whether the run still sends."""
+        if self.concurrency is None:
+            self._still_sending()
+            yield
+            return
+        await self._unless_stopped(self.concurrency.acquire())
+        try:
+            self._still_sending()
+            yield
+        finally:
+            await self.concurrency.release()
+
+    async def _backoff(self, seconds: float) -> None:
+        await self._unless_stopped(self.sleep(seconds))
+
+    def _still_sending(self) -> None:
+        if self.stopping is not None and self.stopping.is_set():
+            raise NotSent
+
+    async def _unless_stopped(self, step: Awaitable[T]) -> T:
+        """``step`` (a wait for a slot, a budget, a backoff), or NotSent if the run stops first:
+        a request that was waiting when Ctrl-C came must not go out during the grace period."""
+        if self.stopping is None:
+            return await step
+        task = asyncio.ensure_future(step)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+        if task.done() and not task.cancelled():
+            return task.result()  # it finished first (or with the stop): the caller checks again
+        raise NotSent
 
     def _drop_response_format(self, form: dict[str, Any]) -> None:
         if self.response_formats and self.response_formats[0] is form:

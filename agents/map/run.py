@@ -94,6 +94,7 @@ async def run_job(
         from agents.map.caps import CostCap, ErrorCap
         from agents.map.limits import Budgets, Concurrency, group_file
 
+        stopping = asyncio.Event()  # the scheduler sets it; the mapper sends nothing after it
         budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
         mapper = Mapper(
             client,
@@ -103,6 +104,7 @@ async def run_job(
             concurrency=Concurrency(o.jobs),
             price=job.price,
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
+            stopping=stopping,
             **job.mapper_args,
         )
         scheduler = Scheduler(
@@ -120,6 +122,7 @@ async def run_job(
             on_result=tally.record,
             skip=resumer.skip if resumer is not None else None,
             error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
+            stopping=stopping,
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:

@@ -20,7 +20,7 @@ from typing import BinaryIO
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, content_id
-from agents.errors import CapReached, CircuitOpen, DataError, Fatal, UsageError
+from agents.errors import CapReached, CircuitOpen, DataError, Fatal, NotSent, UsageError
 from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines, whole_lines
@@ -164,6 +164,7 @@ class Outcome:
     broken_pipe: bool = False
     signal: int | None = None
     in_flight_lost: int = 0
+    not_sent: int = 0  # records whose request was still waiting when the run stopped
     errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
     capped: str | None = None  # a --max-cost or --max-errors cap stopped the run
     duplicates: int = 0  # records skipped under --resume: their ID came earlier in the input
@@ -188,6 +189,7 @@ class Scheduler:
         on_result: Callable[[Record, bool], None] | None = None,
         skip: Callable[[Record], bool] | None = None,
         error_cap: ErrorCap | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.process = process
         self.out = out
@@ -203,7 +205,8 @@ class Scheduler:
         self.error_cap = error_cap
         self.ids = IdAssigner()
         self.outcome = Outcome()
-        self.stopping = asyncio.Event()
+        # Shared with whatever sends requests, so that a stop reaches requests still waiting.
+        self.stopping = stopping or asyncio.Event()
         self.tasks: set[asyncio.Task[None]] = set()
         self.slots = asyncio.Semaphore(jobs)
         # keep-order: results wait here until every earlier record is written
@@ -279,6 +282,9 @@ class Scheduler:
             return
         except CapReached as error:
             self._stop_capped(str(error), "max_cost")
+            return
+        except NotSent:
+            self.outcome.not_sent += 1
             return
         except asyncio.CancelledError:
             self.outcome.in_flight_lost += 1
