@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import BIN, jsonl
 from fake_llm import FakeLLM, Reply, last_user_message
 
@@ -98,3 +99,105 @@ def test_nothing_new_is_sent_after_ctrl_c_and_the_rerun_sends_the_rest(tmp: Path
     answered_first = {f"p {record['_id']}" for record in first}
     asked_again = {prompt for _, prompt in clock.arrivals[sent_first + len(late) :]}
     assert asked_again == {f"p {i}" for i in range(16)} - answered_first
+
+
+# --max-cost --------------------------------------------------------------------------------
+
+PRICE = 10.0  # dollars per million tokens, both ways: a request of ~100 tokens costs ~$0.001
+
+
+class Billed:
+    """Answers after a short random delay with a usage the test chooses; adds up what was
+    billed, as a provider would."""
+
+    def __init__(self, completion: Any, seed: int) -> None:
+        import random
+
+        self.completion = completion  # a function of (request, random) giving answer tokens
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.billed: list[int] = []  # tokens of each answered request
+
+    def __call__(self, request: dict[str, Any], number: int) -> Reply:
+        prompt = sum(len(m["content"]) // 4 + 4 for m in request["messages"])
+        with self.lock:
+            completion = self.completion(request, self.random)
+            delay = self.random.uniform(0, 0.03)
+            self.billed.append(prompt + completion)
+        return Reply(
+            "x",
+            delay=delay,
+            usage={"prompt_tokens": prompt, "completion_tokens": completion},
+        )
+
+    @property
+    def spent(self) -> float:
+        with self.lock:
+            return sum(self.billed) * PRICE / 1e6
+
+
+def capped_run(url: str, jobs: int, cap: float, *extra: str) -> tuple[int, str]:
+    import io
+
+    from test_map import Sleeps
+
+    from agents.cli import map as map_cli
+    from agents.cli._run import Streams
+
+    records = jsonl(*({"_id": i, "text": "lorem ipsum " * (i % 7 + 1)} for i in range(400)))
+    out, err = io.BytesIO(), io.StringIO()
+    status = map_cli.main(
+        [
+            "--base-url",
+            url,
+            "-m",
+            "m",
+            "--prompt",
+            "Summarise: {text}",
+            "--price",
+            f"{PRICE},{PRICE}",
+            "-j",
+            str(jobs),
+            "--max-cost",
+            str(cap),
+            *extra,
+        ],
+        Streams(stdin=io.BytesIO(records), stdout=out, stderr=err),
+        sleep=Sleeps(),
+    )
+    return status, err.getvalue()
+
+
+@pytest.mark.parametrize("jobs", [1, 50, 200])
+def test_max_cost_spends_up_to_the_cap_at_any_concurrency(jobs: int) -> None:
+    # Answers that use all of --max-tokens: the worst case is what is billed, so the run must
+    # end within one request's cost of the cap and never above it.
+    billed = Billed(lambda request, rng: request["max_tokens"], seed=jobs)
+    with FakeLLM(billed) as server:
+        status, err = capped_run(server.url, jobs, 0.1, "--max-tokens", "80")
+    assert status == 4, err
+    assert "stopped at a cap: --max-cost $0.1" in err
+    most = max(billed.billed) * PRICE / 1e6
+    assert billed.spent <= 0.1
+    assert 0.1 - billed.spent <= most, (billed.spent, most, len(billed.billed))
+
+
+@pytest.mark.parametrize("jobs", [1, 50, 200])
+def test_max_cost_with_shorter_answers_gives_back_what_they_did_not_use(jobs: int) -> None:
+    billed = Billed(lambda request, rng: rng.randint(1, request["max_tokens"]), seed=jobs)
+    with FakeLLM(billed) as server:
+        status, err = capped_run(server.url, jobs, 0.1, "--max-tokens", "80")
+    assert status == 4, err
+    # the next request could have used all of its 80 answer tokens: it did not fit
+    worst_of_one = (max(billed.billed) + 80) * PRICE / 1e6
+    assert 0.1 - worst_of_one <= billed.spent <= 0.1, (billed.spent, len(billed.billed))
+
+
+def test_max_cost_without_max_tokens_reserves_the_documented_default() -> None:
+    billed = Billed(lambda request, rng: 10, seed=1)
+    with FakeLLM(billed) as server:
+        status, err = capped_run(server.url, 50, 0.1)
+    assert status == 4, err
+    assert "max_tokens" not in server.requests[0]
+    # 256 answer tokens are reserved for each request when none is given
+    assert 0.1 - (max(billed.billed) + 256) * PRICE / 1e6 <= billed.spent <= 0.1

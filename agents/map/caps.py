@@ -1,12 +1,14 @@
 """Spending caps: --max-cost and --max-errors stop sending cleanly, exit status 4, resumable.
 
 The cost cap counts what responses cost plus what requests in flight may still cost (their
-estimate: prompt plus max_tokens), and refuses a request that could take the total past the
-cap, so a run stops within one request's cost of it.
+worst case: a bound on the prompt's tokens plus max_tokens), and sends a request only when its
+worst case fits under the cap, so a run stops within one request's cost of it, and never passes
+it when max_tokens is given.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from agents.errors import CapReached, UsageError
@@ -50,20 +52,33 @@ class ErrorCap:
             )
 
 
-@dataclass
 class CostCap:
-    limit: float
-    spent: float = 0.0
-    reserved: float = 0.0
+    """--max-cost: each request reserves its worst case before it is sent and gives back what it
+    did not use when its answer arrives. A request that does not fit waits while others are in
+    flight (what they give back may make room); the cap is reached only when nothing is in
+    flight and the next request still does not fit."""
 
-    def reserve(self, estimate: float) -> None:
-        if self.spent + self.reserved + estimate > self.limit:
-            raise CapReached(
-                f"--max-cost ${self.limit:g}: ${self.spent:.4f} spent, and the "
-                f"next request could cost ${estimate:.4f} more"
-            )
-        self.reserved += estimate
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self.spent = 0.0
+        self.reserved = 0.0
+        self.outstanding = 0  # reservations not yet settled
+        self.settled = asyncio.Event()
 
-    def settle(self, estimate: float, actual: float) -> None:
-        self.reserved = max(0.0, self.reserved - estimate)
+    async def reserve(self, worst: float) -> None:
+        while self.spent + self.reserved + worst > self.limit:
+            if not self.outstanding:
+                raise CapReached(
+                    f"--max-cost ${self.limit:g}: ${self.spent:.4f} spent, and the "
+                    f"next request could cost ${worst:.4f} more"
+                )
+            self.settled.clear()  # no await since the check: no settle can be missed
+            await self.settled.wait()
+        self.reserved += worst
+        self.outstanding += 1
+
+    def settle(self, worst: float, actual: float) -> None:
+        self.reserved = max(0.0, self.reserved - worst)
+        self.outstanding = max(0, self.outstanding - 1)
         self.spent += actual
+        self.settled.set()

@@ -128,3 +128,19 @@ def messages_for(template: Template, system: Template | None, record: Record) ->
 def estimate_tokens(messages: list[Message]) -> int:
     """The prompt tokens of ``messages``, by the rule of thumb above."""
     return sum(len(m["content"]) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for m in messages)
+
+
+#: A bound on what a chat template adds around the messages (role markers, a default system
+#: prompt), for :func:`prompt_token_bound`.
+TEMPLATE_TOKENS_PER_MESSAGE = 8
+TEMPLATE_TOKENS_PER_REQUEST = 32
+
+
+def prompt_token_bound(messages: list[Message]) -> int:
+    """At most how many prompt tokens ``messages`` can take: a token is never less than a byte,
+    plus a generous allowance for the chat template. --max-cost reserves this, so that no
+    tokenizer can make a request cost more than it reserved."""
+    return TEMPLATE_TOKENS_PER_REQUEST + sum(
+        len(m["content"].encode("utf-8", "surrogatepass")) + TEMPLATE_TOKENS_PER_MESSAGE
+        for m in messages
+    )

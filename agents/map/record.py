@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,13 +21,27 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, sto
 
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
-from agents.errors import CallError, MissingFields, NotSent, RecordFailed, Retryable, Unusable
+from agents.errors import (
+    CallError,
+    CapReached,
+    MissingFields,
+    NotSent,
+    RecordFailed,
+    Retryable,
+    Unusable,
+)
 from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
 from agents.map.http import Client, Completion, Usage
 from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
 from agents.map.logs import LOGGER
-from agents.map.prompt import Message, Template, estimate_tokens, messages_for
+from agents.map.prompt import (
+    Message,
+    Template,
+    estimate_tokens,
+    messages_for,
+    prompt_token_bound,
+)
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -137,6 +152,9 @@ class Mapper:
         # Set when the run stops (a signal, a cap): from then on nothing new is sent.
         self.stopping = stopping
         self.paused_until = 0.0
+        # The most prompt tokens the server counted per token estimated, over the answers so
+        # far (None before the first): what --max-cost reserves for a prompt.
+        self.prompt_ratio: float | None = None
         params = shape.params
         self.output_allowance = int(
             params.get("max_tokens")
@@ -153,10 +171,12 @@ class Mapper:
             for reask in range(self.max_reasks + 1):
                 try:
                     completion, used = await self._call(messages)
-                except NotSent:
+                except (NotSent, CapReached):
                     if problem is None:
                         raise
-                    raise problem from None  # the answer paid for is kept, as an error record
+                    # A re-ask that cannot go out (the run stops, the cap has no room left):
+                    # the answer paid for is kept, as an error record; a rerun retries it.
+                    raise problem from None
                 attempts += used
                 content = self._content(completion)
                 try:
@@ -271,33 +291,32 @@ class Mapper:
             if form is not None:
                 body["response_format"] = form
             estimate = self._estimate(messages)
-            try:
-                await self._admit(estimate)
-            except NotSent:
-                self._settle(estimate, None)
-                raise
-            self.counters.requests += 1
+            reserved = await self._admit(messages, estimate)
             debug = LOGGER.isEnabledFor(logging.DEBUG)
-            if debug:
-                LOGGER.debug("request %s", orjson.dumps(body).decode())
-            started = time.monotonic()
             try:
                 async with self._sending():
+                    self.counters.requests += 1
+                    if debug:
+                        LOGGER.debug("request %s", orjson.dumps(body).decode())
+                    started = time.monotonic()
                     completion = await self.client.complete(body)
+            except NotSent:
+                self._settle(estimate, reserved, None)
+                raise
             except RecordFailed as error:
-                self._settle(estimate, None)
+                self._settle(estimate, reserved, None)
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
             except CallError as error:
-                self._settle(estimate, None)
+                self._settle(estimate, reserved, None)
                 if error.error_type == "rate_limited" and self.concurrency is not None:
                     await self.concurrency.rate_limited()
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
-            self._settle(estimate, completion)
+            self._settle(estimate, reserved, completion)
             if self.concurrency is not None:
                 await self.concurrency.succeeded()
             self.counters.latencies.add(time.monotonic() - started)
@@ -321,28 +340,49 @@ class Mapper:
         (max_tokens, else a default)."""
         return estimate_tokens(messages) + self.output_allowance
 
-    async def _admit(self, estimate: int) -> None:
-        """Wait for the rate budgets (and a server's reset), and reserve the cost cap."""
+    async def _admit(self, messages: list[Message], estimate: int) -> float:
+        """Reserve the request's worst case under --max-cost (waiting while requests in flight
+        may give some back), then wait for the rate budgets and a server's reset. Returns the
+        cost reserved, which :meth:`_settle` gives back."""
+        reserved = 0.0
         if self.cost_cap is not None and self.price is not None:
-            self.cost_cap.reserve(
-                self.price.cost(
-                    Usage(prompt=estimate - self.output_allowance, completion=self.output_allowance)
+            worst = self.price.cost(
+                Usage(
+                    prompt=self._prompt_worst_case(messages, estimate),
+                    completion=self.output_allowance,
                 )
             )
-        wait = self.paused_until - time.monotonic()
-        if self.budgets is not None and self.budgets.active:
-            wait = max(wait, self.budgets.reserve(estimate))
-        if wait > 0:
-            await self._unless_stopped(asyncio.sleep(wait))
+            await self._unless_stopped(self.cost_cap.reserve(worst))
+            reserved = worst
+        try:
+            wait = self.paused_until - time.monotonic()
+            if self.budgets is not None and self.budgets.active:
+                wait = max(wait, self.budgets.reserve(estimate))
+            if wait > 0:
+                await self._unless_stopped(asyncio.sleep(wait))
+        except NotSent:
+            if self.cost_cap is not None and self.price is not None:
+                self.cost_cap.settle(reserved, 0.0)
+            raise
+        return reserved
 
-    def _settle(self, estimate: int, completion: Completion | None) -> None:
+    def _prompt_worst_case(self, messages: list[Message], estimate: int) -> int:
+        """The prompt tokens --max-cost reserves: before any answer, a bound no tokenizer
+        exceeds (a token per byte, plus the chat template's); then the estimate scaled by the
+        most the server has counted per token estimated, which is far closer."""
+        bound = prompt_token_bound(messages)
+        if self.prompt_ratio is None:
+            return bound
+        return min(bound, math.ceil((estimate - self.output_allowance) * self.prompt_ratio))
+
+    def _settle(self, estimate: int, reserved: float, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else Usage()
         actual = usage.prompt + usage.completion
+        if usage.prompt and estimate > self.output_allowance:
+            ratio = usage.prompt / (estimate - self.output_allowance)
+            self.prompt_ratio = max(self.prompt_ratio or 0.0, ratio)
         if self.cost_cap is not None and self.price is not None:
-            planned = self.price.cost(
-                Usage(prompt=estimate - self.output_allowance, completion=self.output_allowance)
-            )
-            self.cost_cap.settle(planned, self.price.cost(usage))
+            self.cost_cap.settle(reserved, self.price.cost(usage))
         if completion is None:
             return
         if self.budgets is not None and actual:
