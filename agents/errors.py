@@ -161,6 +161,12 @@ class CapReached(Exception):
     """A cap stops the run: nothing more is sent; what was written stays; rerun to resume."""
 
 
+class InputChanged(UsageError):
+    """--resume: a sampled record's content is not what it was when the output was started,
+    so its ID now names another record. Before anything is sent this is a usage error (exit 2);
+    found later, it stops the run as a failure (exit 1)."""
+
+
 class NotSent(Exception):
     """The run stopped (a signal, a cap) while this record's request was still waiting for a
     slot, a rate budget or a backoff: it is not sent, and the record gets no output, so the

@@ -35,7 +35,15 @@ def test_stdin_that_is_dev_null_is_an_empty_input() -> None:
     path = os.pathsep.join([str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]])
     with open(os.devnull, "rb") as nothing:
         done = subprocess.run(
-            ["agents-map", "-m", "x", "--prompt", "hi {text}", "--base-url", "http://127.0.0.1:9/v1"],
+            [
+                "agents-map",
+                "-m",
+                "x",
+                "--prompt",
+                "hi {text}",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+            ],
             stdin=nothing,
             capture_output=True,
             text=True,
@@ -82,7 +90,15 @@ def stats_after(tmp: Path, script: Any, *args: str) -> dict[str, Any]:
     stats = tmp / "stats.json"
     with FakeLLM(script) as server:
         agents_map(
-            "--base-url", server.url, "--prompt", "{w}", "-j", "1", "--stats", str(stats), *args,
+            "--base-url",
+            server.url,
+            "--prompt",
+            "{w}",
+            "-j",
+            "1",
+            "--stats",
+            str(stats),
+            *args,
             stdin=jsonl(*({"_id": n, "w": f"w{n}"} for n in range(1, 41))),
         )
     return dict(json.loads(stats.read_text()))
@@ -134,7 +150,9 @@ def test_input_that_is_not_json_lines_is_refused_before_sending() -> None:
 def test_a_few_bad_lines_before_records_are_still_skipped_and_named() -> None:
     lines = b"oops\n[1]\n" + jsonl({"_id": 1, "name": "a"}, {"_id": 2, "name": "b"})
     with FakeLLM(lambda request, number: Reply("ok")) as server:
-        status, _, err = agents_map("--base-url", server.url, "--prompt", "{name}", "-q", stdin=lines)
+        status, _, err = agents_map(
+            "--base-url", server.url, "--prompt", "{name}", "-q", stdin=lines
+        )
         assert len(server.requests) == 2
     assert status == 3
     assert err.splitlines()[0].startswith("agents-map: warning: <stdin>:1: invalid JSON")
@@ -142,3 +160,99 @@ def test_a_few_bad_lines_before_records_are_still_skipped_and_named() -> None:
         "agents-map: warning: <stdin>:2: expected a JSON object, found an array (skipped)"
     )
     assert err.splitlines()[-1] == "agents-map: warning: skipped 2 bad input lines"
+
+
+def padded(ids: range, changed: int | None = None) -> bytes:
+    """Records of about 2 KB (so that a 64 KB read holds ~30 of them), one changed if asked."""
+    return jsonl(
+        *(
+            {"_id": i, "text": ("changed " if i == changed else "") + f"row {i} " + "x" * 2000}
+            for i in ids
+        )
+    )
+
+
+def resumed(tmp: Path, url: str, stdin: bytes, *extra: str) -> tuple[int, str]:
+    out = tmp / "out.jsonl"
+    status, stdout, err = agents_map(
+        "--base-url",
+        url,
+        "-m",
+        "m",
+        "--prompt",
+        "say {_id}",
+        "--resume",
+        str(out),
+        *extra,
+        stdin=stdin,
+    )
+    with out.open("a") as stream:
+        stream.write(stdout)
+    return status, err
+
+
+def test_input_changed_is_found_before_the_first_request(tmp: Path) -> None:
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        assert resumed(tmp, server.url, padded(range(50)))[0] == 0
+        sent = len(server.requests)
+        # new records first, then one whose ID now names another row
+        status, err = resumed(tmp, server.url, padded(range(50, 60)) + padded(range(50), changed=3))
+        assert len(server.requests) == sent  # nothing was paid for
+    assert status == 2
+    assert err == (
+        f"agents-map: resuming {tmp / 'out.jsonl'}: it holds 50 results and 0 failed records\n"
+        f"agents-map: error: --resume {tmp / 'out.jsonl'}: the input changed since the output "
+        "was started: record 3 is not what it was (were rows inserted or removed?)\n"
+        "  hint: write to a new output, or give the records stable IDs with "
+        "agents-read --id FIELD\n"
+    )
+
+
+def test_input_changed_found_after_requests_went_out_is_a_failure(tmp: Path) -> None:
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        # the first run samples record 999, its 1,000th (every 1,000th record is sampled)
+        assert resumed(tmp, server.url, padded(range(1001)))[0] == 0
+        sent = len(server.requests)
+        # new records 1001.. come first and are sent; record 999, much later, changed
+        status, err = resumed(
+            tmp,
+            server.url,
+            padded(range(100)) + padded(range(1001, 1101)) + padded(range(100, 1001), changed=999),
+            "--stats",
+            str(tmp / "stats.json"),
+        )
+        assert len(server.requests) > sent
+    assert status == 1, err
+    assert "agents-map: error: --resume" in err and "record 999 is not what it was" in err
+    assert json.loads((tmp / "stats.json").read_text())["stopped"] == "input_changed"
+    results = [json.loads(line) for line in (tmp / "out.jsonl").read_text().splitlines()]
+    ids = [record["_id"] for record in results]
+    assert len(ids) == len(set(ids))  # what was in flight was written once, nothing twice
+
+
+def test_stats_that_cannot_be_written_at_the_end_is_a_failure(
+    tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stats = tmp / "gone" / "stats.json"
+    stats.parent.mkdir()
+
+    def remove_folder(request: dict[str, Any], number: int) -> Reply:
+        stats.parent.rmdir()  # the folder checked before the run is gone by its end
+        return Reply("ok")
+
+    with FakeLLM(remove_folder) as server:
+        status, out, err = agents_map(
+            "-q",
+            "--base-url",
+            server.url,
+            "--prompt",
+            "x",
+            "--stats",
+            str(stats),
+            stdin=b'{"_id":1}\n',
+        )
+    assert json.loads(out)["result"] == "ok"
+    assert (status, err) == (
+        1,
+        f"agents-map: error: --stats {stats}: cannot write: No such file or directory\n",
+    )

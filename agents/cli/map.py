@@ -129,7 +129,23 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
 
 
 def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
-    from agents.map.usage import stats_document, summary_lines
+    """The closing lines and the exit status of a run that went through the window."""
+    stats_written = write_stats(job, outcome, mapper, reporter, seconds)
+    if outcome.broken_pipe:
+        raise BrokenPipeError
+    status = closing(job, outcome, mapper, reporter)
+    if not stats_written and status in (ExitStatus.OK, ExitStatus.PARTIAL):
+        # Its folder was checked before the first request, so this is rare (a full disk, a
+        # folder removed): the results are written, but what was asked for is not all there.
+        return int(ExitStatus.FAILURE)
+    return status
+
+
+def write_stats(
+    job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float
+) -> bool:
+    """--stats FILE, when asked for; False when it could not be written."""
+    from agents.map.usage import stats_document
 
     o = job.options
     counters = mapper.counters
@@ -153,8 +169,16 @@ def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, secon
                 stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
         except OSError as error:
             reporter.error(f"--stats {o.stats}: cannot write: {error.strerror}")
-    if outcome.broken_pipe:
-        raise BrokenPipeError
+            return False
+    return True
+
+
+def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:
+    """The summary, what stopped the run, and the exit status."""
+    from agents.map.usage import summary_lines
+
+    o = job.options
+    counters = mapper.counters
     if not o.quiet and counters.usage.prompt + counters.usage.completion:
         for line in summary_lines(counters.usage, job.price, job.shape.model):
             reporter.say(line)

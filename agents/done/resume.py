@@ -25,7 +25,7 @@ from agents.done.ids import DoneIDs, Output, csv_header, done_ids
 from agents.done.lock import writer_outside_this_pipeline
 from agents.done.rules import Duplicates
 from agents.done.sidecar import Sidecar, read_sidecar
-from agents.errors import InvalidID, TargetError, UsageError
+from agents.errors import InputChanged, InvalidID, TargetError, UsageError
 from agents.formats import resolve
 
 SAMPLE_FIRST = 100
@@ -201,7 +201,7 @@ class Resumer:
         if key in self.samples:
             digest = content_hash(record)
             if digest != self.samples[key] and not self.force:
-                raise UsageError(
+                raise InputChanged(
                     f"--resume {self.output}: the input changed since the output was started: "
                     f"record {key} is not what it was (were rows inserted or removed?)",
                     "write to a new output, or give the records stable IDs with "

@@ -20,7 +20,15 @@ from typing import BinaryIO
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, content_id
-from agents.errors import CapReached, CircuitOpen, DataError, Fatal, NotSent, UsageError
+from agents.errors import (
+    CapReached,
+    CircuitOpen,
+    DataError,
+    Fatal,
+    InputChanged,
+    NotSent,
+    UsageError,
+)
 from agents.formats._io import LineSplitter
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines, whole_lines
@@ -168,8 +176,8 @@ class Outcome:
     errors: dict[str, int] = field(default_factory=dict)  # error records written, by type
     capped: str | None = None  # a --max-cost or --max-errors cap stopped the run
     duplicates: int = 0  # records skipped under --resume: their ID came earlier in the input
-    #: Why the run stopped early, for --stats: fatal, circuit, max_cost, max_errors, signal or
-    #: broken_pipe (None: it read its whole input).
+    #: Why the run stopped early, for --stats: fatal, circuit, input_changed, max_cost,
+    #: max_errors, signal or broken_pipe (None: it read its whole input).
     stopped: str | None = None
 
 
@@ -225,7 +233,9 @@ class Scheduler:
             feeder.cancel()
         await asyncio.gather(feeder, return_exceptions=True)
         if self.stopping.is_set() and (
-            self.outcome.signal is not None or (self.outcome.capped and not self.outcome.fatal)
+            self.outcome.signal is not None
+            or (self.outcome.capped and not self.outcome.fatal)
+            or self.outcome.stopped == "input_changed"
         ):
             await self._drain_within_grace()
         elif self.stopping.is_set():
@@ -249,12 +259,18 @@ class Scheduler:
         async for lines in read_lines(stdin):
             batch = parse_lines(lines, "<stdin>", number, gate.bad)
             gate.saw(len(batch))
-            for parsed in batch:
-                if self.limit is not None and sequence >= self.limit:
-                    break
-                record = self.ids.ensure(parsed)
-                if self.skip is not None and self.skip(record):
-                    continue
+            try:
+                # The whole batch is looked at before any of it is sent: --resume checks the
+                # first records against the output's samples before the first request.
+                to_send = self._to_send(batch, sequence)
+            except InputChanged as changed:
+                if not sequence:
+                    raise  # nothing was sent: a usage error, exit 2
+                # Something was sent already: a failure (exit 1); what is in flight is kept.
+                hint = f"; {changed.hint}" if changed.hint else ""
+                self._stop_fatal(changed.message + hint, "input_changed")
+                return
+            for record in to_send:
                 await self.slots.acquire()
                 if self.keep_order:
                     await self.order_slots.acquire()
@@ -273,6 +289,18 @@ class Scheduler:
         gate.saw(0, ended=True)
         while self.tasks:  # asyncio.wait, unlike gather, leaves them running if we are cancelled
             await asyncio.wait(set(self.tasks))
+
+    def _to_send(self, batch: list[Record], sent: int) -> list[Record]:
+        """The records of ``batch`` to send (with IDs), within --limit, skipping what
+        --resume finds done."""
+        out: list[Record] = []
+        for parsed in batch:
+            if self.limit is not None and sent + len(out) >= self.limit:
+                break
+            record = self.ids.ensure(parsed)
+            if self.skip is None or not self.skip(record):
+                out.append(record)
+        return out
 
     async def _one(self, sequence: int, record: Record) -> None:
         try:
