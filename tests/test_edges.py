@@ -256,3 +256,41 @@ def test_stats_that_cannot_be_written_at_the_end_is_a_failure(
         1,
         f"agents-map: error: --stats {stats}: cannot write: No such file or directory\n",
     )
+
+
+def test_a_resume_output_that_cannot_be_written_is_refused_before_sending(tmp: Path) -> None:
+    target = tmp / "out.jsonl"
+    target.write_text('{"_id":0,"result":"a"}\n')
+    target.chmod(0o444)
+    if os.access(target, os.W_OK):  # root ignores the mode: make it immutable instead
+        if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
+            pytest.skip("cannot make a file read-only for this user")
+    try:
+        with FakeLLM(lambda request, number: Reply("ok")) as server:
+            done = subprocess.run(
+                [
+                    "bash",
+                    "-c",
+                    f"agents-map --base-url {server.url} -m m --prompt 'x {{_id}}' -j 8 "
+                    f"--resume {target} | agents-write --append {target}; "
+                    'echo "${PIPESTATUS[@]}" >&2',
+                ],
+                input=jsonl(*({"_id": i} for i in range(50))),
+                capture_output=True,
+                env={
+                    **os.environ,
+                    "PATH": os.pathsep.join(
+                        [str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]]
+                    ),
+                },
+                timeout=60,
+            )
+            assert server.requests == []
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+    lines = sorted(done.stderr.decode().splitlines())
+    assert lines == [
+        "2 2",
+        f"agents-map: error: --resume {target}: the file is read-only",
+        f"agents-write: error: {target}: the file is read-only",
+    ]

@@ -27,6 +27,7 @@ from agents.done.rules import Duplicates
 from agents.done.sidecar import Sidecar, read_sidecar
 from agents.errors import InputChanged, InvalidID, TargetError, UsageError
 from agents.formats import resolve
+from agents.formats._io import check_writable
 
 SAMPLE_FIRST = 100
 SAMPLE_EVERY = 1000
@@ -105,11 +106,12 @@ def _check_path(spelling: str, path: str) -> None:
             f"--resume {spelling}: a compressed output cannot be appended to, so not resumed",
             "resume an uncompressed output and compress it at the end",
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise TargetError(f"--resume {spelling}: is a directory")
-    if not os.path.isdir(folder):
-        raise TargetError(f"--resume {spelling}: the folder {folder} does not exist")
+    try:
+        check_writable(path)
+    except TargetError as error:  # agents-write --append would fail after requests went out
+        raise TargetError(
+            f"--resume {spelling}: {error.message.removeprefix(f'{path}: ')}", error.hint
+        ) from None
 
 
 CSV_DELIMITERS = (",", "\t", ";", "|")
