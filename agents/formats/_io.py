@@ -1,5 +1,6 @@
-"""Opening sources and targets: stdin/stdout, gzip, encodings and the BOM, decoding with line
-numbers, atomic files.
+"""Opening sources and targets: stdin/stdout, gzip, decoding with line numbers (what each
+encoding and byte-order mark means, and the messages about them, are in ``_encodings``), atomic
+files.
 """
 
 from __future__ import annotations
@@ -15,9 +16,14 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, BinaryIO, cast
 
-from agents.errors import DataError, SourceError, TargetError
-
-ENCODING_HINT = "use --encoding to name the file's encoding (for example --encoding latin-1)"
+from agents.errors import SourceError, TargetError
+from agents.formats._encodings import (
+    WIDE,
+    check_start,
+    strip_bom,
+    undecodable,
+    undecodable_after,
+)
 
 
 @dataclass
@@ -60,21 +66,7 @@ def _maybe_gunzip(stream: BinaryIO) -> BinaryIO:
     return cast(BinaryIO, peekable)
 
 
-# Encodings -----------------------------------------------------------------------------------
-
-
-def normalise_encoding(name: str) -> str:
-    """The codec's own name for ``name`` ("UTF8", "utf_8" and "u8" are all "utf-8"); a name
-    Python does not know is a usage error, whatever the format."""
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise SourceError(f"unknown encoding {name!r}", ENCODING_HINT) from None
-
-
-def strip_bom(data: bytes) -> bytes:
-    """``data`` without a leading UTF-8 byte-order mark."""
-    return data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+# Decoding ------------------------------------------------------------------------------------
 
 
 def utf8_text(stream: BinaryIO) -> io.TextIOWrapper:
@@ -83,51 +75,95 @@ def utf8_text(stream: BinaryIO) -> io.TextIOWrapper:
 
 
 CHUNK_BYTES = 1 << 16
+HEAD_BYTES = 256  # enough to see a byte-order mark, or the zeros of UTF-16 without one
+
+
+def read_head(stream: BinaryIO) -> bytes:
+    """The first bytes of ``stream`` (at least HEAD_BYTES, unless it is shorter)."""
+    read = getattr(stream, "read1", stream.read)
+    parts: list[bytes] = []
+    while sum(map(len, parts)) < HEAD_BYTES and (data := read(CHUNK_BYTES)):
+        parts.append(data)
+    return b"".join(parts)
 
 
 def decoded_chunks(source: Source, encoding: str) -> Iterator[str]:
     """The input as text, in chunks that each end at a line end (but perhaps the last).
 
-    Decoding whole chunks is fast; cutting them at newlines lets an invalid byte be reported with
-    its line number after every line before it was delivered. A UTF-8 byte-order mark is dropped.
-    UTF-16 and UTF-32, where a newline byte can sit inside a character, go through a text stream.
+    The first bytes are checked against the encoding (:func:`check_start`: a byte-order mark
+    skipped or refused). Decoding whole chunks is fast; cutting them at newlines lets an
+    invalid byte be reported with its line number after every line before it was delivered.
+    UTF-16 and UTF-32, where a newline byte can sit inside a character, are decoded
+    incrementally and cut at newline characters instead.
     """
-    codec = normalise_encoding(encoding)
-    if codec.startswith(("utf-16", "utf-32")):
-        wide = io.TextIOWrapper(source.stream, encoding=encoding, newline="")
-        for lines in iter(lambda: wide.readlines(CHUNK_BYTES), []):
-            yield "".join(lines)
+    head = read_head(source.stream)
+    start = check_start(source.name, head, encoding)
+    head = head[start.skip :]
+    if start.codec.startswith(WIDE):
+        yield from _wide_chunks(source, head, start.codec, encoding)
         return
+    codec = start.codec
     lines_before = 0
-    first = True
-    for chunk in _line_chunks(source.stream):
-        if first and codec == "utf-8":
-            chunk = strip_bom(chunk)
-        first = False
+    for chunk in _line_chunks(source.stream, head):
         try:
-            text = chunk.decode(encoding)
+            text = chunk.decode(codec)
         except UnicodeDecodeError as error:
             good = chunk.rfind(b"\n", 0, error.start) + 1
             if good:
-                yield chunk[:good].decode(encoding)
+                yield chunk[:good].decode(codec)
             line = lines_before + chunk.count(b"\n", 0, error.start) + 1
-            raise DataError(
+            end = chunk.find(b"\n", error.start)
+            raise undecodable(
                 f"{source.name}:{line}",
-                f"invalid {encoding} at byte {error.start - good + 1} of the line",
-                ENCODING_HINT,
+                chunk[good : end if end >= 0 else len(chunk)],
+                error.start - good,
+                encoding,
+                option=True,
             ) from None
         lines_before += chunk.count(b"\n")
         yield text
 
 
+def _wide_chunks(source: Source, head: bytes, codec: str, encoding: str) -> Iterator[str]:
+    """UTF-16 or UTF-32 (``codec`` names the byte order) as text chunks ending at newlines."""
+    decoder = codecs.getincrementaldecoder(codec)()
+    read = getattr(source.stream, "read1", source.stream.read)
+    carry = ""  # the text after the last newline so far
+    lines_before = 0
+    data = head
+    while True:
+        try:
+            text = carry + decoder.decode(data, final=not data)
+        except UnicodeDecodeError as error:
+            before = carry + error.object[: error.start].decode(codec)
+            if cut := before.rfind("\n") + 1:
+                yield before[:cut]
+            raise undecodable_after(
+                source.name, before, error, codec, encoding, lines_before
+            ) from None
+        cut = text.rfind("\n") + 1
+        if cut:
+            yield text[:cut]
+            lines_before += text.count("\n", 0, cut)
+        carry = text[cut:]
+        if not data:
+            if carry:
+                yield carry
+            return
+        data = read(CHUNK_BYTES)
+
+
 class LineSplitter:
     """Whole lines (without their newlines) out of chunks of any size.
 
-    The unfinished tail is kept as a list of parts, so a very long line costs linear time.
+    The unfinished tail is kept as a list of parts, so a very long line costs linear time. A
+    UTF-8 byte-order mark before the first line is dropped, as agents-read drops it: a JSON
+    Lines file saved by a Windows editor is still UTF-8.
     """
 
     def __init__(self) -> None:
         self.partial: list[bytes] = []
+        self.first = True
 
     def feed(self, chunk: bytes) -> list[bytes]:
         if b"\n" not in chunk:
@@ -139,21 +175,27 @@ class LineSplitter:
             lines[0] = b"".join(self.partial)
         tail = lines.pop()
         self.partial = [tail] if tail else []
+        if self.first:
+            self.first = False
+            lines[0] = strip_bom(lines[0])
         return lines
 
     def finish(self) -> list[bytes]:
         """The last line, when the input did not end with a newline."""
         rest = [b"".join(self.partial)] if self.partial else []
+        if rest and self.first:
+            rest[0] = strip_bom(rest[0])
         self.partial = []
         return rest
 
 
-def _line_chunks(stream: BinaryIO) -> Iterator[bytes]:
-    """Raw chunks of about CHUNK_BYTES, each cut just after a newline (but perhaps the last)."""
+def _line_chunks(stream: BinaryIO, head: bytes = b"") -> Iterator[bytes]:
+    """Raw chunks of about CHUNK_BYTES, each cut just after a newline (but perhaps the last);
+    ``head``, the bytes already read, comes first."""
     read = getattr(stream, "read1", stream.read)
     parts: list[bytes] = []
     while True:
-        data = read(CHUNK_BYTES)
+        data, head = head or read(CHUNK_BYTES), b""
         if not data:
             if parts:
                 yield b"".join(parts)

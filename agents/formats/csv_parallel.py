@@ -23,6 +23,7 @@ from typing import BinaryIO
 
 from agents.errors import DataError
 from agents.formats import csv as csv_format
+from agents.formats._encodings import strip_bom
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import parse_lines
 
@@ -89,7 +90,16 @@ def render(task: Task) -> Rendered | Widen:
 
 
 def chunks(stream: BinaryIO, size: int | None = None) -> Iterator[bytes]:
-    """Chunks of at least ``size`` bytes (but the last), each ending at a line end."""
+    """Chunks of at least ``size`` bytes (but the last), each ending at a line end; a UTF-8
+    byte-order mark before the first line is dropped (see LineSplitter)."""
+    pieces = _chunks(stream, size)
+    first = next(pieces, None)
+    if first is not None:
+        yield strip_bom(first)
+        yield from pieces
+
+
+def _chunks(stream: BinaryIO, size: int | None) -> Iterator[bytes]:
     size = size or CHUNK_BYTES
     read = getattr(stream, "read1", stream.read)
     parts: list[bytes] = []

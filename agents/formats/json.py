@@ -14,25 +14,31 @@ import orjson
 from agents.contract.codec import loads
 from agents.contract.ids import ID_KEY, Record, id_problem
 from agents.errors import DataError
-from agents.formats._io import Source, normalise_encoding, strip_bom
+from agents.formats._encodings import check_start, json_problem, undecodable_after
+from agents.formats._io import Source
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-from agents.formats.jsonl import describe_json_error, type_name
+from agents.formats.jsonl import type_name
 
 
 def parse_document(source: Source, encoding: str) -> Any:
     data = source.stream.read()
-    if normalise_encoding(encoding) != "utf-8":
-        data = data.decode(encoding).encode("utf-8")
-    data = strip_bom(data)
+    start = check_start(source.name, data, encoding)
+    data = data[start.skip :]
+    if start.codec != "utf-8":
+        try:
+            data = data.decode(start.codec).encode("utf-8")
+        except UnicodeDecodeError as error:
+            before = data[: error.start].decode(start.codec)
+            raise undecodable_after(source.name, before, error, start.codec, encoding) from None
     if not data.strip():
         return []
     try:
         return loads(data)
     except orjson.JSONDecodeError as error:
-        reason, hint = describe_json_error(error)
-        line = getattr(error, "lineno", None)
+        problem = json_problem(error, data, option=True)
+        line = problem.line or getattr(error, "lineno", None)
         where = f"{source.name}:{line}" if line else source.name
-        raise DataError(where, reason, hint) from None
+        raise DataError(where, problem.reason, problem.hint) from None
 
 
 def select(document: Any, key: str | None, name: str) -> Any:

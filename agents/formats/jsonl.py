@@ -11,23 +11,9 @@ import orjson
 from agents.contract.codec import encode, loads, may_hold_big_integers
 from agents.contract.ids import ID_KEY, Record, all_ids_valid, id_problem
 from agents.errors import DataError
-from agents.formats._io import (
-    ENCODING_HINT,
-    LineSplitter,
-    Source,
-    decoded_chunks,
-    normalise_encoding,
-    strip_bom,
-)
+from agents.formats._encodings import check_start, json_problem, normalise_encoding
+from agents.formats._io import LineSplitter, Source, decoded_chunks
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions
-
-
-def describe_json_error(error: orjson.JSONDecodeError) -> tuple[str, str | None]:
-    """A short reason for a JSON parse failure and, for bad bytes, the --encoding hint."""
-    message = str(error.msg) if hasattr(error, "msg") else str(error)
-    if "utf-8" in message.lower() or "surrogate" in message.lower():
-        return "invalid UTF-8", ENCODING_HINT
-    return f"invalid JSON: {message}", None
 
 
 def type_name(value: object) -> str:
@@ -38,9 +24,7 @@ def type_name(value: object) -> str:
 
 def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned:
     for number, raw in enumerate(_lines(source, options.encoding), 1):
-        if number == 1 and isinstance(raw, bytes):
-            raw = strip_bom(raw)
-        value = parse_object(raw, f"{source.name}:{number}", bad)
+        value = parse_object(raw, f"{source.name}:{number}", bad, encoding_option=True)
         if value is None:
             continue
         record = {ID_KEY: number}
@@ -49,12 +33,21 @@ def read(source: Source, options: ReadOptions, bad: BadRowHandler) -> Positioned
 
 
 def _lines(source: Source, encoding: str) -> Iterator[bytes | str]:
-    """Raw bytes for UTF-8 (orjson validates them itself), decoded text otherwise."""
-    if normalise_encoding(encoding) == "utf-8":
-        yield from source.stream
+    """Raw bytes for UTF-8 (orjson validates them itself), decoded text otherwise. Lines end
+    at newlines only: a JSON string may hold U+2028 or a form feed as they are."""
+    if normalise_encoding(encoding) in ("utf-8", "utf-8-sig"):
+        raw = iter(source.stream)
+        first = next(raw, None)
+        if first is None:
+            return
+        yield first[check_start(source.name, first, encoding).skip :]
+        yield from raw
     else:
         for text in decoded_chunks(source, encoding):
-            yield from text.splitlines()
+            lines = text.split("\n")
+            if not lines[-1]:  # the chunk ended with a newline
+                lines.pop()
+            yield from lines
 
 
 class Writer:
@@ -120,15 +113,21 @@ def parse_lines(lines: list[bytes], name: str, first: int, bad: BadRowHandler) -
     return checked
 
 
-def parse_object(line: bytes | str, where: str, bad: BadRowHandler) -> Record | None:
-    """The object on one line; None for a blank line or a bad one (reported to ``bad``)."""
+def parse_object(
+    line: bytes | str, where: str, bad: BadRowHandler, encoding_option: bool = False
+) -> Record | None:
+    """The object on one line; None for a blank line or a bad one (reported to ``bad``).
+
+    ``encoding_option``: the reader has ``--encoding`` (agents-read), which a hint about bytes
+    that are not UTF-8 may then name; JSON Lines on other commands' stdin are UTF-8.
+    """
     if not line.strip():
         return None
     try:
         value = loads(line)
     except orjson.JSONDecodeError as error:
-        reason, hint = describe_json_error(error)
-        bad(DataError(where, reason, hint))
+        why = json_problem(error, line, encoding_option)
+        bad(DataError(where, why.reason, why.hint))
         return None
     if not isinstance(value, dict):
         bad(DataError(where, f"expected a JSON object, found {type_name(value)}"))

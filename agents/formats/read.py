@@ -30,7 +30,7 @@ def format_reader(
     if location.format == "sqlite":
         from agents.formats import sqlite
 
-        return None, sqlite.read(location.path, options)
+        return None, sqlite.read(location.path, options, bad)
     source = open_source(location.path, stdin)
     if location.format in ("csv", "tsv"):
         from agents.formats import csv

@@ -7,6 +7,8 @@ adds columns for new keys, and replaces a row whose ID comes again, in batched t
 
 Types: integers, reals, text and nulls are stored as they are. Objects and arrays go to a column
 declared ``JSON`` (its values are JSON text and are parsed again when read); booleans become 0/1.
+A JSON column's value that does not parse, and text that is not UTF-8, are bad rows that name
+their column.
 """
 
 from __future__ import annotations
@@ -22,15 +24,58 @@ from typing import Any
 
 import orjson
 
+from agents.contract.codec import loads
 from agents.contract.ids import ID_KEY, Record, canonical_id, id_problem
 from agents.errors import DataError, InvalidID, SourceError, TargetError, UsageError
-from agents.formats._options import Positioned, ReadOptions
+from agents.formats._encodings import HALF_A_PAIR, SURROGATE_HINT, lone_surrogate
+from agents.formats._options import BadRowHandler, Positioned, ReadOptions, raise_bad
 
 JSON_TYPE = "JSON"
 
 
+class _Converters:
+    """How SQLite's bytes become values while a source is read.
+
+    A JSON column's text that does not parse, and text that is not UTF-8, would raise in the
+    middle of a fetch, losing the rows fetched with them and reported as an internal or SQL
+    error. Each becomes a marker instead, counted in ``failures``; the reader names it with
+    its row and column (:func:`_odd_value`).
+    """
+
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def json(self, data: bytes) -> Any:
+        try:
+            return loads(data)
+        except orjson.JSONDecodeError:
+            self.failures += 1
+            return _NotJson(data)
+
+    def text(self, data: bytes) -> Any:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            self.failures += 1
+            return _NotUtf8(data)
+
+
+class _NotJson:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
+class _NotUtf8:
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+
 @contextlib.contextmanager
-def _only_json_converted() -> Iterator[None]:
+def _only_json_converted(converters: _Converters) -> Iterator[None]:
     """While a source is read: JSON columns decoded, every other value passed through unchanged
     (Python's DATE and TIMESTAMP converters would reformat, or crash on, such columns). The
     sqlite3 module's converters are global, so they are put back as they were afterwards: a
@@ -38,12 +83,13 @@ def _only_json_converted() -> Iterator[None]:
     saved = dict(sqlite3.converters)
     sqlite3.converters.pop("DATE", None)
     sqlite3.converters.pop("TIMESTAMP", None)
-    sqlite3.register_converter(JSON_TYPE, orjson.loads)
+    sqlite3.register_converter(JSON_TYPE, converters.json)
     try:
         yield
     finally:
         sqlite3.converters.clear()
         sqlite3.converters.update(saved)
+
 
 _READ_ACTIONS = {
     sqlite3.SQLITE_SELECT,
@@ -187,66 +233,147 @@ def _table_query(connection: sqlite3.Connection, table: str, path: str) -> tuple
         return f"SELECT * FROM {quote_name(table)}", False
 
 
-def read(path: str, options: ReadOptions) -> Positioned:
+def read(path: str, options: ReadOptions, bad: BadRowHandler = raise_bad) -> Positioned:
     connection = _open_read_only(path)
+    converters = _Converters()
     try:
-        with _only_json_converted():
-            yield from _read(connection, path, options)
+        with _only_json_converted(converters):
+            yield from _read(connection, path, options, converters, bad)
     finally:
         connection.close()
 
 
-def _read(connection: sqlite3.Connection, path: str, options: ReadOptions) -> Positioned:
+def _read(
+    connection: sqlite3.Connection,
+    path: str,
+    options: ReadOptions,
+    converters: _Converters,
+    bad: BadRowHandler,
+) -> Positioned:
     with_rowid, key_column = False, None
     if options.query:
         sql = options.query
     else:
         table = options.table
         if table is None:
-            names = _table_names(connection)
-            if len(names) != 1:
-                listing = ", ".join(names) if names else "none"
+            tables = _table_names(connection)
+            if len(tables) != 1:
+                listing = ", ".join(tables) if tables else "none"
                 raise UsageError(
                     f"{path}: say which table to read with --table or -q", f"tables: {listing}"
                 )
-            table = names[0]
+            table = tables[0]
         sql, with_rowid = _table_query(connection, table, path)
         info = connection.execute(f"PRAGMA table_info({quote_name(table)})").fetchall()
         keys = [row[1] for row in info if row[5] > 0]
         key_column = keys[0] if len(keys) == 1 else None
     guard = _ReadOnlyGuard(sql)
     connection.set_authorizer(guard)
-    try:
-        cursor = connection.execute(sql)
-    except sqlite3.Error as error:
-        raise _query_error(error, guard, path) from None
-    names = [column[0] for column in cursor.description or ()]
-    if with_rowid:
-        names = names[1:]
-    own_id = ID_KEY in names
+    names: list[str] = []
+    own_id = False
     number = 0
-    while True:
-        try:
-            rows = cursor.fetchmany(1000)
-        except sqlite3.Error as error:
-            raise _query_error(error, guard, path) from None
-        if not rows:
-            return
+    for cursor, rows, odd in _batches(connection, sql, guard, path, converters):
+        if not names:
+            names = [column[0] for column in cursor.description or ()]
+            if with_rowid:
+                names = names[1:]
+            own_id = ID_KEY in names
         for row in rows:
             number += 1
             values: Any = row[1:] if with_rowid else row
+            if odd and (problem := _odd_value(names, values)):
+                bad(DataError(f"{path}: row {number}", *problem))
+                continue
             if bytes in map(type, values):
                 values = [_blob(value) for value in values]
             record: Record = {ID_KEY: number}
             record.update(zip(names, values, strict=True))
             if own_id:  # the source's own ID column wins, as for every format
-                if problem := id_problem(record):
-                    raise DataError(f"{path}: row {number}", problem)
+                if not_an_id := id_problem(record):
+                    raise DataError(f"{path}: row {number}", not_an_id)
             elif with_rowid:
                 record[ID_KEY] = row[0]
             elif key_column is not None:
                 record[ID_KEY] = record[key_column]
             yield record
+
+
+NOT_UTF8 = "Could not decode to UTF-8"  # the sqlite3 module's words for such text
+
+
+def _batches(
+    connection: sqlite3.Connection,
+    sql: str,
+    guard: _ReadOnlyGuard,
+    path: str,
+    converters: _Converters,
+) -> Iterator[tuple[sqlite3.Cursor, list[Any], bool]]:
+    """The query's rows in batches, each with whether a value in it became a marker.
+
+    Text that is not UTF-8 stops the sqlite3 module's fetch, and the rows fetched with it are
+    lost: the query is then run again with such text read as a marker, past the rows already
+    given (the file is read-only, so the same query gives the same rows, unless it asks for
+    random ones). That costs nothing until it happens; a Python text factory from the start
+    would slow every read down by a third.
+    """
+    try:
+        cursor = connection.execute(sql)
+    except sqlite3.Error as error:
+        raise _query_error(error, guard, path) from None
+    given = 0
+    while True:
+        failures = converters.failures
+        try:
+            rows = cursor.fetchmany(1000)
+        except sqlite3.Error as error:
+            if NOT_UTF8 not in str(error) or connection.text_factory == converters.text:
+                raise _query_error(error, guard, path) from None
+            connection.text_factory = converters.text
+            cursor = connection.execute(sql)
+            skipped = 0
+            while skipped < given and (rows := cursor.fetchmany(min(given - skipped, 1000))):
+                skipped += len(rows)
+            continue
+        if not rows:
+            return
+        given += len(rows)
+        yield cursor, rows, converters.failures != failures
+
+
+def _odd_value(names: list[str], values: Any) -> tuple[str, str] | None:
+    """The message and hint for the first value of a row that is a marker, if any."""
+    for name, value in zip(names, values, strict=True):
+        column = _sql_name(name)
+        if isinstance(value, _NotJson):
+            if (found := lone_surrogate(value.data)) is not None:
+                where = "" if found.place == "the value" else f"{found.place} "
+                return (
+                    f"column {name!r} (declared {JSON_TYPE}): {where}holds {found.escape}, "
+                    f"{HALF_A_PAIR}",
+                    SURROGATE_HINT,
+                )
+            return (
+                f"column {name!r} is declared {JSON_TYPE} but holds {_preview(value.data)}, "
+                "which is not JSON",
+                f"select CAST({column} AS TEXT) AS {column} in a -q query to read it as text",
+            )
+        if isinstance(value, _NotUtf8):
+            return (
+                f"column {name!r} holds text that is not UTF-8: {_preview(value.data)}",
+                f"SQLite text is UTF-8: select CAST({column} AS BLOB) AS {column} in a -q "
+                "query to read its bytes (as base64), or fix the value",
+            )
+    return None
+
+
+def _preview(data: bytes, size: int = 40) -> str:
+    text = data.decode("utf-8", "backslashreplace")
+    return "'" + (text if len(text) <= size else text[:size] + "…") + "'"
+
+
+def _sql_name(name: str) -> str:
+    """A column's name as SQL: bare when it is a plain identifier."""
+    return name if name.isidentifier() and name.isascii() else quote_name(name)
 
 
 def _blob(value: object) -> object:
