@@ -262,9 +262,12 @@ def test_a_resume_output_that_cannot_be_written_is_refused_before_sending(tmp: P
     target = tmp / "out.jsonl"
     target.write_text('{"_id":0,"result":"a"}\n')
     target.chmod(0o444)
-    if os.access(target, os.W_OK):  # root ignores the mode: make it immutable instead
-        if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode:
-            pytest.skip("cannot make a file read-only for this user")
+    # root ignores the mode: make the file immutable instead
+    if (
+        os.access(target, os.W_OK)
+        and subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode
+    ):
+        pytest.skip("cannot make a file read-only for this user")
     try:
         with FakeLLM(lambda request, number: Reply("ok")) as server:
             done = subprocess.run(
@@ -294,3 +297,45 @@ def test_a_resume_output_that_cannot_be_written_is_refused_before_sending(tmp: P
         f"agents-map: error: --resume {target}: the file is read-only",
         f"agents-write: error: {target}: the file is read-only",
     ]
+
+
+@pytest.mark.parametrize("hard", [False, True])
+def test_jobs_beyond_the_open_file_limit(hard: bool) -> None:
+    import resource
+
+    def limit() -> None:  # in the child: ulimit -Sn 256, or -n 256 (soft and hard)
+        _, top = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256 if hard else top))
+
+    with FakeLLM(lambda request, number: Reply("ok", delay=0.3)) as server:
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(BIN / "agents-map"),
+                "-q",
+                "--base-url",
+                server.url,
+                "-m",
+                "m",
+                "--prompt",
+                "x {_id}",
+                "-j",
+                "300",
+            ],
+            input=jsonl(*({"_id": i} for i in range(400))),
+            capture_output=True,
+            preexec_fn=limit,
+            timeout=60,
+        )
+        most = server.max_in_flight
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 400
+    if hard:  # the hard limit leaves room for 192 connections: one warning, -j 192
+        assert done.stderr.decode() == (
+            "agents-map: warning: -j 300 needs about 364 open files and this process may open "
+            "256; running with -j 192\n  hint: raise the limit (ulimit -n) or lower -j\n"
+        )
+        assert most <= 192
+    else:  # the soft limit is raised as far as needed
+        assert done.stderr == b""
+        assert most > 192

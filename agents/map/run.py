@@ -89,7 +89,8 @@ async def run_job(
                 f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
                 f"{len(held.failed):,} failed records"
             )
-    client = Client(job.endpoint, o.jobs)
+    jobs = jobs_within_open_files(o.jobs, telling.warn)
+    client = Client(job.endpoint, jobs)
     try:
         from agents.map.caps import CostCap, ErrorCap
         from agents.map.limits import Budgets, Concurrency, group_file
@@ -101,7 +102,7 @@ async def run_job(
             sleep=sleep,
             warn=telling.warn,
             budgets=budgets,
-            concurrency=Concurrency(o.jobs),
+            concurrency=Concurrency(jobs),
             price=job.price,
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
             stopping=stopping,
@@ -110,7 +111,7 @@ async def run_job(
         scheduler = Scheduler(
             mapper.process,
             stdout,
-            jobs=o.jobs,
+            jobs=jobs,
             keep_order=o.keep_order,
             errors_out=errors_out,
             # A resumed job whose output holds successes has shown its configuration works:
@@ -165,6 +166,40 @@ async def run_job(
         if resumer is not None:
             resumer.close()
         await client.close()
+
+
+#: Open files a run needs besides one connection per request in flight: its streams, the
+#: event loop's, logs, the resume output and its sidecar, the resolver's threads.
+FILES_BESIDE_CONNECTIONS = 64
+
+
+def jobs_within_open_files(jobs: int, warn: Callable[..., None]) -> int:
+    """``jobs``, after raising the soft limit on open files as far as the hard limit allows;
+    lowered, with a warning, when even the hard limit leaves no room for ``jobs`` connections
+    (else each connection past it fails as "Too many open files", like an unreachable server)."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not a POSIX system
+        return jobs
+    needed = jobs + FILES_BESIDE_CONNECTIONS
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        wanted = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (OSError, ValueError):
+            pass
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return jobs
+    fitting = max(1, soft - FILES_BESIDE_CONNECTIONS)
+    warn(
+        f"-j {jobs} needs about {needed} open files and this process may open {soft}; "
+        f"running with -j {fitting}",
+        "raise the limit (ulimit -n) or lower -j",
+    )
+    return fitting
 
 
 def is_terminal(stream: object) -> bool:
