@@ -339,3 +339,67 @@ def test_jobs_beyond_the_open_file_limit(hard: bool) -> None:
     else:  # the soft limit is raised as far as needed
         assert done.stderr == b""
         assert most > 192
+
+
+def test_dry_run_with_resume_counts_only_what_would_be_sent(tmp: Path) -> None:
+    out = tmp / "out.jsonl"
+    first = jsonl(*({"_id": i, "word": f"w{i}"} for i in range(10)))
+    every = jsonl(*({"_id": i, "word": f"w{i}"} for i in range(15)))
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        base = ("-q", "--base-url", server.url, "-m", "m", "--resume", str(out))
+        status, stdout, _ = agents_map(*base, "--prompt", "say {word}", stdin=first)
+        out.write_text(stdout)
+        sidecar = (tmp / "out.jsonl.agents-job.jsonl").read_bytes()
+        status, stdout, err = agents_map(
+            "--base-url",
+            server.url,
+            "-m",
+            "m",
+            "--resume",
+            str(out),
+            "--prompt",
+            "say {word}",
+            "--dry-run",
+            stdin=every,
+        )
+        assert (status, err.splitlines()[0]) == (
+            0,
+            f"Dry run: 5 records to send (10 already done in {out}), nothing sent",
+        )
+        assert [json.loads(line)["_id"] for line in stdout.splitlines()] == [10, 11, 12, 13, 14]
+        assert (tmp / "out.jsonl.agents-job.jsonl").read_bytes() == sidecar  # nothing written
+        # the job's fingerprint is checked as a real rerun would check it
+        status, _, err = agents_map(*base, "--prompt", "shout {word}", "--dry-run", stdin=every)
+        assert status == 2
+        assert err.startswith(
+            f"agents-map: error: --resume {out}: the output was started with a different prompt"
+        )
+        assert len(server.requests) == 10
+
+
+def test_a_placeholder_no_record_has_gets_a_suggestion() -> None:
+    records = jsonl({"_id": 1, "word": "cat", "lang": "fr"})
+    status, _, err = agents_map(
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "-m",
+        "m",
+        "--prompt",
+        "{wrod} in {lnag}",
+        "--dry-run",
+        stdin=records,
+    )
+    assert status == 3
+    assert (
+        "Missing fields: 1 record (first: #1 lacks wrod, lnag; did you mean {word} or {lang}?)"
+        in err
+    )
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        status, stdout, _ = agents_map(
+            "-q", "--base-url", server.url, "-m", "m", "--prompt", "{wrod} {meta.x}", stdin=records
+        )
+    assert status == 3
+    assert (
+        json.loads(stdout)["error"]
+        == "the record has no fields wrod, meta.x; did you mean {word}?"
+    )

@@ -422,7 +422,7 @@ def test_keep_order_and_completion_order() -> None:
 def test_missing_fields_are_all_named(server: FakeLLM) -> None:
     result = run_map(server, "--prompt", "{wrod} {word} {lang}", stdin=words(1))
     assert result.status == 3
-    assert result.records[0]["error"] == "the record has no fields wrod, lang"
+    assert result.records[0]["error"] == "the record has no fields wrod, lang; did you mean {word}?"
     assert result.records[0]["error_type"] == "missing_fields"
     assert server.requests == []
 

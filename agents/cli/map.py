@@ -112,6 +112,14 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
     body = {"model": job.shape.model, **job.shape.params}
     if job.response_formats[0] is not None:
         body["response_format"] = job.response_formats[0]
+    resumer = None
+    if o.resume:  # what a rerun would send: the same checks, nothing written
+        from agents.done.resume import Resumer
+
+        resumer = Resumer(
+            o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume, dry=True
+        )
+        resumer.open()
     estimate = dry_run(
         streams.stdin,
         streams.stdout,
@@ -121,7 +129,9 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
         o.limit,
         o.max_tokens or o.max_completion_tokens,
         bad,
+        skip=resumer.skip if resumer is not None else None,
     )
+    estimate.resumed = o.resume
     for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
         reporter.say(line)
     # A script can gate on the dry run: 3 when some record would fail (missing fields).

@@ -152,6 +152,9 @@ class Resumer:
     job: dict[str, Any]
     keep_failed: bool = False
     force: bool = False
+    #: --dry-run: check and count, but write nothing (no job started, no samples taken) and do
+    #: not mind a writer at work (asking what is left while a job runs is fine).
+    dry: bool = False
     done: DoneIDs = field(default_factory=DoneIDs)
     samples: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
@@ -163,7 +166,7 @@ class Resumer:
 
     def open(self) -> None:
         output, sidecar = output_to_resume(self.output)
-        writer = writer_outside_this_pipeline(output.path)
+        writer = None if self.dry else writer_outside_this_pipeline(output.path)
         if writer is not None:
             raise TargetError(
                 f"--resume {self.output}: another agents-write (pid {writer}), not part of this "
@@ -174,11 +177,12 @@ class Resumer:
         if not self.done.succeeded or sidecar.job is None:
             # No result yet (a first run, or only failures, such as a typo in the prompt):
             # nothing could be mixed, so this run's job is the job.
-            sidecar.start_job(self.job)
+            if not self.dry:
+                sidecar.start_job(self.job)
         else:
             self._check(sidecar.job)
         self.samples = dict(sidecar.samples)
-        self.sidecar = sidecar
+        self.sidecar = None if self.dry else sidecar
 
     def _check(self, earlier: dict[str, Any]) -> None:
         changed = [NAMES.get(key, key) for key in NAMES if earlier.get(key) != self.job.get(key)]

@@ -9,7 +9,7 @@ set, as an upper bound.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -18,7 +18,13 @@ import orjson
 from agents.contract.ids import ID_KEY, Record
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import batches
-from agents.map.prompt import CHARS_PER_TOKEN, Template, estimate_tokens, messages_for
+from agents.map.prompt import (
+    CHARS_PER_TOKEN,
+    Template,
+    did_you_mean,
+    estimate_tokens,
+    messages_for,
+)
 from agents.map.usage import Price
 from agents.map.window import IdAssigner
 
@@ -30,6 +36,8 @@ class Estimate:
     first_missing: str | None = None
     input_tokens: int = 0
     output_tokens: int | None = None
+    done: int | None = None  # with --resume: records the output already holds (not counted)
+    resumed: str | None = None  # the --resume output
 
 
 def dry_run(
@@ -41,17 +49,25 @@ def dry_run(
     limit: int | None,
     max_output: int | None,
     bad: BadRowHandler,
+    skip: Callable[[Record], bool] | None = None,
 ) -> Estimate:
-    estimate = Estimate()
+    """``skip``: --resume's test of a record already done; those are neither shown nor counted."""
+    estimate = Estimate(done=0 if skip is not None else None)
     ids = IdAssigner()
     for record in _records(stdin, bad, ids):
+        if skip is not None and skip(record):
+            estimate.done = (estimate.done or 0) + 1
+            continue
         estimate.records += 1
         shown = limit is None or estimate.records <= limit
         missing = template.missing(record) + (system.missing(record) if system else [])
         if missing:
             estimate.missing += 1
             if estimate.first_missing is None:
-                estimate.first_missing = f"#{record[ID_KEY]} lacks {', '.join(missing)}"
+                guess = did_you_mean(missing, record)
+                estimate.first_missing = f"#{record[ID_KEY]} lacks {', '.join(missing)}" + (
+                    f"; {guess}" if guess else ""
+                )
             if shown:
                 out.write(orjson.dumps({ID_KEY: record[ID_KEY], "missing_fields": missing}) + b"\n")
             continue
@@ -79,7 +95,13 @@ def report(
     rpm: float | None = None,
     tpm: float | None = None,
 ) -> list[str]:
-    lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
+    if estimate.done is None:
+        lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
+    else:
+        lines = [
+            f"Dry run: {estimate.records:,} records to send ({estimate.done:,} already done in "
+            f"{estimate.resumed}), nothing sent"
+        ]
     if estimate.missing:
         lines.append(
             f"Missing fields: {estimate.missing:,} "

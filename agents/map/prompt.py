@@ -11,6 +11,7 @@ plain text. String values go in as they are; other values as compact JSON.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 
@@ -111,6 +112,28 @@ class Template:
         if missing:
             raise MissingFields(missing)
         return "".join(out)
+
+
+def missing_fields_message(names: list[str], record: Record) -> str:
+    """'the record has no field wrod; did you mean {word}?'"""
+    noun = "field" if len(names) == 1 else "fields"
+    guess = did_you_mean(names, record)
+    return f"the record has no {noun} {', '.join(names)}" + (f"; {guess}" if guess else "")
+
+
+def did_you_mean(names: list[str], record: Record) -> str:
+    """'did you mean {word}?' for placeholders that look like typos of the record's keys ('' when
+    none does)."""
+    keys = [key for key in record if isinstance(key, str)]
+    guesses: list[str] = []
+    for name in names:
+        top = name.split(".")[0]
+        if top in record:  # {meta.lang} with a meta that lacks lang: not a typo of a key
+            continue
+        close = difflib.get_close_matches(top, keys, n=1, cutoff=0.6)
+        if close and "{" + close[0] + "}" not in guesses:
+            guesses.append("{" + close[0] + "}")
+    return f"did you mean {' or '.join(guesses)}?" if guesses else ""
 
 
 def messages_for(template: Template, system: Template | None, record: Record) -> list[Message]:

@@ -40,6 +40,7 @@ from agents.map.prompt import (
     Template,
     estimate_tokens,
     messages_for,
+    missing_fields_message,
     prompt_token_bound,
 )
 from agents.map.usage import Price
@@ -197,15 +198,8 @@ class Mapper:
                     continue
                 return merged, True
         except MissingFields as missing:
-            names = ", ".join(missing.names)
-            return self._failed(
-                record,
-                "missing_fields",
-                f"the record has no field {names}"
-                if len(missing.names) == 1
-                else f"the record has no fields {names}",
-                attempts,
-            ), False
+            message = missing_fields_message(missing.names, record)
+            return self._failed(record, "missing_fields", message, attempts), False
         except Unusable as problem:
             return self._failed(record, problem.error_type, problem.message, attempts), False
         except (RecordFailed, Retryable) as error:
