@@ -155,6 +155,7 @@ class Unusable(Exception):
         self.error_type = error_type
         self.message = message
         self.reask = reask
+        self.answer: str | None = None  # the model's answer, kept in the error record
 
 
 class CapReached(Exception):

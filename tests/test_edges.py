@@ -400,6 +400,55 @@ def test_a_placeholder_no_record_has_gets_a_suggestion() -> None:
         )
     assert status == 3
     assert (
-        json.loads(stdout)["error"]
-        == "the record has no fields wrod, meta.x; did you mean {word}?"
+        json.loads(stdout)["error"] == "the record has no fields wrod, meta.x; did you mean {word}?"
+    )
+
+
+@pytest.mark.parametrize(
+    ("reply", "args", "error_type", "answer"),
+    [
+        (
+            Reply("not json"),
+            ("--output-format", "json", "--max-reasks", "0"),
+            "invalid_json",
+            "not json",
+        ),
+        (
+            Reply('{"n": "one"}'),
+            ("--output-format", "structured", "--schema", "SCHEMA", "--max-reasks", "0"),
+            "schema_invalid",
+            '{"n": "one"}',
+        ),
+        (Reply("half an ans", finish_reason="length"), (), "truncated", "half an ans"),
+        (Reply("x", finish_reason="content_filter"), (), "refusal", "x"),
+        (Reply(None, refusal="I can't help with that"), (), "refusal", None),
+    ],
+)
+def test_an_unusable_answer_is_kept_in_its_error_record(
+    tmp: Path, reply: Reply, args: tuple[str, ...], error_type: str, answer: str | None
+) -> None:
+    schema = tmp / "schema.json"
+    schema.write_text('{"type": "object", "properties": {"n": {"type": "integer"}}}')
+    args = tuple(str(schema) if arg == "SCHEMA" else arg for arg in args)
+    with FakeLLM(lambda request, number: reply) as server:
+        status, stdout, _ = agents_map(
+            "-q", "--base-url", server.url, "-m", "m", "--prompt", "x", *args, stdin=b'{"_id":1}\n'
+        )
+    record = json.loads(stdout)
+    assert (status, record["error_type"], record.get("answer")) == (3, error_type, answer)
+
+
+def test_accept_truncated_takes_a_cut_off_text_answer() -> None:
+    with FakeLLM(lambda request, number: Reply("half an ans", finish_reason="length")) as server:
+        base = ("-q", "--base-url", server.url, "-m", "m", "--prompt", "x")
+        status, stdout, _ = agents_map(*base, "--accept-truncated", stdin=b'{"_id":1}\n')
+        assert (status, json.loads(stdout)) == (0, {"_id": 1, "result": "half an ans"})
+        status, _, err = agents_map(
+            *base, "--accept-truncated", "--output-format", "json", stdin=b'{"_id":1}\n'
+        )
+        assert len(server.requests) == 1
+    assert (status, err) == (
+        2,
+        "agents-map: error: --accept-truncated goes with --output-format text: a json answer "
+        "cut off at the token limit cannot be parsed\n  hint: raise --max-tokens instead\n",
     )

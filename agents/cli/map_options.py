@@ -250,6 +250,13 @@ def add_map_options(parser: Parser) -> None:
         f"apart from retries (default: {DEFAULTS['max_reasks']})",
     )
     output.add_argument(
+        "--accept-truncated",
+        action="store_true",
+        default=None,
+        help="with --output-format text, take an answer cut off at the token limit as the "
+        "result (default: off, an error record of type truncated)",
+    )
+    output.add_argument(
         "--errors",
         metavar="FILE",
         help="append error records to FILE instead of stdout (default: stdout)",

@@ -1,6 +1,8 @@
 """The error record: how a record that failed is kept in the stream (see agents(7)).
 
-``{"_id": ..., "error": "...", "error_type": "...", "attempts": N, "item": {...}}``
+``{"_id": ..., "error": "...", "error_type": "...", "attempts": N, "item": {...}}``, and
+``"answer": "..."`` when the model answered but the answer could not be used (invalid JSON, a
+schema violation, a truncated answer, a refusal): what was paid for is kept.
 """
 
 from __future__ import annotations
@@ -25,14 +27,26 @@ def is_error_record(record: Record) -> bool:
     return is_error(record.get("error"), record.get("error_type"))
 
 
+#: The key of an error record that keeps the model's unusable answer.
+ANSWER_KEY = "answer"
+
+
 def error_record(
-    record_id: object, error: str, error_type: str, attempts: int, item: Record
+    record_id: object,
+    error: str,
+    error_type: str,
+    attempts: int,
+    item: Record,
+    answer: str | None = None,
 ) -> Record:
     """An error record in the shape every command reads and writes."""
-    return {
+    record = {
         ID_KEY: record_id,
         "error": error,
         "error_type": error_type,
         "attempts": attempts,
         "item": item,
     }
+    if answer is not None:
+        record[ANSWER_KEY] = answer
+    return record

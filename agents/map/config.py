@@ -70,6 +70,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "merge_strategy": Key("merge", "str", choices=("extend", "update", "replace")),
         "field": Key("field", "str"),
         "max_reasks": Key("max_reasks", "int"),
+        "accept_truncated": Key("accept_truncated", "bool"),
         "errors": Key("errors", "str", path=True),
         "stats": Key("stats", "str", path=True),
         "progress": Key("progress", "bool"),

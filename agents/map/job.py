@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "merge": "extend",
     "field": "result",
     "max_reasks": 2,
+    "accept_truncated": False,
     "keep_order": False,
     "dry_run": False,
     "keep_failed": False,
@@ -114,6 +115,7 @@ class Job:
             "max_retries": o.max_retries,
             "retry_delay": max(0.0, o.retry_delay),
             "max_reasks": o.max_reasks,
+            "accept_truncated": bool(o.accept_truncated),
             "response_formats": list(self.response_formats),
         }
 
@@ -229,6 +231,12 @@ def build(o: SimpleNamespace) -> Job:
         raise UsageError(
             "--merge update needs an object as the result, and --output-format text gives text",
             "use --output-format json or structured with --merge update",
+        )
+    if o.accept_truncated and o.output_format != "text":
+        raise UsageError(
+            f"--accept-truncated goes with --output-format text: a {o.output_format} answer "
+            "cut off at the token limit cannot be parsed",
+            "raise --max-tokens instead",
         )
     at_least(o.jobs, "--jobs")
     at_least(o.max_retries, "--max-retries", 0)

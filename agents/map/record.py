@@ -121,6 +121,7 @@ class Mapper:
         max_retries: int = 3,
         retry_delay: float = 1.0,
         max_reasks: int = 2,
+        accept_truncated: bool = False,
         response_formats: list[dict[str, Any] | None] | None = None,
         sleep: Sleep = asyncio.sleep,
         warn: Callable[[str], None] = lambda message: None,
@@ -140,6 +141,8 @@ class Mapper:
         self.max_retries = max_retries
         self.retry_delay = retry_delay
         self.max_reasks = max_reasks
+        # --accept-truncated (text answers only): an answer cut off at the token limit is a result
+        self.accept_truncated = accept_truncated
         # The forms of response_format still to try, best first; None means "send none".
         self.response_formats = response_formats or [None]
         self.sleep = sleep
@@ -179,11 +182,12 @@ class Mapper:
                     # the answer paid for is kept, as an error record; a rerun retries it.
                     raise problem from None
                 attempts += used
-                content = self._content(completion)
                 try:
+                    content = self._content(completion)
                     result = self.interpreter.interpret(content)
                     merged = self.merger.merge(record, result)
                 except Unusable as unusable:
+                    unusable.answer = completion.content
                     problem = unusable
                     if not problem.reask or reask == self.max_reasks:
                         raise
@@ -201,20 +205,31 @@ class Mapper:
             message = missing_fields_message(missing.names, record)
             return self._failed(record, "missing_fields", message, attempts), False
         except Unusable as problem:
-            return self._failed(record, problem.error_type, problem.message, attempts), False
+            return self._failed(
+                record, problem.error_type, problem.message, attempts, problem.answer
+            ), False
         except (RecordFailed, Retryable) as error:
             return self._failed(
                 record, error.error_type, error.message, attempts + error.attempts
             ), False
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _failed(self, record: Record, error_type: str, message: str, attempts: int) -> Record:
-        return error_record(record.get(ID_KEY), message, error_type, attempts, record)
+    def _failed(
+        self,
+        record: Record,
+        error_type: str,
+        message: str,
+        attempts: int,
+        answer: str | None = None,
+    ) -> Record:
+        return error_record(record.get(ID_KEY), message, error_type, attempts, record, answer)
 
     def _content(self, completion: Completion) -> str:
         if completion.refusal:
             raise Unusable("refusal", f"the model refused: {completion.refusal}", reask=False)
-        if completion.finish_reason == "length":
+        if completion.finish_reason == "length" and not (
+            self.accept_truncated and completion.content
+        ):
             raise Unusable(
                 "truncated",
                 "the answer was cut off at the token limit "
