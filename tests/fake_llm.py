@@ -46,9 +46,14 @@ Script = Callable[[dict[str, Any], int], Reply]
 
 class FakeLLM:
     def __init__(
-        self, script: Script = echo, on_answer: Callable[[dict[str, Any], float], None] | None = None
+        self,
+        script: Script = echo,
+        on_answer: Callable[[dict[str, Any], float], None] | None = None,
+        models: list[str] | None = None,
     ) -> None:
         self.script = script
+        self.models = models  # listed at GET /v1/models; None: no such route (404)
+        self.model_lists = 0  # times GET /v1/models was asked
         self.on_answer = on_answer  # called with each request answered 200, and when it arrived
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
@@ -81,6 +86,7 @@ class FakeLLM:
         self.closing = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._handle)
+        app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         self.loop.run_until_complete(runner.setup())
         site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
@@ -89,6 +95,14 @@ class FakeLLM:
         self.started.set()
         self.loop.run_forever()
         self.loop.run_until_complete(runner.cleanup())
+
+    async def _models(self, http: web.Request) -> web.StreamResponse:
+        with self.lock:
+            self.model_lists += 1
+        if self.models is None:
+            raise web.HTTPNotFound()
+        data = [{"id": name, "object": "model", "owned_by": "test"} for name in self.models]
+        return web.json_response({"object": "list", "data": data})
 
     async def _handle(self, http: web.Request) -> web.StreamResponse:
         body = orjson.loads(await http.read())

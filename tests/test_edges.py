@@ -452,3 +452,53 @@ def test_accept_truncated_takes_a_cut_off_text_answer() -> None:
         "agents-map: error: --accept-truncated goes with --output-format text: a json answer "
         "cut off at the token limit cannot be parsed\n  hint: raise --max-tokens instead\n",
     )
+
+
+@pytest.mark.parametrize(
+    ("models", "model", "cost"),
+    [
+        (
+            ["qwen2.5-7b-instruct"],
+            "qwen2.5-7b-instruct",
+            "Estimated cost: unknown (no price for qwen2.5-7b-instruct; give --price IN,OUT)",
+        ),
+        (None, "gpt-4o-mini", "Estimated cost: $0.00"),  # no model list: the documented default
+        ([], "gpt-4o-mini", "Estimated cost: $0.00"),
+    ],
+)
+def test_the_model_a_server_serves_is_the_default(
+    tmp: Path, models: list[str] | None, model: str, cost: str
+) -> None:
+    with FakeLLM(lambda request, number: Reply("ok"), models=models) as server:
+        status, _, err = agents_map(
+            "--base-url",
+            server.url,
+            "--prompt",
+            "x",
+            "--resume",
+            str(tmp / "out.jsonl"),
+            stdin=b'{"_id":1}\n',
+        )
+        assert server.model_lists == 1
+        assert [request["model"] for request in server.requests] == [model]
+    assert status == 0, err
+    assert cost in err.splitlines()
+    # the resolved model is the job's: a resume compares it
+    job = json.loads((tmp / "out.jsonl.agents-job.jsonl").read_text().splitlines()[0])
+    assert model in json.dumps(job)
+
+
+def test_a_server_with_several_models_needs_one_named() -> None:
+    with FakeLLM(lambda request, number: Reply("ok"), models=["a", "b"]) as server:
+        status, _, err = agents_map("--base-url", server.url, "--prompt", "x", stdin=b'{"_id":1}\n')
+        assert server.requests == []
+        named = agents_map(
+            "-q", "-m", "b", "--base-url", server.url, "--prompt", "x", stdin=b'{"_id":1}\n'
+        )
+        assert server.model_lists == 1  # a named model is not looked up
+    assert (status, err) == (
+        2,
+        f"agents-map: error: no --model given, and the server at {server.url} serves 2 models: "
+        "a, b\n  hint: name one with --model\n",
+    )
+    assert named[0] == 0

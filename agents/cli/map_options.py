@@ -54,7 +54,11 @@ def add_map_options(parser: Parser) -> None:
     )
     model = parser.add_argument_group("model and endpoint")
     model.add_argument(
-        "-m", "--model", metavar="NAME", help=f"model name (default: {DEFAULTS['model']})"
+        "-m",
+        "--model",
+        metavar="NAME",
+        help="model name (default: the one model a server other than OpenAI's serves, "
+        "else gpt-4o-mini)",
     )
     model.add_argument(
         "--base-url",

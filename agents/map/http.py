@@ -47,6 +47,27 @@ class Endpoint:
         return text
 
 
+def served_models(endpoint: Endpoint, timeout: float = 10.0) -> list[str] | None:
+    """The models the server lists at ``GET /models`` (the IDs, in its order), or None when it
+    does not answer the question (no such route, unreachable, not the OpenAI shape)."""
+    request = urllib.request.Request(
+        endpoint.base_url.rstrip("/") + "/models",
+        headers={
+            **endpoint.headers,
+            **({"Authorization": f"Bearer {endpoint.api_key}"} if endpoint.api_key else {}),
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=min(timeout, endpoint.timeout)) as response:
+            body = orjson.loads(response.read())
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors; bad JSON a ValueError
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(entry["id"]) for entry in data if isinstance(entry, dict) and entry.get("id")]
+
+
 @dataclass
 class Usage:
     prompt: int = 0

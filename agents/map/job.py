@@ -18,13 +18,13 @@ from agents.contract.ids import ID_KEY
 from agents.errors import UsageError
 from agents.map import config
 from agents.map.answer import Interpreter, Merger
-from agents.map.http import DEFAULT_BASE_URL, Endpoint
+from agents.map.http import DEFAULT_BASE_URL, Endpoint, served_models
 from agents.map.prompt import Template
 from agents.map.record import RequestShape, response_formats
 from agents.map.usage import Price, price_for
 
 DEFAULTS: dict[str, Any] = {
-    "model": "gpt-4o-mini",
+    "model": None,  # resolved by resolve_model
     "api_key_env": "OPENAI_API_KEY",
     "jobs": 10,
     "timeout": 60.0,
@@ -189,6 +189,31 @@ def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
     return Endpoint(base_url or DEFAULT_BASE_URL, key, headers(o.header), o.timeout)
 
 
+#: The model for OpenAI's API when none is named.
+DEFAULT_MODEL = "gpt-4o-mini"
+
+
+def resolve_model(model: str | None, server: Endpoint) -> str:
+    """The model named; else, for a server other than OpenAI's, the one model it serves (asked
+    once, ``GET /models``); else the default. A server that serves several is a usage error:
+    sending it a model it may not have would fail on every record."""
+    if model:
+        return model
+    if server.base_url.rstrip("/") == DEFAULT_BASE_URL:
+        return DEFAULT_MODEL
+    served = served_models(server)
+    if not served:
+        return DEFAULT_MODEL
+    if len(served) == 1:
+        return served[0]
+    shown = ", ".join(served[:10]) + (", ..." if len(served) > 10 else "")
+    raise UsageError(
+        f"no --model given, and the server at {server.base_url} serves {len(served)} models: "
+        f"{shown}",
+        "name one with --model",
+    )
+
+
 def build(o: SimpleNamespace) -> Job:
     if o.prompt_file is None and o.prompt is None:
         raise UsageError("give the prompt with -p FILE or --prompt TEXT (or prompt: in --config)")
@@ -243,6 +268,9 @@ def build(o: SimpleNamespace) -> Job:
     at_least(o.max_reasks, "--max-reasks", 0)
     at_least(o.limit, "--limit", 0)
     at_least(o.total, "--total", 0)
+    server = endpoint(o, need=not o.dry_run)
+    # Before the price and the fingerprint, which depend on it.
+    o.model = resolve_model(o.model, server)
     price = price_for(o.model, o.price)
     if o.max_cost is not None:
         if o.max_cost <= 0:
@@ -273,7 +301,7 @@ def build(o: SimpleNamespace) -> Job:
             merge=o.merge,
             field_name=o.field,
         ),
-        endpoint=endpoint(o, need=not o.dry_run),
+        endpoint=server,
         shape=RequestShape(o.model, request_params(o)),
         template=Template.parse(source),
         system=Template.parse(system_text) if system_text is not None else None,
