@@ -412,3 +412,64 @@ def test_total_gives_a_pipe_its_percentage() -> None:
         )
     final = [line for line in result.stderr.splitlines() if line.startswith("Processing:")][-1]
     assert "3/3 (100.0%)" in final and "ETA: 0s" in final
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize("width", [60, 80])
+def test_progress_fits_a_narrow_terminal_and_leaves_no_stale_lines(tmp: Path, width: int) -> None:
+    lines = [orjson.dumps({"_id": i, "word": f"w{i}"}) for i in range(1, 41)]
+    lines.insert(20, b"not json at all")  # a warning printed in the middle of the run
+    source = tmp / "words.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if number % 3 == 0:  # long error messages, with a newline and wide characters
+            return Reply("bad request: " + "字" * 30 + "\nsecond line " + "x" * 200, status=400)
+        return Reply("x", delay=0.05)
+
+    with FakeLLM(script) as server:
+        session = f"agents-narrow-{os.getpid()}-{width}"
+        command = (
+            f"{BIN / 'agents-map'} --base-url {server.url} -m m --prompt '{{word}}' -j 2 "
+            f"< {source} > {tmp / 'out.jsonl'}; echo DONE; sleep 30"
+        )
+        env_path = f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                str(width),
+                "-y",
+                "30",
+                f"PATH={env_path} OPENAI_API_KEY=x {command}",
+            ],
+            check=True,
+        )
+        try:
+            seen = ""
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "DONE" not in seen:
+                time.sleep(0.1)
+                seen = subprocess.run(
+                    ["tmux", "capture-pane", "-p", "-J", "-t", session],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    from agents.map.progress import columns
+
+    shown = [line.rstrip() for line in seen.splitlines() if line.strip()]
+    assert "DONE" in shown
+    progress = [line for line in shown if "/40 (" in line or line.startswith("Errors:")]
+    # -J joins wrapped lines: a progress line longer than the terminal would show here
+    assert all(columns(line) <= width for line in progress), shown
+    assert sum("/40 (" in line for line in shown) == 1, shown  # one progress line, redrawn
+    assert sum(line.startswith("Errors:") for line in shown) == 1, shown
+    assert any("40/40 (100.0%)" in line for line in shown), shown
+    assert any("Last: bad_request" in line and line.endswith("…") for line in shown), shown
+    assert any(line.startswith("agents-map: warning: <stdin>:21: invalid JSON") for line in shown)

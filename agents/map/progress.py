@@ -3,18 +3,63 @@ elsewhere (only when asked), nothing with --quiet.
 
     Processing: ████████░░ 1,247/10,000 (12.5%) | Rate: 45/min | ETA: 3m 12s
     Errors: 3 | Last: invalid_json: the answer holds no valid JSON (item #1,089)
+
+On a terminal each line fits its width (measured at every redraw, wide characters counted
+twice): a long last error is shortened, and the first line drops its label, then its bar, on a
+narrow one. A line that wrapped would leave a stale copy behind at the next redraw, since the
+cursor goes back up one line per line drawn. Messages printed during the run go through
+:meth:`Progress.above`, which clears the two lines first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import time
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO
 
 from agents.contract.ids import ID_KEY, Record
 
 BAR = 10
+
+#: Width assumed when a terminal does not say.
+DEFAULT_WIDTH = 80
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
+
+
+def one_line(text: str) -> str:
+    """``text`` with newlines, tabs and escape sequences' starts made spaces: a server's error
+    message must not move the cursor."""
+    return _CONTROL.sub(" ", text)
+
+
+def _columns(character: str) -> int:
+    if unicodedata.combining(character):
+        return 0
+    return 2 if unicodedata.east_asian_width(character) in ("W", "F") else 1
+
+
+def columns(text: str) -> int:
+    """The terminal columns ``text`` takes."""
+    return sum(map(_columns, text))
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns, ending in an ellipsis when cut."""
+    if columns(text) <= width:
+        return text
+    out, used = [], 0
+    for character in text:
+        used += _columns(character)
+        if used > width - 1:
+            break
+        out.append(character)
+    return "".join(out) + "…"
 
 
 def duration(seconds: float) -> str:
@@ -46,7 +91,10 @@ class Tally:
             self.last_error = f"{output.get('error_type')}: {output.get('error')} (item #{shown})"
 
 
-def lines(tally: Tally, total: int | None, now: float | None = None) -> tuple[str, str]:
+def lines(
+    tally: Tally, total: int | None, now: float | None = None, width: int | None = None
+) -> tuple[str, str]:
+    """The two lines, each within ``width`` columns when given."""
     elapsed = max(1e-9, (now if now is not None else time.monotonic()) - tally.started)
     per_minute = tally.done / elapsed * 60
     rate = f"Rate: {per_minute:,.0f}/min"
@@ -56,13 +104,22 @@ def lines(tally: Tally, total: int | None, now: float | None = None) -> tuple[st
         bar = "█" * filled + "░" * (BAR - filled)
         remaining = max(0, total - tally.done)
         eta = duration(remaining / (tally.done / elapsed)) if tally.done else "?"
-        first = f"Processing: {bar} {tally.done:,}/{total:,} ({share:.1%}) | {rate} | ETA: {eta}"
+        count = f"{tally.done:,}/{total:,} ({share:.1%})"
+        shapes = [
+            f"Processing: {bar} {count} | {rate} | ETA: {eta}",
+            f"{bar} {count} | {rate} | ETA: {eta}",
+            f"{count} | {rate} | ETA: {eta}",
+            f"{count} | ETA: {eta}",
+        ]
     else:
-        first = f"Processing: {tally.done:,} done | {rate}"
+        shapes = [f"Processing: {tally.done:,} done | {rate}", f"{tally.done:,} done | {rate}"]
     second = f"Errors: {tally.failed:,}" + (
-        f" | Last: {tally.last_error}" if tally.last_error else ""
+        f" | Last: {one_line(tally.last_error)}" if tally.last_error else ""
     )
-    return first, second
+    if width is None:
+        return shapes[0], second
+    first = next((shape for shape in shapes if columns(shape) <= width), fit(shapes[-1], width))
+    return first, fit(second, width)
 
 
 class Progress:
@@ -85,19 +142,39 @@ class Progress:
         self.interval = interval if terminal else plain_interval
         self.drawn = False
 
+    def width(self) -> int:
+        """The terminal's width now, less one column: writing the last column makes some
+        terminals wrap."""
+        try:
+            return max(10, os.get_terminal_size(self.stream.fileno()).columns - 1)
+        except (OSError, ValueError, AttributeError):
+            return DEFAULT_WIDTH - 1
+
     def draw(self) -> None:
-        first, second = lines(self.tally, self.total)
-        width = 200
         try:
             if self.terminal:
+                first, second = lines(self.tally, self.total, width=self.width())
                 prefix = "\x1b[2K\r" if not self.drawn else "\x1b[1A\x1b[2K\r"
-                self.stream.write(f"{prefix}{first[:width]}\n\x1b[2K\r{second[:width]}")
+                self.stream.write(f"{prefix}{first}\n\x1b[2K\r{second}")
             else:
+                first, second = lines(self.tally, self.total)
                 self.stream.write(f"{first} | {second}\n")
             self.stream.flush()
             self.drawn = True
         except (OSError, ValueError):
             pass
+
+    def above(self, write: Callable[[], None]) -> None:
+        """Print a message (``write``) above the progress: the two lines are cleared first and
+        drawn again at the next redraw, so none is left behind."""
+        if self.terminal and self.drawn:
+            try:
+                self.stream.write("\x1b[2K\r\x1b[1A\x1b[2K\r")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+            self.drawn = False
+        write()
 
     def finish(self) -> None:
         """The final figures: redrawn in place on a terminal, one last line elsewhere."""

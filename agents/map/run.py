@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO
 
 from agents.contract.ids import ID_KEY
+from agents.errors import DataError
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.map.http import Client
 from agents.map.job import Job
@@ -75,6 +76,8 @@ async def run_job(
             progress = Progress(
                 telling.progress, tally, input_total(stdin, o.total, o.limit), terminal
             )
+    if progress is not None and progress.terminal:
+        telling, bad = _above_progress(progress, telling, bad)
     resumer = None
     if o.resume:
         from agents.done.resume import Resumer
@@ -128,6 +131,8 @@ async def run_job(
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
             outcome = await scheduler.run(stdin)
+            if progress is not None and progress.total is not None and outcome.stopped is None:
+                progress.total = tally.done  # all of it: bad lines and --limit do not count
         finally:
             if drawing is not None:
                 drawing.cancel()
@@ -166,6 +171,24 @@ async def run_job(
         if resumer is not None:
             resumer.close()
         await client.close()
+
+
+def _above_progress(
+    progress: Progress, telling: Telling, bad: BadRowHandler
+) -> tuple[Telling, BadRowHandler]:
+    """Messages of the run printed above the progress lines, which are cleared first."""
+    warn, info = telling.warn, telling.info
+
+    def warn_above(message: str, hint: str | None = None) -> None:
+        progress.above(lambda: warn(message, hint))
+
+    def info_above(message: str) -> None:
+        progress.above(lambda: info(message))
+
+    def bad_above(error: DataError) -> None:
+        progress.above(lambda: bad(error))
+
+    return Telling(warn_above, info_above, telling.progress), bad_above
 
 
 #: Open files a run needs besides one connection per request in flight: its streams, the
