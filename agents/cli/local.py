@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
+import signal
 import sys
 from collections.abc import Sequence
 
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.errors import ExitStatus, UsageError
+from agents.local import command as local_command
+from agents.local import server as local_model
+from agents.local.server import DEFAULT_CONTEXT, DEFAULT_PARALLEL
 
 PROG = "agents-local"
 
@@ -43,21 +46,21 @@ def build_parser(streams: Streams) -> Parser:
         sub.add_argument(
             "--parallel",
             type=int,
-            default=4,
             metavar="N",
-            help="requests the server works on at once (default: 4)",
+            help=f"requests the server works on at once (default: {DEFAULT_PARALLEL}; a running "
+            "server is used as it is when this is not given, refused when it differs)",
         )
         sub.add_argument(
             "--context",
             type=int,
-            default=4096,
             metavar="TOKENS",
-            help="context size of each of those slots (default: 4096)",
+            help=f"context size of each of those slots (default: {DEFAULT_CONTEXT}; as for "
+            "--parallel)",
         )
     run_command.add_argument(
         "argv", nargs="+", metavar="COMMAND", help="the command and its arguments (after --)"
     )
-    commands.add_parser("stop", help="stop the server")
+    commands.add_parser("stop", help="stop the server (only the process that is still it)")
     commands.add_parser("url", help="print the URL of the running server (exit 1 if none)")
     return parser
 
@@ -73,8 +76,6 @@ def _say(streams: Streams, text: str) -> None:
 
 
 def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> int:
-    from agents.local import server as local_model
-
     args = build_parser(streams).parse_args(argv)
     if args.command == "url":
         state = local_model.current()
@@ -84,10 +85,11 @@ def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         _say(streams, state.url)
         return int(ExitStatus.OK)
     if args.command == "stop":
-        if not local_model.stop():
-            reporter.info("the local model was not running")
+        _stop(reporter)
         return int(ExitStatus.OK)
-    if args.parallel < 1 or args.context < 256:
+    if (args.parallel is not None and args.parallel < 1) or (
+        args.context is not None and args.context < 256
+    ):
         raise UsageError("--parallel must be at least 1 and --context at least 256")
     if args.command == "start":
         state, started = local_model.start(args.parallel, args.context)
@@ -95,13 +97,61 @@ def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
             reporter.info(f"started the local model at {state.url} (log: {local_model.log_file()})")
         _say(streams, state.url)
         return int(ExitStatus.OK)
-    state, started = local_model.start(args.parallel, args.context)
     try:
-        environment = {**os.environ, "OPENAI_BASE_URL": state.url}
-        return subprocess.run(args.argv, env=environment, check=False).returncode
-    finally:
-        if started:
-            local_model.stop()
+        return _run(args.argv, args.parallel, args.context, reporter)
+    except local_command.CannotRun as error:
+        reporter.error(error.message, error.hint)
+        return error.exit_status
+
+
+def _run(argv: list[str], parallel: int | None, context: int | None, reporter: Reporter) -> int:
+    """``run``: COMMAND beside the server; the server stopped after it if this call started it."""
+    program = local_command.find(argv[0], os.environ.get("PATH", os.defpath))
+    state, started = local_model.start(parallel, context)
+    name = os.path.basename(argv[0])
+    then = " before stopping the local model" if started else ""
+
+    def notice(signum: int) -> None:
+        reporter.info(f"{SIGNAL_NAMES.get(signum, 'signal')}: waiting for {name} to exit{then}")
+
+    # The relay covers the stop too: a second Ctrl-C must not leave the server running.
+    with local_command.Relay(notice) as relay:
+        try:
+            return relay.run(argv, program, {**os.environ, "OPENAI_BASE_URL": state.url})
+        finally:
+            if started:
+                local_model.stop(only=state)
+
+
+SIGNAL_NAMES: dict[int, str] = {
+    signal.SIGINT: "interrupted",
+    signal.SIGTERM: "terminated",
+    signal.SIGHUP: "hung up",
+}
+
+
+def _stop(reporter: Reporter) -> None:
+    done, state = local_model.stop()
+    pid = state.pid if state is not None else None
+    if done is local_model.Stop.STOPPED:
+        reporter.info(f"stopped the local model (process {pid})")
+    elif done is local_model.Stop.KILLED:
+        reporter.info(
+            f"killed the local model (process {pid}): it did not stop within "
+            f"{local_model.STOP_WAIT:g}s of SIGTERM"
+        )
+    elif done is local_model.Stop.NOT_RUNNING:
+        reporter.info("the local model was not running")
+    elif done is local_model.Stop.EXITED:
+        reporter.info(
+            f"the local model was not running (its process {pid} had exited); "
+            "removed its state file"
+        )
+    else:
+        reporter.warning(
+            f"the state file named process {pid}, which is no longer the local model (the PID "
+            "was given to another process); left that process alone and removed the state file"
+        )
 
 
 def entry_point() -> None:
