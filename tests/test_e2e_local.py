@@ -136,7 +136,7 @@ def test_jobs_4_with_a_resume_after_kill_9(local: dict[str, str], tmp: Path) -> 
     )
     script = (
         f"agents-read {words} | agents-map --prompt 'How many letters are in {{word}}? "
-        f"Answer in JSON.' -j 4 --max-tokens 40 --temperature 0 --seed 7 -q "
+        f"Answer in JSON.' -j 4 --max-tokens 40 --temperature 0 --seed 7 "
         f"--output-format structured --schema n.json --resume {output} "
         f"| agents-write --append {output}"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -502,3 +503,45 @@ def test_a_server_with_several_models_needs_one_named() -> None:
         "a, b\n  hint: name one with --model\n",
     )
     assert named[0] == 0
+
+
+def test_quiet_hides_the_resume_notes(tmp: Path) -> None:
+    out = tmp / "out.jsonl"
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        base = ("--base-url", server.url, "-m", "m", "--prompt", "x", "--resume", str(out))
+        _, stdout, _ = agents_map("-q", *base, stdin=b'{"_id":1}\n')
+        out.write_text(stdout)
+        status, stdout, err = agents_map("-q", *base, stdin=b'{"_id":1}\n{"_id":2}\n')
+    assert (status, err) == (0, "")
+    assert json.loads(stdout)["_id"] == 2
+
+
+@pytest.mark.skipif(shutil.which("parallel") is None, reason="GNU parallel is not installed")
+def test_a_first_run_under_parallel_pipe_says_nothing_of_resuming(tmp: Path) -> None:
+    out = tmp / "out.jsonl"
+    source = tmp / "in.jsonl"
+    source.write_bytes(jsonl(*({"_id": i} for i in range(40))))
+    with FakeLLM(lambda request, number: Reply("ok", delay=0.02)) as server:
+        command = (
+            f"parallel --pipe -N 5 -j 4 agents-map --base-url {server.url} -m m --prompt x "
+            f"--resume {out} < {source} | agents-write --append {out}"
+        )
+        env = {
+            **os.environ,
+            "PATH": os.pathsep.join(
+                [str(BIN), os.path.dirname(sys.executable), os.environ["PATH"]]
+            ),
+        }
+        first = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert first.returncode == 0, first.stderr
+        assert "resuming" not in first.stderr
+        assert len(out.read_text().splitlines()) == 40
+        # a rerun is a resume, and says so
+        again = subprocess.run(
+            ["bash", "-c", command], capture_output=True, text=True, env=env, timeout=120
+        )
+    assert again.returncode == 0, again.stderr
+    assert f"agents-map: resuming {out}: it holds 40 results and 0 failed records" in again.stderr
+    assert len(server.requests) == 40

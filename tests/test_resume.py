@@ -39,7 +39,7 @@ def environment() -> dict[str, str]:
 def pipeline(source: Path, output: Path, server: FakeLLM, extra: str = "") -> str:
     return (
         f"set -o pipefail; agents-read {source} | agents-map --base-url {server.url} "
-        f"--prompt '{{word}}' -j {JOBS} -q --resume {output} {extra} "
+        f"--prompt '{{word}}' -j {JOBS} --resume {output} {extra} "
         f"| agents-write --append {output}"
     )
 

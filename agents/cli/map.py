@@ -53,7 +53,9 @@ def _map(
         return show_dry_run(job, streams, reporter, bad)
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
-        telling = Telling(reporter.warning, reporter.info, streams.stderr)
+        # -q: errors and warnings only, so no "resuming ..." or "skipped ..." notes either
+        info = reporter.info if not job.options.quiet else _silent
+        telling = Telling(reporter.warning, info, streams.stderr)
         outcome, mapper = event_loop().run_until_complete(
             run_job(
                 job,
@@ -102,6 +104,10 @@ def side_outputs(job: Job, prog: str) -> Iterator[BinaryIO | None]:
                 errors_out.close()
     finally:
         handler.close()
+
+
+def _silent(message: str) -> None:
+    return None
 
 
 def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHandler) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from dataclasses import dataclass
 
 from agents.errors import TargetError
 from agents.formats._io import check_writable
@@ -51,7 +52,11 @@ class WriterLock:
                 os.close(fd)  # its holder removed it as we opened it: lock the new one
                 continue
             os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())
+            # The PID, and whether the output held anything when this writer began: an
+            # agents-map --resume of the same pipeline then knows that what it finds there was
+            # written by this run (parallel --pipe's later jobs), not by an earlier one.
+            held = 1 if os.path.exists(self.output) and os.path.getsize(self.output) else 0
+            os.write(fd, f"{os.getpid()}\n{held}\n".encode())
             self.fd = fd
         remove_stale_temporaries(os.path.realpath(self.output))
 
@@ -68,7 +73,7 @@ def _holder(fd: int) -> str:
     """The lock's holder as the message names it: its program and PID, when known."""
     program, pid = "agents-write", ""
     with contextlib.suppress(OSError, ValueError):
-        text = os.pread(fd, 32, 0).decode().strip()
+        text = os.pread(fd, 32, 0).decode().split("\n")[0].strip()
         if text.isdigit():
             pid = f" (pid {text})"
             with open(f"/proc/{text}/cmdline", "rb") as stream:
@@ -97,9 +102,17 @@ def remove_stale_temporaries(path: str) -> None:
                     os.unlink(os.path.join(folder, name))
 
 
-def writer_outside_this_pipeline(output: str) -> int | None:
-    """The PID of a live agents-write holding ``output``'s lock that is not part of this
-    pipeline, if there is one.
+@dataclass(frozen=True)
+class Writer:
+    """The live agents-write holding an output's lock."""
+
+    pid: int
+    in_this_pipeline: bool
+    started_on_empty: bool  # the output held nothing when it began
+
+
+def current_writer(output: str) -> Writer | None:
+    """The live agents-write holding ``output``'s lock, if there is one.
 
     A shell runs each pipeline in one process group (GNU parallel gives each of its jobs a
     group of its own, below the pipeline's): a writer whose group is neither this process's nor
@@ -109,19 +122,26 @@ def writer_outside_this_pipeline(output: str) -> int | None:
     path = lock_path(output)
     try:
         with open(path) as stream:
-            text = stream.read().strip()
+            lines = stream.read().split()
         inode = os.stat(path).st_ino
     except OSError:
         return None
-    if not text.isdigit() or not _holds_flock(int(text), inode):
+    if not lines or not lines[0].isdigit() or not _holds_flock(int(lines[0]), inode):
         return None
-    pid = int(text)
+    pid = int(lines[0])
     try:
         group = os.getpgid(pid)
         ours = {os.getpgid(ancestor) for ancestor in _ancestors(os.getpid())}
     except OSError:
         return None
-    return None if group in ours else pid
+    return Writer(pid, group in ours, lines[1:2] == ["0"])
+
+
+def writer_outside_this_pipeline(output: str) -> int | None:
+    """The PID of a live agents-write holding ``output``'s lock that is not part of this
+    pipeline, if there is one."""
+    writer = current_writer(output)
+    return writer.pid if writer is not None and not writer.in_this_pipeline else None
 
 
 def _holds_flock(pid: int, inode: int) -> bool:

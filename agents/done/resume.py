@@ -22,7 +22,7 @@ from typing import Any
 
 from agents.contract.ids import ID_KEY, Record, canonical_id, content_id
 from agents.done.ids import DoneIDs, Output, csv_header, done_ids
-from agents.done.lock import writer_outside_this_pipeline
+from agents.done.lock import current_writer
 from agents.done.rules import Duplicates
 from agents.done.sidecar import Sidecar, read_sidecar
 from agents.errors import InputChanged, InvalidID, TargetError, UsageError
@@ -155,6 +155,7 @@ class Resumer:
     #: --dry-run: check and count, but write nothing (no job started, no samples taken) and do
     #: not mind a writer at work (asking what is left while a job runs is fine).
     dry: bool = False
+    written_by_this_run: bool = False
     done: DoneIDs = field(default_factory=DoneIDs)
     samples: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
@@ -166,11 +167,16 @@ class Resumer:
 
     def open(self) -> None:
         output, sidecar = output_to_resume(self.output)
-        writer = None if self.dry else writer_outside_this_pipeline(output.path)
-        if writer is not None:
+        writer = current_writer(output.path)
+        # What the output holds was written by this very run (a later job of parallel --pipe):
+        # nothing is being resumed, whatever the output holds.
+        self.written_by_this_run = bool(
+            writer and writer.in_this_pipeline and writer.started_on_empty
+        )
+        if writer is not None and not writer.in_this_pipeline and not self.dry:
             raise TargetError(
-                f"--resume {self.output}: another agents-write (pid {writer}), not part of this "
-                "pipeline, is writing to it; resuming now would pay again for what it writes",
+                f"--resume {self.output}: another agents-write (pid {writer.pid}), not part of "
+                "this pipeline, is writing to it; resuming now would pay again for what it writes",
                 "wait for it to finish, then run this command again",
             )
         self.done = readable_ids(output, self.output)

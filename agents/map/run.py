@@ -87,7 +87,7 @@ async def run_job(
         )
         resumer.open()
         held = resumer.done
-        if held.succeeded or held.failed:
+        if (held.succeeded or held.failed) and not resumer.written_by_this_run:
             telling.info(
                 f"resuming {o.resume}: it holds {len(held.succeeded):,} results and "
                 f"{len(held.failed):,} failed records"
