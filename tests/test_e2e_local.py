@@ -190,3 +190,20 @@ def test_agents_process_then_resume_on_the_local_model(local: dict[str, str], tm
     assert resumed.returncode == 0, resumed.stderr
     rows = (tmp / "letters.csv").read_text().splitlines()
     assert len(rows) == 31 and rows[0].startswith("_id,word")
+
+
+def test_the_local_model_is_found_by_name_and_costs_nothing(
+    local: dict[str, str], tmp: Path
+) -> None:
+    # no --model: agents-map asks the server, which serves one model
+    done = sh(
+        "echo '{\"_id\": 1, \"w\": \"cat\"}' | agents-map --prompt 'Say {w}' --max-tokens 4 "
+        "--accept-truncated --stats stats.json",
+        local,
+        tmp,
+    )
+    assert done.returncode == 0, done.stderr
+    stats = orjson.loads((tmp / "stats.json").read_bytes())
+    assert stats["model"].startswith("agents-local/SmolLM2-135M-Instruct")
+    assert stats["cost_usd"] == 0
+    assert "Estimated cost: $0.00" in done.stderr.splitlines()

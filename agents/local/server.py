@@ -295,12 +295,20 @@ def _runs(pid: int, started: int | None) -> bool:
     return processes.running(pid, started)
 
 
+def model_name(path: str) -> str:
+    """The name the server gives its model: agents-local/ and the model file's stem."""
+    return "agents-local/" + os.path.basename(path).removesuffix(".gguf")
+
+
 def serve(model: str, port: int, parallel: int, context: int) -> None:
     """Run the server in this process until SIGTERM or SIGINT."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = model
+    # The name /v1/models gives, which agents-map takes when no --model is given: the prefix
+    # prices it at 0 (agents/data/prices.json), the stem tells which model file it is.
+    params.model_alias = {model_name(model)}
     params.hostnames = ["127.0.0.1"]
     params.port = port
     params.n_parallel = parallel

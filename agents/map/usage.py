@@ -60,8 +60,13 @@ def price_for(model: str, explicit: str | None) -> Price | None:
     table = price_table()
     if model in table:
         return table[model]
-    # dated snapshots (gpt-4o-mini-2024-07-18) cost what their family costs
-    family = max((name for name in table if model.startswith(name + "-")), key=len, default=None)
+    # dated snapshots (gpt-4o-mini-2024-07-18) cost what their family costs, and the models
+    # of a server named in the table (agents-local/...) what the server's entry says
+    family = max(
+        (name for name in table if model.startswith((name + "-", name + "/"))),
+        key=len,
+        default=None,
+    )
     return table[family] if family else None
 
 
