@@ -545,3 +545,28 @@ def test_a_first_run_under_parallel_pipe_says_nothing_of_resuming(tmp: Path) -> 
     assert again.returncode == 0, again.stderr
     assert f"agents-map: resuming {out}: it holds 40 results and 0 failed records" in again.stderr
     assert len(server.requests) == 40
+
+
+def test_an_sql_error_after_rows_were_written_is_a_failure(tmp: Path) -> None:
+    import sqlite3
+
+    database = tmp / "t.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE t (id, x)")
+        connection.executemany(
+            "INSERT INTO t VALUES (?, ?)",
+            [(i, '{"a": 1}' if i != 1500 else "bad") for i in range(3000)],
+        )
+    query = "SELECT id, json_extract(x, '$.a') AS a FROM t"
+    late = run("agents-read", str(database), "-q", query, "--id", "id")
+    assert (late.status, late.stderr) == (
+        1,
+        f"agents-read: error: {database}: SQL error: malformed JSON (after 1,000 rows)\n",
+    )
+    assert len(late.records) == 1000
+    early = run("agents-read", str(database), "-q", query + " WHERE id >= 1500", "--id", "id")
+    assert (early.status, early.stderr, early.stdout) == (
+        2,
+        f"agents-read: error: {database}: SQL error: malformed JSON\n",
+        b"",
+    )

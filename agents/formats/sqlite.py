@@ -26,7 +26,7 @@ import orjson
 
 from agents.contract.codec import loads
 from agents.contract.ids import ID_KEY, Record, canonical_id, id_problem
-from agents.errors import DataError, InvalidID, SourceError, TargetError, UsageError
+from agents.errors import AgentsError, DataError, InvalidID, SourceError, TargetError, UsageError
 from agents.formats._encodings import HALF_A_PAIR, SURROGATE_HINT, lone_surrogate
 from agents.formats._options import BadRowHandler, Positioned, ReadOptions, raise_bad
 
@@ -327,7 +327,12 @@ def _batches(
             rows = cursor.fetchmany(1000)
         except sqlite3.Error as error:
             if NOT_UTF8 not in str(error) or connection.text_factory == converters.text:
-                raise _query_error(error, guard, path) from None
+                failure = _query_error(error, guard, path)
+                if given:  # rows are out already: not "nothing was done" (exit 2) but a failure
+                    raise AgentsError(
+                        f"{failure.message} (after {given:,} rows)", failure.hint
+                    ) from None
+                raise failure from None
             connection.text_factory = converters.text
             cursor = connection.execute(sql)
             skipped = 0
