@@ -570,3 +570,17 @@ def test_an_sql_error_after_rows_were_written_is_a_failure(tmp: Path) -> None:
         f"agents-read: error: {database}: SQL error: malformed JSON\n",
         b"",
     )
+
+
+def test_a_dry_run_with_bad_lines_exits_3_and_refuses_what_is_not_json_lines() -> None:
+    base = ("--base-url", "http://127.0.0.1:9/v1", "-m", "m", "--prompt", "{w}", "--dry-run")
+    status, stdout, err = agents_map(*base, stdin=b'{"_id":1,"w":"a"}\nnot json\n')
+    assert status == 3
+    assert json.loads(stdout)["_id"] == 1
+    assert err.splitlines()[:2] == [
+        "agents-map: warning: <stdin>:2: invalid JSON: invalid literal, expected 'null' (skipped)",
+        "Dry run: 1 record, nothing sent",
+    ]
+    status, stdout, err = agents_map(*base, stdin=b"id,w\n1,a\n2,b\n3,c\n4,d\n5,e\n")
+    assert (status, stdout) == (2, "")
+    assert err.startswith("agents-map: error: the input is not JSON Lines")

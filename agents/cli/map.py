@@ -47,10 +47,11 @@ def _map(
 
     def bad(error: DataError) -> None:
         bad_lines.append(error.message)
-        reporter.warning(f"{error.message} (skipped)")
+        reporter.warning(f"{error.message} (skipped)", error.hint)
 
     if o.dry_run:
-        return show_dry_run(job, streams, reporter, bad)
+        status = show_dry_run(job, streams, reporter, bad)
+        return int(ExitStatus.PARTIAL) if bad_lines and not status else status
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
         # -q: errors and warnings only, so no "resuming ..." or "skipped ..." notes either

@@ -26,7 +26,7 @@ from agents.map.prompt import (
     messages_for,
 )
 from agents.map.usage import Price
-from agents.map.window import IdAssigner
+from agents.map.window import IdAssigner, JsonLinesGate
 
 
 @dataclass
@@ -83,9 +83,12 @@ def dry_run(
 
 
 def _records(stdin: BinaryIO, bad: BadRowHandler, ids: IdAssigner) -> Iterator[Record]:
-    for batch in batches(stdin, "<stdin>", bad):
+    gate = JsonLinesGate(bad)  # input that is not JSON Lines at all is refused, as in a run
+    for batch in batches(stdin, "<stdin>", gate.bad):
+        gate.saw(len(batch))
         for record in batch:
             yield ids.ensure(record)
+    gate.saw(0, ended=True)
 
 
 def report(
@@ -95,11 +98,12 @@ def report(
     rpm: float | None = None,
     tpm: float | None = None,
 ) -> list[str]:
+    records = f"{estimate.records:,} {'record' if estimate.records == 1 else 'records'}"
     if estimate.done is None:
-        lines = [f"Dry run: {estimate.records:,} records, nothing sent"]
+        lines = [f"Dry run: {records}, nothing sent"]
     else:
         lines = [
-            f"Dry run: {estimate.records:,} records to send ({estimate.done:,} already done in "
+            f"Dry run: {records} to send ({estimate.done:,} already done in "
             f"{estimate.resumed}), nothing sent"
         ]
     if estimate.missing:

@@ -107,7 +107,7 @@ async def read_lines(stream: BinaryIO) -> AsyncIterator[list[bytes]]:
 NOT_JSON_LINES_AFTER = 5
 
 
-class _JsonLinesGate:
+class JsonLinesGate:
     """Input that is not JSON Lines at all (a CSV piped straight in) is refused before anything
     is sent, instead of one warning a line: the first bad lines are held until a record shows
     the input is JSON Lines after all (then they are reported as usual), or until there are
@@ -255,7 +255,7 @@ class Scheduler:
     async def _feed(self, stdin: BinaryIO) -> None:
         number = 1
         sequence = 0
-        gate = _JsonLinesGate(self.bad)
+        gate = JsonLinesGate(self.bad)
         async for lines in read_lines(stdin):
             batch = parse_lines(lines, "<stdin>", number, gate.bad)
             gate.saw(len(batch))
