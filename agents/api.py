@@ -21,7 +21,7 @@ from itertools import islice
 import orjson
 
 from agents.contract.codec import encode, exact
-from agents.contract.ids import Record, id_problem
+from agents.contract.ids import ID_KEY, Record, id_problem
 from agents.done.targets import LedgerTarget, write_locked
 from agents.errors import AgentsError, CapReached, DataError
 from agents.formats import resolve
@@ -124,9 +124,17 @@ def _checked(records: Iterable[Record]) -> Iterator[tuple[Record, bytes]]:
             raise DataError(f"record {number}", problem)
         try:
             line = encode(record)
-        except TypeError:  # orjson: an integer beyond 64 bits
+        except TypeError:  # orjson: an integer beyond 64 bits, or a value JSON cannot hold
             record = exact(record)
-            line = encode(record)
+            try:
+                line = encode(record)
+            except TypeError as error:
+                raise DataError(
+                    f"record {number} (_id {record.get(ID_KEY)!r})",
+                    f"cannot be written as JSON: {error}",
+                    "records hold JSON values: str (whole Unicode, no lone surrogates), int, "
+                    "float, bool, None, list and dict",
+                ) from None
         yield record, line
 
 

@@ -140,9 +140,6 @@ def test_nothing_of_the_api_is_imported_by_a_command_that_needs_none() -> None:
     assert loaded.stdout == "False\n"
 
 
-
-
-
 def test_write_records_holds_python_records_to_the_contract(tmp: Path) -> None:
     with pytest.raises(DataError, match="record 2: bad _id: true cannot be an ID"):
         agents.write_records([{"_id": 1}, {"_id": True}], str(tmp / "w.jsonl"))
@@ -169,3 +166,19 @@ def test_breaking_out_of_map_records_prints_nothing(tmp: Path) -> None:
             timeout=60,
         )
     assert (done.returncode, done.stdout, done.stderr) == (0, "done\n", "")
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ("\ud800", "str is not valid UTF-8: surrogates not allowed"),
+        (object(), "Type is not JSON serializable: object"),
+    ],
+)
+def test_a_value_json_cannot_hold_is_a_data_error(tmp_path: Path, value: object, why: str) -> None:
+    with pytest.raises(DataError) as raised:
+        agents.write_records(
+            [{"_id": 1, "a": "ok"}, {"_id": 2, "a": value}], tmp_path / "out.jsonl"
+        )
+    assert raised.value.message == f"record 2 (_id 2): cannot be written as JSON: {why}"
+    assert raised.value.hint is not None and "no lone surrogates" in raised.value.hint
