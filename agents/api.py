@@ -36,7 +36,7 @@ __all__ = ["Job", "WriteSummary", "amap_records", "map_records", "read_records",
 
 
 def read_records(
-    source: str,
+    source: str | os.PathLike[str],
     *,
     format: str | None = None,
     id_field: str | None = None,
@@ -54,7 +54,7 @@ def read_records(
     """The records of ``source`` (a path, ``-`` for stdin, or a ``sqlite://`` URL), each with
     its ID under ``_id``, as agents-read gives them. A bad row raises :class:`DataError` unless
     ``on_bad`` takes it."""
-    location = resolve(source, format)
+    location = resolve(os.fspath(source), format)
     options = ReadOptions(
         encoding=encoding,
         delimiter=delimiter,
@@ -77,7 +77,7 @@ class WriteSummary:
 
 def write_records(
     records: Iterable[Record],
-    target: str,
+    target: str | os.PathLike[str],
     *,
     format: str | None = None,
     append: bool = False,
@@ -90,6 +90,7 @@ def write_records(
 ) -> WriteSummary:
     """Write ``records`` to ``target`` as agents-write does: atomically, or with ``append``
     durably and resumably; one writer per target (``wait`` queues behind another)."""
+    target = os.fspath(target)
     location = resolve(target, format, default="jsonl")
     options = WriteOptions(
         columns=columns,
