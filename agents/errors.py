@@ -124,6 +124,8 @@ class CallError(Exception):
         self.http_status = http_status
         self.retry_after = retry_after
         self.attempts = 1  # set by the retry loop to the number of calls it made
+        #: A 429 whose x-ratelimit-remaining-* header says the budget is spent: congestion.
+        self.exhausted = False
 
 
 class Retryable(CallError):

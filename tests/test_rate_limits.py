@@ -71,45 +71,6 @@ def test_limits_learned_from_headers() -> None:
     assert limit.refused <= 3  # at most the start, before the first headers arrived
 
 
-def test_429s_shrink_the_concurrency_and_successes_grow_it_back() -> None:
-    seen: list[int] = []
-    holder: dict[str, FakeLLM] = {}
-
-    def script(request: dict[str, object], number: int) -> Reply:
-        seen.append(holder["server"].in_flight)  # requests open as this one arrives
-        if number < 8:
-            return Reply("slow down", status=429, headers={"retry-after-ms": "10"})
-        return Reply("ok", delay=0.05)
-
-    with FakeLLM(script) as server:
-        holder["server"] = server
-        result = run(server, "-j", "8", "--retry-delay", "0.01", stdin=words(120))
-    assert result.status == 0, result.stderr
-    after_429s = seen[8:12]
-    assert max(after_429s) <= 2  # halved at each 429: 8, 4, 2, 1
-    assert max(seen[-30:]) >= 6  # and grown back while the server kept up
-
-
-def test_concurrency_limit_arithmetic() -> None:
-    import asyncio
-
-    from agents.map.limits import Concurrency
-
-    async def scenario() -> list[int]:
-        gate = Concurrency(8)
-        limits = [gate.limit]
-        await gate.rate_limited()
-        limits.append(gate.limit)
-        await gate.rate_limited()
-        limits.append(gate.limit)
-        for _ in range(2):  # two successes in a row at limit 2 raise it by one
-            await gate.succeeded()
-        limits.append(gate.limit)
-        return limits
-
-    assert asyncio.run(scenario()) == [8, 4, 2, 3]
-
-
 def environment_for_processes(tmp: Path) -> dict[str, str]:
     python_bin = os.path.dirname(sys.executable)
     return {

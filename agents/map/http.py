@@ -314,7 +314,11 @@ def _http_error(status: int, raw: bytes, headers: Any, redact: Any) -> CallError
             if status == 429
             else ("server_error" if status >= 500 else "http_" + str(status))
         )
-        return Retryable(kind, message, status, server_wait(headers))
+        error = Retryable(kind, message, status, server_wait(headers))
+        error.exhausted = status == 429 and any(
+            (left := _remaining(headers, name)) is not None and left <= 0 for name in BUDGETS
+        )
+        return error
     if status in FATAL_STATUS:
         return Fatal(FATAL_STATUS[status], message, status)
     if status == 400 and "context" in detail.lower() and "length" in detail.lower():

@@ -1,5 +1,5 @@
-"""Staying under a provider's limits: request and token budgets, shared by processes if asked,
-and a concurrency that backs off on 429s and grows back while the server keeps up.
+"""Staying under a provider's limits: request and token budgets, shared by processes if asked.
+(How many requests are in flight is :mod:`agents.map.congestion`'s.)
 
 Budgets are token buckets that refill continuously at the allowed rate and hold at most a
 hundredth of a second's worth of unused credit (one request at least), so no sliding window the
@@ -14,13 +14,12 @@ kernel drops a dead process's lock, so a crash never leaves the budget locked.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fcntl
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from agents.errors import UsageError
@@ -152,50 +151,4 @@ def group_file(name: str) -> str:
     return str(runtime_folder() / f"rate-group-{name}.json")
 
 
-class Concurrency:
-    """How many requests may be in flight: halved on a 429, raised by one after as many
-    successes in a row as are allowed in flight, never above ``ceiling`` (-j)."""
-
-    def __init__(self, ceiling: int) -> None:
-        self.ceiling = ceiling
-        self.limit = ceiling
-        self.in_flight = 0
-        self.streak = 0
-        self.changed = asyncio.Condition()
-
-    @contextlib.asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
-        await self.acquire()
-        try:
-            yield
-        finally:
-            await self.release()
-
-    async def acquire(self) -> None:
-        """Wait for a free slot and take it (nothing is taken if cancelled while waiting)."""
-        async with self.changed:
-            await self.changed.wait_for(lambda: self.in_flight < self.limit)
-            self.in_flight += 1
-
-    async def release(self) -> None:
-        async with self.changed:
-            self.in_flight -= 1
-            self.changed.notify_all()
-
-    async def rate_limited(self) -> None:
-        async with self.changed:
-            self.limit = max(1, self.limit // 2)
-            self.streak = 0
-
-    async def succeeded(self) -> None:
-        if self.limit >= self.ceiling:
-            return
-        self.streak += 1
-        if self.streak >= self.limit:
-            async with self.changed:
-                self.limit += 1
-                self.streak = 0
-                self.changed.notify_all()
-
-
-__all__ = ["Budgets", "Concurrency", "group_file"]
+__all__ = ["Budgets", "group_file"]

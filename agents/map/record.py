@@ -32,8 +32,9 @@ from agents.errors import (
 )
 from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
+from agents.map.congestion import Concurrency, Signal, signal_of
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import LEARNED_SHARE, Budgets, Concurrency
+from agents.map.limits import LEARNED_SHARE, Budgets
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -321,13 +322,9 @@ class Mapper:
                 raise
             except CallError as error:
                 self._settle(estimate, reserved, None)
-                if error.error_type == "rate_limited" and self.concurrency is not None:
-                    await self.concurrency.rate_limited()
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
             self._settle(estimate, reserved, completion)
-            if self.concurrency is not None:
-                await self.concurrency.succeeded()
             self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
             if debug:
@@ -413,12 +410,17 @@ class Mapper:
             self._still_sending()
             yield
             return
-        await self._unless_stopped(self.concurrency.acquire())
+        epoch = await self._unless_stopped(self.concurrency.acquire())
+        signal: Signal | None = None  # not sent
         try:
             self._still_sending()
             yield
+            signal = Signal.OK
+        except CallError as error:
+            signal = signal_of(error)
+            raise
         finally:
-            await self.concurrency.release()
+            await self.concurrency.release(epoch, signal)
 
     async def _backoff(self, seconds: float) -> None:
         await self._unless_stopped(self.sleep(seconds))

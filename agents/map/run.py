@@ -96,7 +96,8 @@ async def run_job(
     client = Client(job.endpoint, jobs)
     try:
         from agents.map.caps import CostCap, ErrorCap
-        from agents.map.limits import Budgets, Concurrency, group_file
+        from agents.map.congestion import Concurrency
+        from agents.map.limits import Budgets, group_file
 
         stopping = asyncio.Event()  # the scheduler sets it; the mapper sends nothing after it
         budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)

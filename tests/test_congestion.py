@@ -1,0 +1,131 @@
+"""The window of requests in flight (agents/map/congestion.py): it tells congestion from noise.
+
+The controller is driven by a discrete-event simulation with its own clock (requests sent as
+the window allows, answered after a latency the simulated server chooses), seeded, so that each
+property is checked over tens of thousands of requests in well under a second. Then the real
+command against the fake server, for the wiring.
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import random
+from collections.abc import Callable
+
+import pytest
+from fake_llm import FakeLLM, Reply
+from test_map import KEY, Sleeps, words
+
+from agents.cli import map as map_cli
+from agents.cli._run import Streams
+from agents.map.congestion import Signal, Window
+
+#: (what the server says, how long it takes) for a request arriving with ``n`` others in flight
+Server = Callable[[int, random.Random], tuple[Signal, float]]
+
+
+def simulate(ceiling: int, server: Server, requests: int, seed: int) -> tuple[float, float]:
+    """(the time-average window as a share of the ceiling, the share of requests refused)."""
+    rng = random.Random(seed)
+    window = Window(ceiling)
+    events: list[tuple[float, int, int, Signal]] = []
+    now = area = 0.0
+    in_flight = sent = refused = 0
+    while sent < requests or events:
+        while in_flight < window.limit and sent < requests:
+            signal, latency = server(in_flight, rng)
+            refused += signal is not Signal.OK
+            heapq.heappush(events, (now + latency, sent, window.epoch, signal))
+            in_flight, sent = in_flight + 1, sent + 1
+        done, _, epoch, signal = heapq.heappop(events)
+        area += window.limit * (done - now)
+        now = done
+        in_flight -= 1
+        window.observe(epoch, signal)
+    return area / now / ceiling, refused / requests
+
+
+def noise(share: float) -> Server:
+    """Failures at ``share`` whatever the load (a flaky proxy, a provider's sporadic 429s)."""
+    return lambda n, rng: (Signal.FAILED if rng.random() < share else Signal.OK, 0.05)
+
+
+def slots(capacity: int, signal: Signal) -> Server:
+    """A server that takes ``capacity`` requests at once and refuses the rest at once."""
+    return lambda n, rng: (signal, 0.001) if n >= capacity else (Signal.OK, 0.05)
+
+
+@pytest.mark.parametrize("share", [0.05, 0.12])
+@pytest.mark.parametrize("seed", range(4))
+def test_failures_that_do_not_depend_on_load_leave_the_window_open(share: float, seed: int) -> None:
+    mean, _ = simulate(64, noise(share), 30_000, seed)
+    assert mean >= 0.9
+
+
+@pytest.mark.parametrize("capacity", [8, 32, 48])
+@pytest.mark.parametrize("signal", [Signal.FAILED, Signal.CONGESTED])
+def test_a_real_limit_is_found_and_kept_with_few_refusals(capacity: int, signal: Signal) -> None:
+    mean, refused = simulate(64, slots(capacity, signal), 60_000, seed=1)
+    assert refused < 0.01
+    assert mean * 64 >= 0.8 * capacity  # and the window stays near what the server takes
+    assert mean * 64 <= capacity + 1
+
+
+def test_a_window_is_cut_at_most_once_per_round_trip() -> None:
+    window = Window(64)
+    sent_at = window.epoch
+    for _ in range(64):  # every answer of one round trip says the budget is spent
+        window.observe(sent_at, Signal.CONGESTED)
+    assert window.limit == 44  # one cut by 30 %, not 64 of them
+    window.observe(window.epoch, Signal.CONGESTED)  # sent after the cut: cut again
+    assert window.limit == 30
+
+
+def run(server: FakeLLM, *argv: str, count: int) -> int:
+    out, err = io.BytesIO(), io.StringIO()
+    status = map_cli.main(
+        ["--base-url", server.url, "-q", "--prompt", "{word}", *argv],
+        Streams(stdin=io.BytesIO(words(count)), stdout=out, stderr=err),
+        sleep=Sleeps(),
+    )
+    assert status == 0, err.getvalue()
+    return status
+
+
+def test_sporadic_429s_do_not_shrink_what_is_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    draws = random.Random(7)
+    seen: list[int] = []
+    holder: dict[str, FakeLLM] = {}
+
+    def script(request: dict[str, object], number: int) -> Reply:
+        seen.append(holder["server"].in_flight)
+        if draws.random() < 0.05:
+            return Reply("Rate limit reached", status=429, headers={"retry-after-ms": "1"})
+        return Reply("ok", delay=0.02)
+
+    with FakeLLM(script) as server:
+        holder["server"] = server
+        run(server, "-j", "16", count=600)
+    assert max(seen[-100:]) == 16
+
+
+def test_429s_that_say_the_budget_is_spent_shrink_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+    seen: list[int] = []
+    holder: dict[str, FakeLLM] = {}
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "10ms"}
+
+    def script(request: dict[str, object], number: int) -> Reply:
+        seen.append(holder["server"].in_flight)
+        if number < 16:
+            return Reply(
+                "Rate limit reached", status=429, headers={**spent, "retry-after-ms": "10"}
+            )
+        return Reply("ok", delay=0.05)
+
+    with FakeLLM(script) as server:
+        holder["server"] = server
+        run(server, "-j", "16", count=200)
+    assert max(seen[16:24]) <= 11  # cut by 30 % once for the whole first round trip
