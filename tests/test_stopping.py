@@ -201,3 +201,78 @@ def test_max_cost_without_max_tokens_reserves_the_documented_default() -> None:
     assert "max_tokens" not in server.requests[0]
     # 256 answer tokens are reserved for each request when none is given
     assert 0.1 - (max(billed.billed) + 256) * PRICE / 1e6 <= billed.spent <= 0.1
+
+
+def reasked(request: dict[str, Any], number: int) -> Reply:
+    """Not JSON the first time, JSON when asked again; 20 prompt and 50 answer tokens."""
+    usage = {"prompt_tokens": 20, "completion_tokens": 50}
+    if len(request["messages"]) == 1:
+        return Reply("not json", delay=0.05, usage=usage)
+    return Reply('{"ok": true}', delay=0.05, usage=usage)
+
+
+@pytest.mark.parametrize("jobs", [1, 50])
+def test_a_reask_always_fits_under_the_cap(tmp: Path, jobs: int) -> None:
+    import io
+
+    from test_map import Sleeps
+
+    from agents.cli import map as map_cli
+    from agents.cli._run import Streams
+
+    stats = tmp / "stats.json"
+    out, err = io.BytesIO(), io.StringIO()
+    with FakeLLM(reasked) as server:
+        status = map_cli.main(
+            [
+                "--base-url",
+                server.url,
+                "-m",
+                "m",
+                "--prompt",
+                "Tr {_id}",
+                "--output-format",
+                "json",
+                "--max-tokens",
+                "50",
+                "--price",
+                "1000,1000",
+                "--max-cost",
+                "5",
+                "-j",
+                str(jobs),
+                "-q",
+                "--stats",
+                str(stats),
+            ],
+            Streams(
+                stdin=io.BytesIO(jsonl(*({"_id": i} for i in range(100)))), stdout=out, stderr=err
+            ),
+            sleep=Sleeps(),
+        )
+        billed = len(server.requests) * 70 * 1000 / 1e6
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert status == 4, err.getvalue()
+    assert records and all("error" not in record for record in records)  # no re-ask starved
+    assert orjson.loads(stats.read_bytes())["stopped"] == "max_cost"
+    assert billed <= 5
+
+
+@pytest.mark.parametrize("jobs", [1, 50, 200])
+def test_the_cap_holds_when_the_server_counts_more_prompt_tokens(jobs: int) -> None:
+    # a server that adds its own system prompt: 100 prompt tokens for a one-word prompt
+    billed = Billed(lambda request, rng: request["max_tokens"], seed=jobs)
+    original = billed.__call__
+
+    def padded(request: dict[str, Any], number: int) -> Reply:
+        reply = original(request, number)
+        assert reply.usage is not None
+        with billed.lock:
+            billed.billed[-1] += 100 - reply.usage["prompt_tokens"]
+        reply.usage = {**reply.usage, "prompt_tokens": 100}
+        return reply
+
+    with FakeLLM(padded) as server:
+        status, err = capped_run(server.url, jobs, 0.1, "--max-tokens", "50")
+    assert status == 4, err
+    assert billed.spent <= 0.1, (billed.spent, len(billed.billed))

@@ -63,6 +63,11 @@ class Interpreter:
             validator_class.check_schema(self.schema)
             object.__setattr__(self, "_validator", validator_class(self.schema))
 
+    @property
+    def can_reask(self) -> bool:
+        """Whether an answer may be asked again (text answers are taken as they are)."""
+        return self.output_format != "text"
+
     def interpret(self, content: str) -> Any:
         if self.output_format == "text":
             return content

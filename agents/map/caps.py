@@ -9,6 +9,7 @@ it when max_tokens is given.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agents.errors import CapReached, UsageError
@@ -65,17 +66,26 @@ class CostCap:
         self.outstanding = 0  # reservations not yet settled
         self.settled = asyncio.Event()
 
-    async def reserve(self, worst: float) -> None:
-        while self.spent + self.reserved + worst > self.limit:
-            if not self.outstanding:
+    async def reserve(
+        self, worst: Callable[[], float], alone: Callable[[], bool] = lambda: False
+    ) -> float:
+        """Reserve ``worst()`` once it fits (and, while ``alone()``, once nothing else is in
+        flight), both asked again after each answer, which may change them; CapReached when it
+        cannot fit even with nothing in flight. Returns what was reserved."""
+        while True:
+            if alone() and self.outstanding:
+                pass
+            elif self.spent + self.reserved + (cost := worst()) <= self.limit:
+                self.reserved += cost
+                self.outstanding += 1
+                return cost
+            elif not self.outstanding:
                 raise CapReached(
                     f"--max-cost ${self.limit:g}: ${self.spent:.4f} spent, and the "
-                    f"next request could cost ${worst:.4f} more"
+                    f"next request could cost ${cost:.4f} more"
                 )
             self.settled.clear()  # no await since the check: no settle can be missed
             await self.settled.wait()
-        self.reserved += worst
-        self.outstanding += 1
 
     def settle(self, worst: float, actual: float) -> None:
         self.reserved = max(0.0, self.reserved - worst)

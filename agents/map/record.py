@@ -52,6 +52,17 @@ T = TypeVar("T")
 #: Answer tokens assumed for budgets and caps when no --max-tokens is given.
 DEFAULT_OUTPUT_ESTIMATE = 256
 
+#: Tokens a re-ask's own message may take (it names the problem), for --max-cost.
+REASK_TOKENS = 256
+
+
+@dataclass
+class CostHold:
+    """What --max-cost holds for one record, and what its requests cost so far."""
+
+    reserved: float
+    spent: float = 0.0
+
 
 @dataclass
 class RequestShape:
@@ -170,12 +181,14 @@ class Mapper:
     async def process(self, record: Record) -> tuple[Record, bool]:
         """(the output record, whether it succeeded). Fatal errors propagate."""
         attempts = 0
+        hold: CostHold | None = None
         try:
             messages = messages_for(self.template, self.system, record)
+            hold = await self._hold_cost(messages)
             problem: Unusable | None = None
             for reask in range(self.max_reasks + 1):
                 try:
-                    completion, used = await self._call(messages)
+                    completion, used = await self._call(messages, hold)
                 except (NotSent, CapReached):
                     if problem is None:
                         raise
@@ -188,7 +201,7 @@ class Mapper:
                     result = self.interpreter.interpret(content)
                     merged = self.merger.merge(record, result)
                 except Unusable as unusable:
-                    unusable.answer = completion.content
+                    unusable.answer = completion.content or completion.refusal
                     problem = unusable
                     if not problem.reask or reask == self.max_reasks:
                         raise
@@ -213,6 +226,9 @@ class Mapper:
             return self._failed(
                 record, error.error_type, error.message, attempts + error.attempts
             ), False
+        finally:
+            if hold is not None and self.cost_cap is not None:
+                self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _failed(
@@ -243,7 +259,9 @@ class Mapper:
             raise Unusable("empty_response", "the model returned no content", reask=False)
         return completion.content
 
-    async def _call(self, messages: list[Message]) -> tuple[Completion, int]:
+    async def _call(
+        self, messages: list[Message], hold: CostHold | None = None
+    ) -> tuple[Completion, int]:
         """One completion with transport retries; (the completion, the attempts it took).
 
         The first attempt is made directly: most calls succeed, and building the retry machinery
@@ -252,7 +270,7 @@ class Mapper:
         waits and stop condition are then the real ones.
         """
         try:
-            return await self._request(messages), 1
+            return await self._request(messages, hold), 1
         except Retryable as error:
             first_failure = error
         # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
@@ -271,7 +289,7 @@ class Mapper:
                 with attempt:
                     if attempts == 1:
                         raise first_failure
-                    return await self._request(messages), attempts
+                    return await self._request(messages, hold), attempts
         except CallError as error:
             error.attempts = attempts
             raise
@@ -290,7 +308,7 @@ class Mapper:
                 state.next_action.sleep,
             )
 
-    async def _request(self, messages: list[Message]) -> Completion:
+    async def _request(self, messages: list[Message], hold: CostHold | None = None) -> Completion:
         while True:
             form = self.response_formats[0]
             body: dict[str, Any] = {
@@ -301,7 +319,7 @@ class Mapper:
             if form is not None:
                 body["response_format"] = form
             estimate = self._estimate(messages)
-            reserved = await self._admit(messages, estimate)
+            await self._admit(estimate)
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             try:
                 async with self._sending():
@@ -311,20 +329,21 @@ class Mapper:
                     started = time.monotonic()
                     completion = await self.client.complete(body)
             except NotSent:
-                self._settle(estimate, reserved, None)
                 raise
             except RecordFailed as error:
-                self._settle(estimate, reserved, None)
+                self._settle(estimate, None)
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
             except CallError as error:
-                self._settle(estimate, reserved, None)
+                self._settle(estimate, None)
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
-            self._settle(estimate, reserved, completion)
+            self._settle(estimate, completion)
+            if hold is not None and self.price is not None:
+                hold.spent += self.price.cost(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
             if debug:
@@ -346,49 +365,55 @@ class Mapper:
         (max_tokens, else a default)."""
         return estimate_tokens(messages) + self.output_allowance
 
-    async def _admit(self, messages: list[Message], estimate: int) -> float:
-        """Reserve the request's worst case under --max-cost (waiting while requests in flight
-        may give some back), then wait for the rate budgets and a server's reset. Returns the
-        cost reserved, which :meth:`_settle` gives back."""
-        reserved = 0.0
-        if self.cost_cap is not None and self.price is not None:
-            worst = self.price.cost(
-                Usage(
-                    prompt=self._prompt_worst_case(messages, estimate),
-                    completion=self.output_allowance,
+    async def _admit(self, estimate: int) -> None:
+        """Wait for the rate budgets and a server's reset."""
+        wait = self.paused_until - time.monotonic()
+        if self.budgets is not None and self.budgets.active:
+            wait = max(wait, self.budgets.reserve(estimate))
+        if wait > 0:
+            await self._unless_stopped(asyncio.sleep(wait))
+
+    async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
+        """Under --max-cost, reserve the record's worst case before its first request: each
+        request it may need (the first and every re-ask, whose prompt holds the answers before
+        it), so that a re-ask never finds the budget taken by other records. Until the first
+        answer tells how the server counts tokens, records go one at a time."""
+        if self.cost_cap is None or self.price is None:
+            return None
+        cap, price = self.cost_cap, self.price
+        requests = 1 + (self.max_reasks if self.interpreter.can_reask else 0)
+
+        def worst() -> float:
+            prompt = self._prompt_worst_case(messages, self._estimate(messages))
+            return sum(
+                price.cost(
+                    Usage(
+                        prompt=prompt + reask * (self.output_allowance + REASK_TOKENS),
+                        completion=self.output_allowance,
+                    )
                 )
+                for reask in range(requests)
             )
-            await self._unless_stopped(self.cost_cap.reserve(worst))
-            reserved = worst
-        try:
-            wait = self.paused_until - time.monotonic()
-            if self.budgets is not None and self.budgets.active:
-                wait = max(wait, self.budgets.reserve(estimate))
-            if wait > 0:
-                await self._unless_stopped(asyncio.sleep(wait))
-        except NotSent:
-            if self.cost_cap is not None and self.price is not None:
-                self.cost_cap.settle(reserved, 0.0)
-            raise
-        return reserved
+
+        reserved = await self._unless_stopped(
+            cap.reserve(worst, alone=lambda: self.prompt_ratio is None)
+        )
+        return CostHold(reserved)
 
     def _prompt_worst_case(self, messages: list[Message], estimate: int) -> int:
         """The prompt tokens --max-cost reserves: before any answer, a bound no tokenizer
         exceeds (a token per byte, plus the chat template's); then the estimate scaled by the
         most the server has counted per token estimated, which is far closer."""
-        bound = prompt_token_bound(messages)
         if self.prompt_ratio is None:
-            return bound
-        return min(bound, math.ceil((estimate - self.output_allowance) * self.prompt_ratio))
+            return prompt_token_bound(messages)
+        return math.ceil((estimate - self.output_allowance) * self.prompt_ratio)
 
-    def _settle(self, estimate: int, reserved: float, completion: Completion | None) -> None:
+    def _settle(self, estimate: int, completion: Completion | None) -> None:
         usage = completion.usage if completion is not None else Usage()
         actual = usage.prompt + usage.completion
         if usage.prompt and estimate > self.output_allowance:
             ratio = usage.prompt / (estimate - self.output_allowance)
             self.prompt_ratio = max(self.prompt_ratio or 0.0, ratio)
-        if self.cost_cap is not None and self.price is not None:
-            self.cost_cap.settle(reserved, self.price.cost(usage))
         if completion is None:
             return
         if self.budgets is not None and actual:

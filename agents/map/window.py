@@ -384,6 +384,10 @@ class Scheduler:
     def _stop_fatal(self, message: str, reason: str) -> None:
         if self.outcome.fatal is None:
             self.outcome.fatal = message
+            # A failure decides the exit status (1) over a cap met before it, so --stats names
+            # it too; a signal or a closed pipe stays the reason.
+            if self.outcome.stopped in ("max_cost", "max_errors"):
+                self.outcome.stopped = reason
         self._stopped(reason)
 
     def _cancel_all(self) -> None:
