@@ -584,3 +584,25 @@ def test_a_dry_run_with_bad_lines_exits_3_and_refuses_what_is_not_json_lines() -
     status, stdout, err = agents_map(*base, stdin=b"id,w\n1,a\n2,b\n3,c\n4,d\n5,e\n")
     assert (status, stdout) == (2, "")
     assert err.startswith("agents-map: error: the input is not JSON Lines")
+
+
+@pytest.mark.parametrize(
+    "flag",
+    ["--max-cost", "--grace", "--retry-delay", "--timeout", "--rpm", "--tpm", "--temperature"],
+)
+@pytest.mark.parametrize("value", ["nan", "inf"])
+def test_numbers_that_are_not_finite_are_usage_errors(flag: str, value: str) -> None:
+    status, _, err = agents_map(
+        "--base-url",
+        "http://127.0.0.1:9/v1",
+        "-m",
+        "m",
+        "--prompt",
+        "x",
+        "--price",
+        "1,1",
+        flag,
+        value,
+        stdin=b'{"_id":1}\n',
+    )
+    assert (status, err) == (2, f"agents-map: error: {flag} must be a finite number, not {value}\n")

@@ -7,6 +7,7 @@ for anything wrong before a single request is sent.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -249,6 +250,18 @@ def build(o: SimpleNamespace) -> Job:
         raise UsageError(
             f"schema {o.schema}: not a valid JSON Schema: {getattr(error, 'message', error)}"
         ) from None
+    numbers = {
+        "--timeout": o.timeout,
+        "--retry-delay": o.retry_delay,
+        "--grace": o.grace,
+        "--rpm": o.rpm,
+        "--tpm": o.tpm,
+        "--max-cost": o.max_cost,
+        "--temperature": o.temperature,
+    }
+    for flag, value in numbers.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{flag} must be a finite number, not {value}")
     for flag, value in (("--retry-delay", o.retry_delay), ("--grace", o.grace)):
         if value is not None and value < 0:
             raise UsageError(f"{flag} must be at least 0, not {value:g}")
