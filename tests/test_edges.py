@@ -422,7 +422,7 @@ def test_a_placeholder_no_record_has_gets_a_suggestion() -> None:
         ),
         (Reply("half an ans", finish_reason="length"), (), "truncated", "half an ans"),
         (Reply("x", finish_reason="content_filter"), (), "refusal", "x"),
-        (Reply(None, refusal="I can't help with that"), (), "refusal", None),
+        (Reply(None, refusal="I can't help with that"), (), "refusal", "I can't help with that"),
     ],
 )
 def test_an_unusable_answer_is_kept_in_its_error_record(

@@ -473,3 +473,47 @@ def test_progress_fits_a_narrow_terminal_and_leaves_no_stale_lines(tmp: Path, wi
     assert any("40/40 (100.0%)" in line for line in shown), shown
     assert any("Last: bad_request" in line and line.endswith("…") for line in shown), shown
     assert any(line.startswith("agents-map: warning: <stdin>:21: invalid JSON") for line in shown)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_results_on_the_terminal_are_not_erased_by_the_progress(tmp: Path) -> None:
+    source = tmp / "words.jsonl"
+    source.write_bytes(words(8))
+    with FakeLLM(lambda request, number: Reply("x", delay=0.3)) as server:
+        session = f"agents-results-{os.getpid()}"
+        command = (
+            f"{BIN / 'agents-map'} --base-url {server.url} -m m --prompt '{{word}}' -k -j 1 "
+            f"< {source}; echo DONE; sleep 30"
+        )
+        env_path = f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"
+        subprocess.run(
+            [
+                "tmux",
+                "new-session",
+                "-d",
+                "-s",
+                session,
+                "-x",
+                "120",
+                "-y",
+                "40",
+                f"PATH={env_path} OPENAI_API_KEY=x {command}",
+            ],
+            check=True,
+        )
+        try:
+            seen = ""
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and "DONE" not in seen:
+                time.sleep(0.1)
+                seen = subprocess.run(
+                    ["tmux", "capture-pane", "-p", "-J", "-t", session],
+                    capture_output=True,
+                    text=True,
+                ).stdout
+        finally:
+            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    shown = [line.rstrip() for line in seen.splitlines() if line.strip()]
+    results = [line for line in shown if line.startswith('{"_id":')]
+    assert [orjson.loads(line)["_id"] for line in results] == list(range(1, 9)), shown
+    assert sum("8/8 (100.0%)" in line for line in shown) == 1, shown

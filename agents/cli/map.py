@@ -139,8 +139,9 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
         skip=resumer.skip if resumer is not None else None,
     )
     estimate.resumed = o.resume
-    for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
-        reporter.say(line)
+    if not o.quiet:  # -q: the requests on stdout only (errors and warnings still show)
+        for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
+            reporter.say(line)
     # A script can gate on the dry run: 3 when some record would fail (missing fields).
     return int(ExitStatus.PARTIAL if estimate.missing else ExitStatus.OK)
 

@@ -20,7 +20,7 @@ import time
 import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, BinaryIO
 
 from agents.contract.ids import ID_KEY, Record
 
@@ -190,3 +190,29 @@ class Progress:
         while True:
             self.draw()
             await asyncio.sleep(self.interval)
+
+
+class ResultsAbove:
+    """Standard output on the progress's terminal: each result is written above the progress
+    lines (cleared first), else the next redraw would erase it."""
+
+    def __init__(self, stream: BinaryIO, progress: Progress) -> None:
+        self.stream = stream
+        self.progress = progress
+
+    def write(self, data: bytes) -> int:
+        written = 0
+
+        def write() -> None:
+            nonlocal written
+            written = self.stream.write(data)
+            self.stream.flush()
+
+        self.progress.above(write)
+        return written
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()

@@ -8,14 +8,14 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 from agents.contract.ids import ID_KEY
 from agents.errors import DataError
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.map.http import Client
 from agents.map.job import Job
-from agents.map.progress import Progress, Tally
+from agents.map.progress import Progress, ResultsAbove, Tally
 from agents.map.record import Mapper, Sleep
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
@@ -78,6 +78,8 @@ async def run_job(
             )
     if progress is not None and progress.terminal:
         telling, bad = _above_progress(progress, telling, bad)
+        if is_terminal(stdout):  # results on the same screen: written above the progress
+            stdout = cast(BinaryIO, ResultsAbove(stdout, progress))
     resumer = None
     if o.resume:
         from agents.done.resume import Resumer
@@ -142,8 +144,9 @@ async def run_job(
                 progress.finish()
         if scheduler.ids.hashed:
             telling.warn(
-                f"{scheduler.ids.hashed} records had no _id; each got one from a hash of its "
-                "content"
+                f"{scheduler.ids.hashed} "
+                f"{'record' if scheduler.ids.hashed == 1 else 'records'} had no _id; each got "
+                "one from a hash of its content"
                 + (
                     f" ({scheduler.ids.duplicates} were duplicates and share an ID)"
                     if scheduler.ids.duplicates
