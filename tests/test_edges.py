@@ -606,3 +606,17 @@ def test_numbers_that_are_not_finite_are_usage_errors(flag: str, value: str) -> 
         stdin=b'{"_id":1}\n',
     )
     assert (status, err) == (2, f"agents-map: error: {flag} must be a finite number, not {value}\n")
+
+
+def test_an_answer_with_half_a_surrogate_pair_is_kept_not_asked_again() -> None:
+    body = (
+        b'{"choices": [{"message": {"role": "assistant", "content": "smile \\ud83d!"}, '
+        b'"finish_reason": "stop"}], "usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    )
+    with FakeLLM(lambda request, number: Reply(body=body)) as server:
+        status, stdout, err = agents_map(
+            "-q", "--base-url", server.url, "-m", "m", "--prompt", "x", stdin=b'{"_id":1}\n'
+        )
+        assert len(server.requests) == 1
+    assert (status, err) == (0, "")
+    assert json.loads(stdout) == {"_id": 1, "result": "smile \ufffd!"}

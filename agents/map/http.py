@@ -299,7 +299,9 @@ class Client:
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise Retryable("invalid_response", "the server's answer is not JSON") from None
+            parsed = _with_lone_surrogates(raw)
+            if parsed is None:
+                raise Retryable("invalid_response", "the server's answer is not JSON") from None
         completion = with_rate_limits(_completion(parsed), headers)
         self.succeeded = True
         return completion
@@ -324,6 +326,32 @@ def _http_error(status: int, raw: bytes, headers: Any, redact: Any) -> CallError
     if status == 400 and "context" in detail.lower() and "length" in detail.lower():
         return RecordFailed("context_too_long", message, status)
     return RecordFailed("bad_request", message, status)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _with_lone_surrogates(raw: bytes) -> Any:
+    """An answer that orjson refuses only for an escaped half of a surrogate pair (a model that
+    cut an emoji in two): read by the standard parser, each half made U+FFFD, so that the answer
+    paid for is kept rather than asked for again. None when it is not JSON at all."""
+    import json
+
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+
+    def clean(item: Any) -> Any:
+        if isinstance(item, str):
+            return _SURROGATE.sub("\ufffd", item)
+        if isinstance(item, list):
+            return [clean(element) for element in item]
+        if isinstance(item, dict):
+            return {clean(key): clean(element) for key, element in item.items()}
+        return item
+
+    return clean(value)
 
 
 def _error_detail(raw: bytes) -> str:
