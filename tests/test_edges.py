@@ -620,3 +620,29 @@ def test_an_answer_with_half_a_surrogate_pair_is_kept_not_asked_again() -> None:
         assert len(server.requests) == 1
     assert (status, err) == (0, "")
     assert json.loads(stdout) == {"_id": 1, "result": "smile \ufffd!"}
+
+
+def test_a_folder_the_kernel_refuses_is_found_before_sending(tmp: Path) -> None:
+    # root passes access(); /sys (a kernel file system) still refuses new files
+    try:
+        (Path("/sys") / f"agents-probe-{os.getpid()}").touch()
+    except OSError:
+        pass
+    else:
+        pytest.skip("/sys takes new files here")
+    with FakeLLM(lambda request, number: Reply("ok")) as server:
+        for flag in ("--stats", "--resume"):
+            status, _, err = agents_map(
+                "--base-url",
+                server.url,
+                "--prompt",
+                "x",
+                flag,
+                "/sys/out.csv",
+                stdin=b'{"_id":1}\n',
+            )
+            assert (status, err) == (
+                2,
+                f"agents-map: error: {flag} /sys/out.csv: cannot write in /sys: permission denied\n",
+            )
+        assert server.requests == []

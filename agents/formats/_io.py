@@ -281,7 +281,22 @@ def check_writable(path: str) -> None:
         raise TargetError(f"{path}: is a directory")
     if not os.path.isdir(folder):
         raise TargetError(f"{path}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise TargetError(f"{path}: cannot write in {folder}: permission denied")
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise TargetError(f"{path}: the file is read-only")
+    if os.path.exists(path) and not os.path.isfile(path):
+        return  # a device or a FIFO (/dev/null, /dev/stdout): written as it is
+    # Tried for real: access() answers for the permission bits, which root passes, while a
+    # read-only mount, a kernel file system or an immutable file still refuse.
+    try:
+        fd, probe = tempfile.mkstemp(
+            prefix=f".{os.path.basename(path)}.", suffix=".probe", dir=folder
+        )
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        raise TargetError(
+            f"{path}: cannot write in {folder}: {(error.strerror or 'refused').lower()}"
+        ) from None
+    if os.path.exists(path):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))  # opened, not changed
+        except OSError:
+            raise TargetError(f"{path}: the file is read-only") from None
