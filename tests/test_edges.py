@@ -83,7 +83,7 @@ def test_an_unknown_encoding_is_a_usage_error_in_every_format(tmp: Path, name: s
     assert (result.status, result.stderr) == (
         2,
         "agents-read: error: unknown encoding 'bogus'\n"
-        "  hint: use --encoding to name the file's encoding (for example --encoding latin-1)\n",
+        "  hint: name a text encoding, such as utf-8, utf-16, latin-1 or cp1252\n",
     )
 
 

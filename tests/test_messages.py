@@ -165,7 +165,7 @@ def test_a_codec_that_is_not_a_text_encoding_is_a_usage_error(tmp: Path, name: s
     assert (result.status, result.stderr) == (
         2,
         "agents-read: error: 'base64' is not a text encoding\n"
-        "  hint: use --encoding to name the file's encoding (for example --encoding latin-1)\n",
+        "  hint: name a text encoding, such as utf-8, utf-16, latin-1 or cp1252\n",
     )
 
 

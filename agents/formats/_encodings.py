@@ -30,6 +30,8 @@ from agents.errors import DataError, SourceError
 UNKNOWN_ENCODING_HINT = (
     "use --encoding to name the file's encoding (for example --encoding latin-1)"
 )
+#: For an --encoding that names no text encoding: the usual names.
+ENCODING_NAMES_HINT = "name a text encoding, such as utf-8, utf-16, latin-1 or cp1252"
 
 
 def normalise_encoding(name: str) -> str:
@@ -38,10 +40,10 @@ def normalise_encoding(name: str) -> str:
     try:
         info = codecs.lookup(name)
     except LookupError:
-        raise SourceError(f"unknown encoding {name!r}", UNKNOWN_ENCODING_HINT) from None
+        raise SourceError(f"unknown encoding {name!r}", ENCODING_NAMES_HINT) from None
     # base64, rot13, zlib: codecs Python has, but not text encodings (bytes.decode refuses them)
     if not getattr(info, "_is_text_encoding", True):
-        raise SourceError(f"{name!r} is not a text encoding", UNKNOWN_ENCODING_HINT)
+        raise SourceError(f"{name!r} is not a text encoding", ENCODING_NAMES_HINT)
     return info.name
 
 
