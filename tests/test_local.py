@@ -388,3 +388,41 @@ def test_start_with_other_settings_than_the_running_server_says_so(
         reused = runtime.local(*same)
         assert (reused.returncode, reused.stdout, reused.stderr) == (0, url, "")
     assert len(runtime.servers()) == 1
+
+
+@pytest.mark.e2e
+@needs_model
+def test_two_runs_side_by_side_share_the_server_and_the_last_one_stops_it(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    health = "python3 -c \"import os, urllib.request; urllib.request.urlopen(os.environ['OPENAI_BASE_URL'].removesuffix('/v1') + '/health')\""
+    first = subprocess.Popen(
+        ["agents-local", "run", "--", "bash", "-c", "touch first-up; sleep 2"],
+        env=runtime.env,
+        cwd=tmp_path,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (tmp_path / "first-up").exists())
+    # the second starts while the first runs and still needs the server after the first ends
+    second = subprocess.run(
+        ["agents-local", "run", "--", "bash", "-c", f"sleep 4; {health}"],
+        env=runtime.env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert first.wait(timeout=60) == 0, first.stderr.read() if first.stderr else ""
+    assert second.returncode == 0, second.stderr
+    assert runtime.servers() == []  # the last one out stopped it
+    assert not runtime.state_file.exists()
+
+
+@pytest.mark.e2e
+@needs_model
+def test_a_server_started_by_hand_outlives_the_runs_that_use_it(runtime: Runtime) -> None:
+    assert runtime.local("start").returncode == 0
+    done = runtime.local("run", "--", "true")
+    assert done.returncode == 0, done.stderr
+    assert len(runtime.servers()) == 1

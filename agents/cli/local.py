@@ -93,6 +93,7 @@ def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
         raise UsageError("--parallel must be at least 1 and --context at least 256")
     if args.command == "start":
         state, started = local_model.start(args.parallel, args.context)
+        local_model.adopt()  # started or found, it is the user's now: runs leave it running
         if started:
             reporter.info(f"started the local model at {state.url} (log: {local_model.log_file()})")
         _say(streams, state.url)
@@ -105,9 +106,11 @@ def _local(argv: Sequence[str] | None, streams: Streams, reporter: Reporter) -> 
 
 
 def _run(argv: list[str], parallel: int | None, context: int | None, reporter: Reporter) -> int:
-    """``run``: COMMAND beside the server; the server stopped after it if this call started it."""
+    """``run``: COMMAND beside the server; stopped after it by the last run using a server that
+    a run started (see :class:`agents.local.server.RunUse`)."""
     program = local_command.find(argv[0], os.environ.get("PATH", os.defpath))
-    state, started = local_model.start(parallel, context)
+    use = local_model.RunUse()
+    state, started = use.begin(parallel, context)
     name = os.path.basename(argv[0])
     then = " before stopping the local model" if started else ""
 
@@ -119,8 +122,7 @@ def _run(argv: list[str], parallel: int | None, context: int | None, reporter: R
         try:
             return relay.run(argv, program, {**os.environ, "OPENAI_BASE_URL": state.url})
         finally:
-            if started:
-                local_model.stop(only=state)
+            use.end()  # the last run out stops a server that a run started
 
 
 SIGNAL_NAMES: dict[int, str] = {

@@ -26,6 +26,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from agents.errors import AgentsError, UsageError
 from agents.local import processes
@@ -214,6 +215,69 @@ def start(
             raise
         _write_state(state)
         return state, True
+
+
+class RunUse:
+    """One ``agents-local run``'s use of the server. Every run holds a shared lock on
+    ``local-model.users`` while its command runs; a server that a run started is marked so. When
+    a run ends, it stops the server only if the server was started by a run and no other run
+    holds the lock: two runs side by side share one server, and the last one out stops it
+    (a server started with ``agents-local start`` is left running). The kernel drops the lock
+    of a run that dies, so a crash never keeps a server alive or stops it under another run."""
+
+    def __init__(self) -> None:
+        self.lock: IO[str] | None = None
+        self.state: State | None = None
+        self.started = False
+
+    def begin(self, parallel: int | None, context: int | None) -> tuple[State, bool]:
+        """Join (waiting while a last run stops the server), then find or start the server."""
+        self.lock = open(runtime_folder() / "local-model.users", "a")
+        try:
+            fcntl.flock(self.lock, fcntl.LOCK_SH)
+            self.state, self.started = start(parallel, context)
+        except BaseException:
+            self.lock.close()
+            self.lock = None
+            raise
+        if self.started:
+            _run_marker().write_text(json.dumps([self.state.pid, self.state.started]))
+        return self.state, self.started
+
+    def end(self) -> Stop | None:
+        """Leave; stop the server if this was the last run using a server a run started."""
+        if self.lock is None:
+            return None
+        try:
+            try:
+                fcntl.flock(self.lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # another run still uses it: the last one stops it
+            state = current()
+            if state is None or not _started_by_run(state):
+                return None
+            done, _ = stop(only=state)
+            _run_marker().unlink(missing_ok=True)
+            return done
+        finally:
+            self.lock.close()
+            self.lock = None
+
+
+def _run_marker() -> Path:
+    return runtime_folder() / "local-model.by-run"
+
+
+def _started_by_run(state: State) -> bool:
+    try:
+        return bool(json.loads(_run_marker().read_text()) == [state.pid, state.started])
+    except (OSError, ValueError):
+        return False
+
+
+def adopt() -> None:
+    """``agents-local start``: the server is the user's now, left running after every run."""
+    _run_marker().unlink(missing_ok=True)
 
 
 def _importable_env() -> dict[str, str]:
