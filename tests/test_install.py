@@ -106,7 +106,18 @@ def test_the_wheel_holds_every_man_page(wheel: Path) -> None:
 def test_man_finds_every_page_after_pip_install_prefix(wheel: Path, tmp_path: Path) -> None:
     prefix = tmp_path / "prefix"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--prefix", str(prefix), wheel],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--ignore-installed",
+            "--prefix",
+            str(prefix),
+            wheel,
+        ],
         check=True,
         timeout=300,
     )
