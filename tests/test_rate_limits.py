@@ -214,10 +214,18 @@ def test_max_errors_stops_with_exit_4(cap: str) -> None:
 
 
 def test_dry_run_estimates_the_time_under_the_limits() -> None:
+    out, err = io.BytesIO(), io.StringIO()
     with FakeLLM(echo) as server:
-        result = run(server, "--dry-run", "--rpm", "60", stdin=words(120))
-    assert "Estimated time at --rpm 60: 2m 0s" in result.stderr
-    assert server.requests == []
+        status = map_cli.main(
+            ["--base-url", server.url, "--prompt", "{word}", "--dry-run", "--rpm", "60"],
+            Streams(stdin=io.BytesIO(words(120)), stdout=out, stderr=err),
+        )
+        assert server.requests == []
+    assert status == 0
+    # 97 % of the limit is used: 120 requests at 58.2 a minute
+    assert "Estimated time at --rpm 60: 2m 4s" in err.getvalue()
+    quiet = run(server, "--dry-run", "--rpm", "60", stdin=words(120))  # -q: the requests only
+    assert (quiet.stderr, len(quiet.records)) == ("", 120)
 
 
 def test_rate_group_names_are_checked() -> None:

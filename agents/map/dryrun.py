@@ -18,6 +18,7 @@ import orjson
 from agents.contract.ids import ID_KEY, Record
 from agents.formats._options import BadRowHandler
 from agents.formats.jsonl import batches
+from agents.map.limits import LIMIT_SHARE
 from agents.map.prompt import (
     CHARS_PER_TOKEN,
     Template,
@@ -139,10 +140,10 @@ def _time_lines(estimate: Estimate, rpm: float | None, tpm: float | None) -> lis
     sent = estimate.records - estimate.missing
     minutes: list[tuple[float, str]] = []
     if rpm:
-        minutes.append((sent / rpm, f"--rpm {rpm:g}"))
+        minutes.append((sent / (rpm * LIMIT_SHARE), f"--rpm {rpm:g}"))
     if tpm:
         tokens = estimate.input_tokens + (estimate.output_tokens or 0)
-        minutes.append((tokens / tpm, f"--tpm {tpm:g}"))
+        minutes.append((tokens / (tpm * LIMIT_SHARE), f"--tpm {tpm:g}"))
     if not minutes:
         return []
     longest, which = max(minutes)

@@ -30,7 +30,7 @@ DEFAULTS: dict[str, Any] = {
     "jobs": 10,
     "timeout": 60.0,
     "max_retries": 3,
-    "retry_delay": 1.0,
+    "retry_delay": 0.5,
     "grace": 30.0,
     "output_format": "text",
     "merge": "extend",

@@ -28,8 +28,11 @@ from agents.paths import runtime_folder
 #: Unused credit a bucket may hold, in seconds of its rate (at least one unit).
 BURST_SECONDS = 0.01
 
-#: The share of a limit learned from headers that is used, leaving room for clock drift.
-LEARNED_SHARE = 0.98
+#: The share of a limit that is used, given (--rpm, --tpm: the provider's real limit) or learned
+#: from headers: room for requests that reach the server bunched up (the network, the event
+#: loop) and for a clock that drifts from the server's, so that no sliding window the server
+#: counts over, one second included, sees more than the limit.
+LIMIT_SHARE = 0.97
 
 
 @dataclass
@@ -56,7 +59,10 @@ class Budgets:
     """Requests-per-minute and tokens-per-minute buckets, in this process or in a shared file."""
 
     def __init__(self, rpm: float | None, tpm: float | None, group_file: str | None = None) -> None:
-        self.rates = {"requests": rpm / 60 if rpm else None, "tokens": tpm / 60 if tpm else None}
+        self.rates = {
+            "requests": rpm * LIMIT_SHARE / 60 if rpm else None,
+            "tokens": tpm * LIMIT_SHARE / 60 if tpm else None,
+        }
         self.group_file = group_file
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
 

@@ -34,7 +34,7 @@ from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, signal_of
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import LEARNED_SHARE, Budgets
+from agents.map.limits import LIMIT_SHARE, Budgets
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -100,11 +100,18 @@ class Counters:
     latencies: Reservoir = field(default_factory=Reservoir)
 
 
-class ServerAwareWait:
-    """Exponential backoff with jitter, but never shorter than the server asked (Retry-After).
+#: A server's Retry-After is waited as given plus up to this share of it (at most
+#: RETRY_AFTER_JITTER_MAX seconds), so that clients refused together do not all come back in
+#: the same millisecond, and none comes back early.
+RETRY_AFTER_JITTER = 0.05
+RETRY_AFTER_JITTER_MAX = 0.25
 
-    The n-th retry waits ``initial * 2**(n-1)`` (at most ``maximum``) plus up to ``initial`` of
-    random jitter, so that many clients rejected together do not come back together.
+
+class ServerAwareWait:
+    """How long a retry waits: a server's Retry-After as given, plus a little jitter; without
+    one, exponential backoff: the n-th retry waits ``initial * 2**(n-1)`` (at most
+    ``maximum``), drawn from the step's top quarter (``step * (1 - U/4)``), as the openai SDK
+    does, so that clients that failed together spread out without waiting longer than the step.
     """
 
     def __init__(self, initial: float, maximum: float = 60.0) -> None:
@@ -112,12 +119,12 @@ class ServerAwareWait:
         self.maximum = maximum
 
     def __call__(self, state: RetryCallState) -> float:
-        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
-        wait: float = step + random.uniform(0, self.initial)
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after is not None:
-            wait = max(wait, error.retry_after)
-        return wait
+            spread = min(RETRY_AFTER_JITTER * error.retry_after, RETRY_AFTER_JITTER_MAX)
+            return error.retry_after + random.uniform(0, spread)
+        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
+        return step * (1 - random.random() / 4)
 
 
 class Mapper:
@@ -131,7 +138,7 @@ class Mapper:
         merger: Merger,
         *,
         max_retries: int = 3,
-        retry_delay: float = 1.0,
+        retry_delay: float = 0.5,
         max_reasks: int = 2,
         accept_truncated: bool = False,
         response_formats: list[dict[str, Any] | None] | None = None,
@@ -421,7 +428,7 @@ class Mapper:
         if self.learn_limits and completion.limits and self.budgets is not None:
             for name, per_minute in completion.limits.items():
                 left, reset = completion.windows.get(name, (None, None))
-                self.budgets.set_rate(name, per_minute * LEARNED_SHARE, left, reset)
+                self.budgets.set_rate(name, per_minute * LIMIT_SHARE, left, reset)
         if completion.windows and self.budgets is not None:
             for name, (left, reset) in completion.windows.items():
                 self.budgets.sync(name, left, reset)
