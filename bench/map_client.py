@@ -96,6 +96,8 @@ def ours(server: Server, jobs: int) -> list[str]:
         str(BIN / "agents-map"),
         "--base-url",
         server.url,
+        "-m",  # the model the bare client names: no GET /models before the first request
+        "bench",
         "--prompt",
         "{word}",
         "-j",

@@ -442,7 +442,9 @@ class Mapper:
             self._still_sending()
             yield
             return
-        epoch = await self._unless_stopped(self.concurrency.acquire())
+        epoch = self.concurrency.try_acquire()
+        if epoch is None:
+            epoch = await self._unless_stopped(self.concurrency.acquire())
         signal: Signal | None = None  # not sent
         try:
             self._still_sending()
@@ -452,7 +454,7 @@ class Mapper:
             signal = signal_of(error)
             raise
         finally:
-            await self.concurrency.release(epoch, signal)
+            self.concurrency.release(epoch, signal)
 
     async def _backoff(self, seconds: float) -> None:
         await self._unless_stopped(self.sleep(seconds))
