@@ -232,3 +232,17 @@ def test_rate_group_names_are_checked() -> None:
     with FakeLLM(echo) as server:
         result = run(server, "--rate-group", "../x", stdin=words(1))
     assert result.status == 2
+
+
+def test_limits_learned_by_an_earlier_run_hold_from_the_first_request() -> None:
+    limits = {"now": Limited(requests=10, window=1.0, headers=True)}
+    with FakeLLM(lambda request, number: limits["now"](request, number)) as server:
+        first = run(server, "-j", "8", "--retry-delay", "0.05", stdin=words(20))
+        assert first.status == 0, first.stderr
+        assert limits["now"].answered == 20
+        time.sleep(1.1)  # the server's window empties
+        limits["now"] = Limited(requests=10, window=1.0, headers=True)
+        again = run(server, "-j", "20", "--retry-delay", "0.05", stdin=words(20))
+    assert again.status == 0, again.stderr
+    # the same endpoint: the limit is known before the first answer, so no burst of 20 at once
+    assert (limits["now"].refused, limits["now"].answered) == (0, 20)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -58,13 +60,23 @@ class Bucket:
 class Budgets:
     """Requests-per-minute and tokens-per-minute buckets, in this process or in a shared file."""
 
-    def __init__(self, rpm: float | None, tpm: float | None, group_file: str | None = None) -> None:
+    def __init__(
+        self,
+        rpm: float | None,
+        tpm: float | None,
+        group_file: str | None = None,
+        memory: LimitMemory | None = None,
+    ) -> None:
+        self.memory = memory
         self.rates = {
             "requests": rpm * LIMIT_SHARE / 60 if rpm else None,
             "tokens": tpm * LIMIT_SHARE / 60 if tpm else None,
         }
         self.group_file = group_file
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
+        if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
+            for name, per_minute in memory.recall().items():
+                self.set_rate(name, per_minute)
 
     @property
     def active(self) -> bool:
@@ -73,12 +85,15 @@ class Budgets:
     def set_rate(
         self, name: str, per_minute: float, left: float | None = None, reset: float | None = None
     ) -> None:
-        """A limit learned from the server's headers, when none was given. With what the
-        server says is ``left`` of its window and when the window ``reset``s, the bucket starts
-        in debt for what was already spent, so the first window is not overrun either."""
+        """A limit (per minute, as the server's headers give it) learned when none was given;
+        LIMIT_SHARE of it is used, and it is remembered for this endpoint's next runs. With what
+        the server says is ``left`` of its window and when the window ``reset``s, the bucket
+        starts in debt for what was already spent, so the first window is not overrun either."""
         if self.rates.get(name) is not None:
             return
-        rate = per_minute / 60
+        if self.memory is not None:
+            self.memory.keep(name, per_minute)
+        rate = per_minute * LIMIT_SHARE / 60
         self.rates[name] = rate
         level = 0.0
         if left is not None and reset is not None:
@@ -148,6 +163,39 @@ class Budgets:
                 fcntl.flock(stream, fcntl.LOCK_UN)
 
 
+class LimitMemory:
+    """Limits learned from an endpoint's headers, kept in the runtime folder for its next runs
+    (``limits-HASH.json``, HASH of the base URL and the key: the key itself is never written).
+    A run that starts with them sends at the known rate from its first request."""
+
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        digest = hashlib.sha256(f"{base_url}\n{api_key or ''}".encode()).hexdigest()[:16]
+        self.path = runtime_folder() / f"limits-{digest}.json"
+
+    def recall(self) -> dict[str, float]:
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(saved, dict):
+            return {}
+        return {
+            name: float(value)
+            for name, value in saved.items()
+            if name in ("requests", "tokens") and isinstance(value, int | float) and value > 0
+        }
+
+    def keep(self, name: str, per_minute: float) -> None:
+        saved = self.recall()
+        if saved.get(name) == per_minute:
+            return
+        saved[name] = per_minute
+        temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with contextlib.suppress(OSError):
+            temporary.write_text(json.dumps(saved))
+            os.replace(temporary, self.path)
+
+
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -157,4 +205,4 @@ def group_file(name: str) -> str:
     return str(runtime_folder() / f"rate-group-{name}.json")
 
 
-__all__ = ["Budgets", "group_file"]
+__all__ = ["Budgets", "LimitMemory", "group_file"]

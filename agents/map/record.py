@@ -34,7 +34,7 @@ from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, signal_of
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import LIMIT_SHARE, Budgets
+from agents.map.limits import Budgets
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -428,7 +428,7 @@ class Mapper:
         if self.learn_limits and completion.limits and self.budgets is not None:
             for name, per_minute in completion.limits.items():
                 left, reset = completion.windows.get(name, (None, None))
-                self.budgets.set_rate(name, per_minute * LIMIT_SHARE, left, reset)
+                self.budgets.set_rate(name, per_minute, left, reset)
         if completion.windows and self.budgets is not None:
             for name, (left, reset) in completion.windows.items():
                 self.budgets.sync(name, left, reset)

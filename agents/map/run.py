@@ -99,10 +99,15 @@ async def run_job(
     try:
         from agents.map.caps import CostCap, ErrorCap
         from agents.map.congestion import Concurrency
-        from agents.map.limits import Budgets, group_file
+        from agents.map.limits import Budgets, LimitMemory, group_file
 
         stopping = asyncio.Event()  # the scheduler sets it; the mapper sends nothing after it
-        budgets = Budgets(o.rpm, o.tpm, group_file(o.rate_group) if o.rate_group else None)
+        budgets = Budgets(
+            o.rpm,
+            o.tpm,
+            group_file(o.rate_group) if o.rate_group else None,
+            LimitMemory(job.endpoint.base_url, job.endpoint.api_key),
+        )
         mapper = Mapper(
             client,
             sleep=sleep,
