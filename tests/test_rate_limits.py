@@ -246,3 +246,26 @@ def test_limits_learned_by_an_earlier_run_hold_from_the_first_request() -> None:
     assert again.status == 0, again.stderr
     # the same endpoint: the limit is known before the first answer, so no burst of 20 at once
     assert (limits["now"].refused, limits["now"].answered) == (0, 20)
+
+
+@pytest.mark.parametrize("window", [0.25, 0.5, 1.0])
+def test_the_providers_real_limit_given_as_is_is_never_passed(window: float) -> None:
+    # 5 requests in any sliding window of `window` seconds, and --rpm says exactly that
+    limit = Limited(requests=5, window=window, headers=False)
+    per_minute = 5 * 60 / window
+    with FakeLLM(limit) as server:
+        result = run(server, "--rpm", f"{per_minute:g}", "-j", "8", stdin=words(40))
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 40)
+    assert limit.most_requests <= 5
+
+
+def test_the_providers_real_token_limit_given_as_is_is_never_passed() -> None:
+    limit = Limited(tokens=200, window=0.5, headers=False)
+    with FakeLLM(limit) as server:
+        result = run(
+            server, "--tpm", str(200 * 120), "--max-tokens", "10", "-j", "8", stdin=words(40)
+        )
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 40)
+    assert limit.most_tokens <= 200
