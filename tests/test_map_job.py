@@ -325,6 +325,41 @@ def test_debug_log_shows_requests_and_never_the_key(tmp: Path) -> None:
 # Progress in a real terminal ----------------------------------------------------------------
 
 
+def in_tmux(command: str, width: int, height: int = 30, timeout: float = 30) -> list[str]:
+    """``command`` run in a tmux terminal of ``width`` columns; the screen's lines once it has
+    finished (wrapped lines joined, so that a line too long for the terminal shows as such)."""
+    session = f"agents-{os.getpid()}-{width}-{time.monotonic_ns()}"
+    env_path = f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"
+    subprocess.run(
+        [
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            str(width),
+            "-y",
+            str(height),
+            f"PATH={env_path} OPENAI_API_KEY=x {command}; echo DONE; sleep {timeout}",
+        ],
+        check=True,
+    )
+    try:
+        seen = ""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and "DONE" not in seen:
+            time.sleep(0.1)
+            seen = subprocess.run(
+                ["tmux", "capture-pane", "-p", "-J", "-t", session], capture_output=True, text=True
+            ).stdout
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    shown = [line.rstrip() for line in seen.splitlines() if line.strip()]
+    assert "DONE" in shown, shown
+    return shown
+
+
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_progress_in_a_real_terminal(tmp: Path) -> None:
     source = tmp / "words.jsonl"
@@ -428,43 +463,13 @@ def test_progress_fits_a_narrow_terminal_and_leaves_no_stale_lines(tmp: Path, wi
         return Reply("x", delay=0.05)
 
     with FakeLLM(script) as server:
-        session = f"agents-narrow-{os.getpid()}-{width}"
-        command = (
+        shown = in_tmux(
             f"{BIN / 'agents-map'} --base-url {server.url} -m m --prompt '{{word}}' -j 2 "
-            f"< {source} > {tmp / 'out.jsonl'}; echo DONE; sleep 30"
+            f"< {source} > {tmp / 'out.jsonl'}",
+            width,
         )
-        env_path = f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"
-        subprocess.run(
-            [
-                "tmux",
-                "new-session",
-                "-d",
-                "-s",
-                session,
-                "-x",
-                str(width),
-                "-y",
-                "30",
-                f"PATH={env_path} OPENAI_API_KEY=x {command}",
-            ],
-            check=True,
-        )
-        try:
-            seen = ""
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and "DONE" not in seen:
-                time.sleep(0.1)
-                seen = subprocess.run(
-                    ["tmux", "capture-pane", "-p", "-J", "-t", session],
-                    capture_output=True,
-                    text=True,
-                ).stdout
-        finally:
-            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
     from agents.map.progress import columns
 
-    shown = [line.rstrip() for line in seen.splitlines() if line.strip()]
-    assert "DONE" in shown
     progress = [line for line in shown if "/40 (" in line or line.startswith("Errors:")]
     # -J joins wrapped lines: a progress line longer than the terminal would show here
     assert all(columns(line) <= width for line in progress), shown
@@ -480,40 +485,12 @@ def test_results_on_the_terminal_are_not_erased_by_the_progress(tmp: Path) -> No
     source = tmp / "words.jsonl"
     source.write_bytes(words(8))
     with FakeLLM(lambda request, number: Reply("x", delay=0.3)) as server:
-        session = f"agents-results-{os.getpid()}"
-        command = (
+        shown = in_tmux(
             f"{BIN / 'agents-map'} --base-url {server.url} -m m --prompt '{{word}}' -k -j 1 "
-            f"< {source}; echo DONE; sleep 30"
+            f"< {source}",
+            120,
+            height=40,
         )
-        env_path = f"{os.path.dirname(os.sys.executable)}:{os.environ['PATH']}"
-        subprocess.run(
-            [
-                "tmux",
-                "new-session",
-                "-d",
-                "-s",
-                session,
-                "-x",
-                "120",
-                "-y",
-                "40",
-                f"PATH={env_path} OPENAI_API_KEY=x {command}",
-            ],
-            check=True,
-        )
-        try:
-            seen = ""
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and "DONE" not in seen:
-                time.sleep(0.1)
-                seen = subprocess.run(
-                    ["tmux", "capture-pane", "-p", "-J", "-t", session],
-                    capture_output=True,
-                    text=True,
-                ).stdout
-        finally:
-            subprocess.run(["tmux", "kill-session", "-t", session], check=False)
-    shown = [line.rstrip() for line in seen.splitlines() if line.strip()]
     results = [line for line in shown if line.startswith('{"_id":')]
     assert [orjson.loads(line)["_id"] for line in results] == list(range(1, 9)), shown
     assert sum("8/8 (100.0%)" in line for line in shown) == 1, shown
