@@ -624,3 +624,25 @@ def test_a_bad_input_line_is_named_skipped_and_counted(server: FakeLLM) -> None:
 def test_empty_input(server: FakeLLM) -> None:
     result = run_map(server, "--prompt", "{word}", stdin=b"")
     assert (result.status, result.stdout, result.stderr) == (0, b"", "")
+
+
+def test_a_retry_after_of_0_backs_off_and_a_long_one_is_said() -> None:
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if number == 0:
+            return Reply("slow down", status=429, headers={"Retry-After": "0"})
+        if number == 1:
+            return Reply("quota", status=429, headers={"Retry-After": "3600"})
+        return echo(request, number)
+
+    sleeps = Sleeps()
+    with scripted(script) as server:
+        result = run_map(
+            server, "--prompt", "{word}", "--max-retries", "3", stdin=words(1), sleeps=sleeps
+        )
+    assert result.status == 0, result.stderr
+    assert 0.375 <= sleeps.waits[0] <= 0.5  # the first backoff step, not an instant retry
+    assert 3600 <= sleeps.waits[1] <= 3600.25
+    assert result.stderr == (
+        "agents-map: warning: the server asks to wait 1h 0m before a retry (Retry-After); "
+        "waiting: Ctrl-C stops the run, and the same command run later resumes it\n"
+    )

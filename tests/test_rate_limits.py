@@ -269,3 +269,18 @@ def test_the_providers_real_token_limit_given_as_is_is_never_passed() -> None:
     assert result.status == 0, result.stderr
     assert (limit.refused, limit.answered) == (0, 40)
     assert limit.most_tokens <= 200
+
+
+def test_a_limit_that_changed_since_it_was_learned_is_followed(tmp: Path) -> None:
+    limits = {"now": Limited(requests=10, window=1.0, headers=True)}
+    with FakeLLM(lambda request, number: limits["now"](request, number)) as server:
+        assert run(server, "-j", "8", stdin=words(20)).status == 0
+        time.sleep(1.1)
+        limits["now"] = Limited(requests=20, window=1.0, headers=True)  # the provider raised it
+        again = run(server, "-j", "20", stdin=words(60))
+    assert again.status == 0, again.stderr
+    assert limits["now"].refused == 0
+    remembered = [
+        orjson.loads(path.read_bytes()) for path in (tmp / "runtime").rglob("limits-*.json")
+    ]
+    assert remembered == [{"requests": 1200.0}]  # the new limit, for the next run

@@ -72,6 +72,8 @@ class Budgets:
             "requests": rpm * LIMIT_SHARE / 60 if rpm else None,
             "tokens": tpm * LIMIT_SHARE / 60 if tpm else None,
         }
+        self.given = {name for name, rate in self.rates.items() if rate}
+        self.learned: dict[str, float] = {}  # per minute, as the headers said
         self.group_file = group_file
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
         if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
@@ -85,16 +87,27 @@ class Budgets:
     def set_rate(
         self, name: str, per_minute: float, left: float | None = None, reset: float | None = None
     ) -> None:
-        """A limit (per minute, as the server's headers give it) learned when none was given;
-        LIMIT_SHARE of it is used, and it is remembered for this endpoint's next runs. With what
-        the server says is ``left`` of its window and when the window ``reset``s, the bucket
-        starts in debt for what was already spent, so the first window is not overrun either."""
-        if self.rates.get(name) is not None:
+        """A limit (per minute, as the server's headers give it) learned when none was given,
+        or changed since (the server raised or lowered it, or the one remembered from an
+        earlier run is out of date); LIMIT_SHARE of it is used, and it is remembered for this
+        endpoint's next runs. With what the server says is ``left`` of its window and when the
+        window ``reset``s, a new bucket starts in debt for what was already spent, so the first
+        window is not overrun either."""
+        if name in self.given or self.learned.get(name) == per_minute:
             return
         if self.memory is not None:
             self.memory.keep(name, per_minute)
         rate = per_minute * LIMIT_SHARE / 60
+        changed = name in self.learned
+        self.learned[name] = per_minute
         self.rates[name] = rate
+        if changed and name in self.local:  # the same bucket, refilling at the new rate
+            bucket = self.local[name]
+            bucket.reserve(0.0, time.time())  # brought up to date at the old rate
+            if bucket.level < 0:  # requests already given a time keep it: the debt is
+                bucket.level *= rate / bucket.rate  # paid off at the new rate just as late
+            bucket.rate = rate
+            return
         level = 0.0
         if left is not None and reset is not None:
             level = min(0.0, left - rate * reset)
@@ -165,11 +178,13 @@ class Budgets:
 
 class LimitMemory:
     """Limits learned from an endpoint's headers, kept in the runtime folder for its next runs
-    (``limits-HASH.json``, HASH of the base URL and the key: the key itself is never written).
+    (``limits-HASH.json``, HASH of the base URL, the key and the model: the key itself is never
+    written).
     A run that starts with them sends at the known rate from its first request."""
 
-    def __init__(self, base_url: str, api_key: str | None) -> None:
-        digest = hashlib.sha256(f"{base_url}\n{api_key or ''}".encode()).hexdigest()[:16]
+    def __init__(self, base_url: str, api_key: str | None, model: str) -> None:
+        # Providers limit each model on its own: the model is part of the key.
+        digest = hashlib.sha256(f"{base_url}\n{api_key or ''}\n{model}".encode()).hexdigest()[:16]
         self.path = runtime_folder() / f"limits-{digest}.json"
 
     def recall(self) -> dict[str, float]:

@@ -106,6 +106,9 @@ class Counters:
 RETRY_AFTER_JITTER = 0.05
 RETRY_AFTER_JITTER_MAX = 0.25
 
+#: A wait the server asks for beyond this many seconds is said on stderr (once a run).
+LONG_WAIT = 60.0
+
 
 class ServerAwareWait:
     """How long a retry waits: a server's Retry-After as given, plus a little jitter; without
@@ -120,7 +123,7 @@ class ServerAwareWait:
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, CallError) and error.retry_after is not None:
+        if isinstance(error, CallError) and error.retry_after:  # 0 says nothing: back off
             spread = min(RETRY_AFTER_JITTER * error.retry_after, RETRY_AFTER_JITTER_MAX)
             return error.retry_after + random.uniform(0, spread)
         step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
@@ -175,6 +178,7 @@ class Mapper:
         # Set when the run stops (a signal, a cap): from then on nothing new is sent.
         self.stopping = stopping
         self.paused_until = 0.0
+        self.warned_long_wait = False
         # The most prompt tokens the server counted per token estimated, over the answers so
         # far (None before the first): what --max-cost reserves for a prompt.
         self.prompt_ratio: float | None = None
@@ -306,6 +310,15 @@ class Mapper:
         error = state.outcome.exception() if state.outcome else None
         cause = error.error_type if isinstance(error, CallError) else "unknown"
         self.counters.retries[cause] = self.counters.retries.get(cause, 0) + 1
+        wait = state.next_action.sleep if state.next_action is not None else 0.0
+        if wait > LONG_WAIT and not self.warned_long_wait:
+            self.warned_long_wait = True  # once a run: a quota, not a passing limit
+            from agents.map.progress import duration
+
+            self.warn(
+                f"the server asks to wait {duration(wait)} before a retry (Retry-After); "
+                "waiting: Ctrl-C stops the run, and the same command run later resumes it"
+            )
         if state.next_action is not None and LOGGER.isEnabledFor(logging.INFO):
             LOGGER.info(
                 "retry %d after %s: %s; waiting %.2fs",
@@ -451,7 +464,7 @@ class Mapper:
             yield
             signal = Signal.OK
         except CallError as error:
-            signal = signal_of(error)
+            signal = signal_of(error, self.budgets is not None and self.budgets.active)
             raise
         finally:
             self.concurrency.release(epoch, signal)

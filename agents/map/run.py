@@ -106,7 +106,7 @@ async def run_job(
             o.rpm,
             o.tpm,
             group_file(o.rate_group) if o.rate_group else None,
-            LimitMemory(job.endpoint.base_url, job.endpoint.api_key),
+            LimitMemory(job.endpoint.base_url, job.endpoint.api_key, job.shape.model),
         )
         mapper = Mapper(
             client,
