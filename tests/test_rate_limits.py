@@ -81,7 +81,7 @@ def environment_for_processes(tmp: Path) -> dict[str, str]:
 
 
 def member(
-    server: FakeLLM, tmp: Path, name: str, count: int, first: int
+    server: FakeLLM, tmp: Path, name: str, count: int, first: int, rpm: str = "570"
 ) -> subprocess.Popen[bytes]:
     source = tmp / f"{name}.jsonl"
     source.write_bytes(
@@ -99,7 +99,7 @@ def member(
             "{word}",
             "-q",
             "--rpm",
-            "570",
+            rpm,
             "--rate-group",
             "shared",
             "-j",
@@ -120,6 +120,19 @@ def test_four_processes_share_one_budget(tmp: Path) -> None:
     assert statuses == [0, 0, 0, 0]
     assert limit.answered == 60
     assert limit.refused == 0
+    assert limit.most_requests <= 10
+
+
+def test_members_that_give_different_limits_keep_the_smallest(tmp: Path) -> None:
+    limit = Limited(requests=10, window=1.0, headers=False)  # 600 a minute
+    with FakeLLM(limit) as server:
+        members = [
+            member(server, tmp, "right", 20, 0, rpm="600"),
+            member(server, tmp, "wrong", 20, 0, rpm="2400"),
+        ]
+        statuses = [process.wait(timeout=60) for process in members]
+    assert statuses == [0, 0]
+    assert (limit.refused, limit.answered) == (0, 40)
     assert limit.most_requests <= 10
 
 

@@ -153,12 +153,18 @@ class Budgets:
                     saved = json.loads(stream.read() or "{}")
                 except ValueError:
                     saved = {}
+                members = _live_members(saved.get("members"), self.rates)
                 buckets = {}
                 for name, rate in self.rates.items():
                     if rate:
                         state = saved.get(name) or {}
+                        # Members that give different limits: the smallest holds for all, so
+                        # that no member's limit is passed by the others' sending.
+                        given = [limits[name] for limits in members.values() if limits.get(name)]
                         buckets[name] = Bucket(
-                            rate, float(state.get("level", 0.0)), float(state.get("updated", 0.0))
+                            min([rate, *given]),
+                            float(state.get("level", 0.0)),
+                            float(state.get("updated", 0.0)),
                         )
                 yield buckets
                 stream.seek(0)
@@ -166,8 +172,11 @@ class Budgets:
                 stream.write(
                     json.dumps(
                         {
-                            name: {"level": bucket.level, "updated": bucket.updated}
-                            for name, bucket in buckets.items()
+                            **{
+                                name: {"level": bucket.level, "updated": bucket.updated}
+                                for name, bucket in buckets.items()
+                            },
+                            "members": members,
                         }
                     )
                 )
@@ -209,6 +218,30 @@ class LimitMemory:
         with contextlib.suppress(OSError):
             temporary.write_text(json.dumps(saved))
             os.replace(temporary, self.path)
+
+
+#: A group member not heard from for this many seconds no longer counts (it has ended).
+MEMBER_TIMEOUT = 10.0
+
+
+def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, dict[str, float]]:
+    """The group's members heard from lately, this process among them with its own limits
+    (per second), from the group file's ``members`` (PID -> limits and when last seen)."""
+    now = time.time()
+    members: dict[str, dict[str, float]] = {}
+    if isinstance(saved, dict):
+        for pid, entry in saved.items():
+            if isinstance(entry, dict) and now - float(entry.get("seen", 0)) < MEMBER_TIMEOUT:
+                members[str(pid)] = {
+                    key: float(value)
+                    for key, value in entry.items()
+                    if isinstance(value, int | float)
+                }
+    members[str(os.getpid())] = {
+        **{name: rate for name, rate in rates.items() if rate},
+        "seen": now,
+    }
+    return members
 
 
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
