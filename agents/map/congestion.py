@@ -196,14 +196,6 @@ class Concurrency:
         self.in_flight = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    @property
-    def limit(self) -> int:
-        return self.window.limit
-
-    @property
-    def epoch(self) -> int:
-        return self.window.epoch
-
     def try_acquire(self) -> int | None:
         """A free slot taken at once (its epoch, to give back with the outcome), or None."""
         if self.in_flight < self.window.limit and not self.waiters:

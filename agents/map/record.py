@@ -348,8 +348,6 @@ class Mapper:
                         LOGGER.debug("request %s", orjson.dumps(body).decode())
                     started = time.monotonic()
                     completion = await self.client.complete(body)
-            except NotSent:
-                raise
             except RecordFailed as error:
                 self._settle(estimate, None)
                 if form is not None and _rejects_response_format(error):
