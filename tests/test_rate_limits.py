@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -81,7 +82,13 @@ def environment_for_processes(tmp: Path) -> dict[str, str]:
 
 
 def member(
-    server: FakeLLM, tmp: Path, name: str, count: int, first: int, rpm: str = "570"
+    server: FakeLLM,
+    tmp: Path,
+    name: str,
+    count: int,
+    first: int,
+    rpm: str = "570",
+    jobs: int = 4,
 ) -> subprocess.Popen[bytes]:
     source = tmp / f"{name}.jsonl"
     source.write_bytes(
@@ -103,7 +110,7 @@ def member(
             "--rate-group",
             "shared",
             "-j",
-            "4",
+            str(jobs),
         ],
         stdin=source.open("rb"),
         stdout=subprocess.DEVNULL,
@@ -134,6 +141,48 @@ def test_members_that_give_different_limits_keep_the_smallest(tmp: Path) -> None
     assert statuses == [0, 0]
     assert (limit.refused, limit.answered) == (0, 40)
     assert limit.most_requests <= 10
+
+
+class Recorded(Limited):
+    """A limit that also records when each member's requests were taken (the member's name
+    starts the word)."""
+
+    def __init__(self, **limits: Any) -> None:
+        super().__init__(**limits)
+        self.taken: list[tuple[float, str]] = []
+
+    def __call__(self, request: dict[str, Any], number: int) -> Reply:
+        reply = super().__call__(request, number)
+        if reply.status == 200:
+            self.taken.append((time.monotonic(), last_user_message(request).rstrip("0123456789")))
+        return reply
+
+
+@pytest.mark.parametrize("jobs", [(2, 32), (1, 8, 16)])
+def test_members_with_unequal_concurrency_get_equal_shares(
+    tmp: Path, jobs: tuple[int, ...]
+) -> None:
+    """Each member wants far more than the group's 20 a second (the server answers at once);
+    while all of them run, each gets an equal share within 10 %, whatever its -j."""
+    limit = Recorded(requests=20, window=1.0, headers=False)
+    names = [f"m{k}x" for k in range(len(jobs))]
+    with FakeLLM(limit) as server:
+        members = [
+            member(server, tmp, name, 60, 0, rpm="1200", jobs=j)
+            for name, j in zip(names, jobs, strict=True)
+        ]
+        statuses = [process.wait(timeout=90) for process in members]
+    assert statuses == [0] * len(jobs)
+    assert limit.refused == 0 and limit.most_requests <= 20
+    # from when every member was sending until the first one finished
+    began = max(min(t for t, name in limit.taken if name == who) for who in names)
+    ended = min(max(t for t, name in limit.taken if name == who) for who in names)
+    assert ended - began > 3.0
+    counts = {
+        who: sum(began <= t <= ended and name == who for t, name in limit.taken) for who in names
+    }
+    equal = sum(counts.values()) / len(names)
+    assert all(abs(count - equal) <= 0.1 * equal for count in counts.values()), counts
 
 
 def test_a_member_killed_holding_the_lock_does_not_stop_the_others(tmp: Path) -> None:

@@ -4,11 +4,13 @@ Some failures say the server is overloaded, some happen whatever the load (a fla
 provider's sporadic 429s). Shrinking the window for the second kind only slows a job down, so
 the window shrinks only on signs of congestion:
 
-- a 429 whose ``x-ratelimit-remaining-*`` header says the budget is spent (certain), or
-- a round trip (as many answers as the window holds) whose share of failures (429s, 5xx,
-  timeouts, dropped connections) stands out from the share seen so far; the window is then cut
-  on trial, and if the share does not fall with it the failures are noise: the window is given
-  back and their share becomes the new normal.
+a round trip (as many answers as the window holds) whose share of failures (429s, 5xx,
+timeouts, dropped connections) stands out from the share seen so far. The window is then cut on
+trial, and if the share does not fall with it the failures are noise: the window is given back
+and their share becomes the new normal. A round is judged before its end when most of it was
+refused, or when a 429 whose ``x-ratelimit-remaining-*`` header says the budget is spent comes
+in a round that already stands out. Such a 429 is only a hint, never proof on its own: some
+servers send it with sporadic 429s that have nothing to do with load.
 
 It shrinks at most once per round trip (answers to requests sent before a cut do not count
 again), by 30 %; after each round trip without congestion it grows back half way to where
@@ -45,11 +47,14 @@ OVERLOAD_DECREASE = 0.5
 SAMPLE = 16
 TRIAL_SAMPLE = 32
 
+#: Answers after which a round whose failures clearly stand out is judged before its end.
+EARLY_SAMPLE = 8
+
 
 class Signal(enum.Enum):
     OK = "ok"  # an answer, or a failure that says nothing about load (a 400)
     FAILED = "failed"  # a 429 without headers, a 5xx, a timeout, a dropped connection
-    CONGESTED = "congested"  # a 429 whose headers say the budget is spent
+    CONGESTED = "congested"  # a failure too: a 429 whose headers say the budget is spent
 
 
 @dataclass
@@ -88,15 +93,22 @@ class Window:
         """The outcome of a request sent in ``epoch``."""
         if epoch != self.epoch:
             return  # sent before the last cut: that round trip has been answered for
-        if signal is Signal.CONGESTED:
-            self.trial = None
-            self._congested(max(1, self.limit - 1), self.limit)
-            self._cut()
-            return
+        failed = signal is not Signal.OK
         self.round.done += 1
-        self.round.failed += signal is Signal.FAILED
-        if self.round.done >= self.round.size:
+        self.round.failed += failed
+        if self.round.done >= self.round.size or (failed and self._judge_early(signal)):
             self._end_round()
+
+    def _judge_early(self, signal: Signal) -> bool:
+        """Whether the round so far is evidence enough, without waiting for the rest of it:
+        its share of failures stands out and either most were refused (a window far too wide:
+        -j 200 against a 2-slot server must not wait 200 answers a step) or the last one said
+        the budget is spent."""
+        done = self.round.done
+        if done < EARLY_SAMPLE:
+            return False
+        share = self.round.failed / done
+        return share > self.threshold(done) and (signal is Signal.CONGESTED or share >= OVERLOAD)
 
     def threshold(self, answers: int) -> float:
         """A round trip's failure share above which it stands out from the noise (three

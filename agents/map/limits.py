@@ -7,6 +7,12 @@ server may count over (a second, a minute) sees more than the rate allows. A req
 its estimated cost (one request; prompt estimate plus max_tokens) and waits until the bucket
 covers it; the estimate is corrected with the usage the server reports.
 
+A process waits on its budgets one request at a time (:attr:`Budgets.turn`): the next request
+reserves only when the one before it is due to go. So a shared budget is served round robin
+between the processes that want more than it gives (an equal share each, whatever their
+``-j``), what one process leaves unused goes to the others, and no request holds a time far
+ahead that a changed limit would make wrong.
+
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
 kernel drops a dead process's lock, so a crash never leaves the budget locked.
@@ -14,6 +20,7 @@ kernel drops a dead process's lock, so a crash never leaves the budget locked.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import hashlib
@@ -43,18 +50,23 @@ class Bucket:
     level: float = 0.0
     updated: float = 0.0
 
+    @property
+    def capacity(self) -> float:
+        return max(1.0, self.rate * BURST_SECONDS)
+
     def reserve(self, amount: float, now: float) -> float:
         """Take ``amount`` (going into debt if need be); the seconds to wait before using it."""
-        capacity = max(1.0, self.rate * BURST_SECONDS)
         if self.updated:
-            self.level = min(capacity, self.level + (now - self.updated) * self.rate)
+            self.level = min(self.capacity, self.level + (now - self.updated) * self.rate)
         self.updated = now
         self.level -= amount
         return max(0.0, -self.level / self.rate)
 
     def adjust(self, amount: float) -> None:
-        """Give back (positive) or charge more (negative) after the real cost is known."""
-        self.level += amount
+        """Give back (positive) or charge more (negative) after the real cost is known. What is
+        given back pays off debt but adds no more credit than a bucket holds: a burst of it
+        would pass a sliding window that counted the requests as sent."""
+        self.level = min(self.capacity, self.level + amount)
 
 
 class Budgets:
@@ -76,6 +88,7 @@ class Budgets:
         self.learned: dict[str, float] = {}  # per minute, as the headers said
         self.group_file = group_file
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
+        self._turn: asyncio.Lock | None = None
         if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
             for name, per_minute in memory.recall().items():
                 self.set_rate(name, per_minute)
@@ -83,6 +96,13 @@ class Budgets:
     @property
     def active(self) -> bool:
         return any(self.rates.values())
+
+    @property
+    def turn(self) -> asyncio.Lock:
+        """Held by the one request of this process that reserves and waits for its time."""
+        if self._turn is None:  # made on first use, inside the running event loop
+            self._turn = asyncio.Lock()
+        return self._turn
 
     def set_rate(
         self, name: str, per_minute: float, left: float | None = None, reset: float | None = None
@@ -161,11 +181,7 @@ class Budgets:
                         # Members that give different limits: the smallest holds for all, so
                         # that no member's limit is passed by the others' sending.
                         given = [limits[name] for limits in members.values() if limits.get(name)]
-                        buckets[name] = Bucket(
-                            min([rate, *given]),
-                            float(state.get("level", 0.0)),
-                            float(state.get("updated", 0.0)),
-                        )
+                        buckets[name] = _shared_bucket(state, min([rate, *given]))
                 yield buckets
                 stream.seek(0)
                 stream.truncate()
@@ -173,7 +189,11 @@ class Budgets:
                     json.dumps(
                         {
                             **{
-                                name: {"level": bucket.level, "updated": bucket.updated}
+                                name: {
+                                    "level": bucket.level,
+                                    "updated": bucket.updated,
+                                    "rate": bucket.rate,
+                                }
                                 for name, bucket in buckets.items()
                             },
                             "members": members,
@@ -183,6 +203,26 @@ class Budgets:
                 stream.flush()
             finally:
                 fcntl.flock(stream, fcntl.LOCK_UN)
+
+
+def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
+    """A group's bucket as the file keeps it, refilling at ``rate`` from now on. When the rate
+    changed (a limit learned anew, a member with a smaller one), a debt is rescaled to it, so
+    the requests already given a time are paid off at the new rate just as late."""
+
+    def number(key: str, default: float) -> float:
+        value = state.get(key)
+        return float(value) if isinstance(value, int | float) else default
+
+    bucket = Bucket(rate, number("level", 0.0), number("updated", 0.0))
+    before = number("rate", rate)
+    if before > 0 and before != rate and bucket.updated:
+        bucket.rate = before
+        bucket.reserve(0.0, time.time())  # brought up to date at the old rate
+        bucket.rate = rate
+        if bucket.level < 0:
+            bucket.level *= rate / before
+    return bucket
 
 
 class LimitMemory:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
@@ -110,23 +110,51 @@ RETRY_AFTER_JITTER_MAX = 0.25
 LONG_WAIT = 60.0
 
 
+#: Attempts of one call that may be given back (see :class:`GivenBack`): enough for the window
+#: to halve from -j 1000 to 1, and still a bound, so that every record ends.
+MOST_GIVEN_BACK = 10
+
+
+@dataclass
+class GivenBack:
+    """Attempts of one call that do not count against --max-retries: those sent into a window
+    of requests in flight that was cut since (their failure may be what cut it). At -j 200
+    against a server of 2 slots, the window needs a few round trips to shrink, and records that
+    spent their retries meanwhile would become error records, or trip the circuit breaker."""
+
+    count: int = 0
+
+    def take(self, error: CallError) -> None:
+        if error.window_too_wide and self.count < MOST_GIVEN_BACK:
+            self.count += 1
+
+    def counted(self, state: RetryCallState) -> int:
+        """The attempts made so far that count."""
+        return state.attempt_number - self.count
+
+
 class ServerAwareWait:
     """How long a retry waits: a server's Retry-After as given, plus a little jitter; without
     one, exponential backoff: the n-th retry waits ``initial * 2**(n-1)`` (at most
     ``maximum``), drawn from the step's top quarter (``step * (1 - U/4)``), as the openai SDK
     does, so that clients that failed together spread out without waiting longer than the step.
+    Attempts given back do not lengthen the steps.
     """
 
-    def __init__(self, initial: float, maximum: float = 60.0) -> None:
+    def __init__(
+        self, initial: float, maximum: float = 60.0, given_back: GivenBack | None = None
+    ) -> None:
         self.initial = initial
         self.maximum = maximum
+        self.given_back = given_back or GivenBack()
 
     def __call__(self, state: RetryCallState) -> float:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, CallError) and error.retry_after:  # 0 says nothing: back off
             spread = min(RETRY_AFTER_JITTER * error.retry_after, RETRY_AFTER_JITTER_MAX)
             return error.retry_after + random.uniform(0, spread)
-        step = min(self.maximum, self.initial * 2.0 ** (state.attempt_number - 1))
+        retry = max(1, self.given_back.counted(state))
+        step = min(self.maximum, self.initial * 2.0 ** (retry - 1))
         return step * (1 - random.random() / 4)
 
 
@@ -284,10 +312,12 @@ class Mapper:
             return await self._request(messages, hold), 1
         except Retryable as error:
             first_failure = error
+        given_back = GivenBack()
+        given_back.take(first_failure)
         # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=ServerAwareWait(self.retry_delay),
+            stop=lambda state: given_back.counted(state) >= self.max_retries + 1,
+            wait=ServerAwareWait(self.retry_delay, given_back=given_back),
             retry=retry_if_exception_type(Retryable),
             sleep=self._backoff,
             before_sleep=self._count_retry,
@@ -300,7 +330,11 @@ class Mapper:
                 with attempt:
                     if attempts == 1:
                         raise first_failure
-                    return await self._request(messages, hold), attempts
+                    try:
+                        return await self._request(messages, hold), attempts
+                    except CallError as error:
+                        given_back.take(error)
+                        raise
         except CallError as error:
             error.attempts = attempts
             raise
@@ -384,12 +418,22 @@ class Mapper:
         return estimate_tokens(messages) + self.output_allowance
 
     async def _admit(self, estimate: int) -> None:
-        """Wait for the rate budgets and a server's reset."""
-        wait = self.paused_until - time.monotonic()
-        if self.budgets is not None and self.budgets.active:
-            wait = max(wait, self.budgets.reserve(estimate))
-        if wait > 0:
-            await self._unless_stopped(asyncio.sleep(wait))
+        """Wait for a server's reset, then for the rate budgets (one request at a time: see
+        :mod:`agents.map.limits`)."""
+        pause = self.paused_until - time.monotonic()
+        if pause > 0:
+            await self._unless_stopped(asyncio.sleep(pause))
+        budgets = self.budgets
+        if budgets is None or not budgets.active:
+            return
+        await self._unless_stopped(budgets.turn.acquire())
+        try:
+            self._still_sending()  # a request that waited its turn past a stop reserves nothing
+            wait = budgets.reserve(estimate)
+            if wait > 0:
+                await self._unless_stopped(asyncio.sleep(wait))
+        finally:
+            budgets.turn.release()
 
     async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
         """Under --max-cost, reserve the record's worst case before its first request: each
@@ -463,8 +507,16 @@ class Mapper:
             signal = Signal.OK
         except CallError as error:
             signal = signal_of(error, self.budgets is not None and self.budgets.active)
+            self.concurrency.release(epoch, signal)
+            # After release: this failure may be the one that cut the window.
+            error.window_too_wide = (
+                signal is not Signal.OK and self.concurrency.window.epoch != epoch
+            )
             raise
-        finally:
+        except BaseException:
+            self.concurrency.release(epoch, signal)
+            raise
+        else:
             self.concurrency.release(epoch, signal)
 
     async def _backoff(self, seconds: float) -> None:
