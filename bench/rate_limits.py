@@ -2,7 +2,9 @@
 window) with 50 ms latency, for about 30 seconds of traffic each:
 
     (a) one agents-map with --rpm 6000 (the limit itself), (b) one learning the limit from
-    headers, (c) 4 agents-map processes in one --rate-group sharing --rpm 6000, -j 16 each.
+    headers, (c) 4 agents-map processes in one --rate-group sharing --rpm 6000, -j 16 each,
+    (d) 2 processes in one group, -j 4 and -j 60: each has half the records, so a fair share
+    finishes them together (first ÷ last to finish near 1).
 
     python bench/rate_limits.py [--seconds 30]
 
@@ -43,8 +45,15 @@ def records(path: Path, count: int, prefix: str) -> Path:
 
 
 def scenario(
-    name: str, processes: int, flags: list[str], headers: bool, total: int, folder: Path
+    name: str,
+    processes: int,
+    flags: list[str],
+    headers: bool,
+    total: int,
+    folder: Path,
+    jobs: list[int] | None = None,
 ) -> str:
+    jobs = jobs or [64 // processes] * processes
     port = free_port()
     server = subprocess.Popen(
         [
@@ -74,7 +83,7 @@ def scenario(
                         "{word}",
                         "-q",
                         "-j",
-                        str(64 // processes),
+                        str(jobs[k]),
                         "--max-retries",
                         "10",
                         *flags,
@@ -133,6 +142,18 @@ def main() -> None:
                 False,
                 total,
                 Path(folder),
+            ),
+            flush=True,
+        )
+        print(
+            scenario(
+                "(d) 2 processes, one --rate-group, -j 4 and -j 60",
+                2,
+                ["--rpm", "6000", "--rate-group", "unequal"],
+                False,
+                total,
+                Path(folder),
+                jobs=[4, 60],
             ),
             flush=True,
         )

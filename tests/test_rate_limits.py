@@ -346,3 +346,18 @@ def test_a_limit_that_changed_since_it_was_learned_is_followed(tmp: Path) -> Non
         orjson.loads(path.read_bytes()) for path in (tmp / "runtime").rglob("limits-*.json")
     ]
     assert remembered == [{"requests": 1200.0}]  # the new limit, for the next run
+
+
+def test_a_group_file_rescales_a_debt_when_its_rate_changes() -> None:
+    """Requests already given a time by a group's bucket at one rate are paid off at the new
+    rate just as late (a limit learned anew, a member with a smaller one)."""
+    from agents.map.limits import _shared_bucket
+
+    now = time.time()
+    bucket = _shared_bucket({"level": -10.0, "updated": now, "rate": 10.0}, 5.0)
+    assert bucket.rate == 5.0
+    assert -5.0 <= bucket.level <= -4.9  # 1 s of debt at 10 a second is 1 s at 5 a second
+    same = _shared_bucket({"level": -10.0, "updated": now, "rate": 5.0}, 5.0)
+    assert same.level == -10.0
+    older = _shared_bucket({"level": -10.0, "updated": now}, 5.0)  # a file from before
+    assert older.level == -10.0
