@@ -133,10 +133,14 @@ def test_four_processes_share_one_budget(tmp: Path) -> None:
 def test_members_that_give_different_limits_keep_the_smallest(tmp: Path) -> None:
     limit = Limited(requests=10, window=1.0, headers=False)  # 600 a minute
     with FakeLLM(limit) as server:
-        members = [
-            member(server, tmp, "right", 20, 0, rpm="600"),
-            member(server, tmp, "wrong", 20, 0, rpm="2400"),
-        ]
+        # The one with the real limit first: a member keeps the smallest limit of the members
+        # it has heard from, and cannot keep one it has not heard of yet.
+        members = [member(server, tmp, "right", 20, 0, rpm="600")]
+        started = time.monotonic()
+        while limit.answered == 0:
+            assert time.monotonic() - started < 20, "the first member sent nothing"
+            time.sleep(0.01)
+        members.append(member(server, tmp, "wrong", 20, 0, rpm="2400"))
         statuses = [process.wait(timeout=60) for process in members]
     assert statuses == [0, 0]
     assert (limit.refused, limit.answered) == (0, 40)
@@ -348,16 +352,15 @@ def test_a_limit_that_changed_since_it_was_learned_is_followed(tmp: Path) -> Non
     assert remembered == [{"requests": 1200.0}]  # the new limit, for the next run
 
 
-def test_a_group_file_rescales_a_debt_when_its_rate_changes() -> None:
-    """Requests already given a time by a group's bucket at one rate are paid off at the new
-    rate just as late (a limit learned anew, a member with a smaller one)."""
+def test_a_group_file_keeps_a_debt_when_its_rate_changes() -> None:
+    """A group's bucket that changes rate (a limit learned anew, a member with a smaller one)
+    counts the time before at the old rate and keeps its debt in requests, paid off at the new
+    rate."""
     from agents.map.limits import _shared_bucket
 
     now = time.time()
-    bucket = _shared_bucket({"level": -10.0, "updated": now, "rate": 10.0}, 5.0)
+    bucket = _shared_bucket({"level": -10.0, "updated": now - 0.5, "rate": 10.0}, 5.0)
     assert bucket.rate == 5.0
-    assert -5.0 <= bucket.level <= -4.9  # 1 s of debt at 10 a second is 1 s at 5 a second
-    same = _shared_bucket({"level": -10.0, "updated": now, "rate": 5.0}, 5.0)
-    assert same.level == -10.0
-    older = _shared_bucket({"level": -10.0, "updated": now}, 5.0)  # a file from before
-    assert older.level == -10.0
+    assert -5.05 <= bucket.level <= -4.95  # half a second at 10 a second paid off 5 of 10
+    older = _shared_bucket({"level": -10.0, "updated": now - 0.5}, 5.0)  # a file from before
+    assert (older.rate, older.level) == (5.0, -10.0)  # no rate kept: the new one, from now

@@ -207,21 +207,20 @@ class Budgets:
 
 def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
     """A group's bucket as the file keeps it, refilling at ``rate`` from now on. When the rate
-    changed (a limit learned anew, a member with a smaller one), a debt is rescaled to it, so
-    the requests already given a time are paid off at the new rate just as late."""
+    changed (a limit learned anew, a member with a smaller one), the time since the last
+    update is counted at the old rate, and a debt stays as many requests (or tokens) as it was:
+    paid off at the new rate, it keeps any window under the new limit, whichever way the rate
+    moved (and it is small: each member has at most one request waiting on it)."""
 
     def number(key: str, default: float) -> float:
         value = state.get(key)
         return float(value) if isinstance(value, int | float) else default
 
-    bucket = Bucket(rate, number("level", 0.0), number("updated", 0.0))
     before = number("rate", rate)
-    if before > 0 and before != rate and bucket.updated:
-        bucket.rate = before
+    bucket = Bucket(before if before > 0 else rate, number("level", 0.0), number("updated", 0.0))
+    if bucket.rate != rate and bucket.updated:
         bucket.reserve(0.0, time.time())  # brought up to date at the old rate
-        bucket.rate = rate
-        if bucket.level < 0:
-            bucket.level *= rate / before
+    bucket.rate = rate
     return bucket
 
 
