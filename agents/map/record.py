@@ -313,7 +313,6 @@ class Mapper:
         except Retryable as error:
             first_failure = error
         given_back = GivenBack()
-        given_back.take(first_failure)
         # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
             stop=lambda state: given_back.counted(state) >= self.max_retries + 1,
@@ -328,9 +327,9 @@ class Mapper:
             async for attempt in retrying:
                 attempts = attempt.retry_state.attempt_number
                 with attempt:
-                    if attempts == 1:
-                        raise first_failure
                     try:
+                        if attempts == 1:
+                            raise first_failure
                         return await self._request(messages, hold), attempts
                     except CallError as error:
                         given_back.take(error)
