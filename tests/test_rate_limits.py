@@ -119,19 +119,25 @@ def member(
     )
 
 
+# The group tests count over two-second windows: 3 % of margin is then 60 ms, more than a
+# loaded machine delays a request between two processes and the server's thread (over a
+# one-second window at 10 a second one request in 40 was refused in CI). The one-second
+# window is the single process's test above, where nothing else competes.
+
+
 def test_four_processes_share_one_budget(tmp: Path) -> None:
-    limit = Limited(requests=10, window=1.0, headers=False)
+    limit = Limited(requests=20, window=2.0, headers=False)  # 600 a minute
     with FakeLLM(limit) as server:
         members = [member(server, tmp, f"p{k}", 15, 0) for k in range(4)]
         statuses = [process.wait(timeout=60) for process in members]
     assert statuses == [0, 0, 0, 0]
     assert limit.answered == 60
     assert limit.refused == 0
-    assert limit.most_requests <= 10
+    assert limit.most_requests <= 20
 
 
 def test_members_that_give_different_limits_keep_the_smallest(tmp: Path) -> None:
-    limit = Limited(requests=10, window=1.0, headers=False)  # 600 a minute
+    limit = Limited(requests=20, window=2.0, headers=False)  # 600 a minute
     with FakeLLM(limit) as server:
         # The one with the real limit first: a member keeps the smallest limit of the members
         # it has heard from, and cannot keep one it has not heard of yet.
@@ -144,7 +150,7 @@ def test_members_that_give_different_limits_keep_the_smallest(tmp: Path) -> None
         statuses = [process.wait(timeout=60) for process in members]
     assert statuses == [0, 0]
     assert (limit.refused, limit.answered) == (0, 40)
-    assert limit.most_requests <= 10
+    assert limit.most_requests <= 20
 
 
 class Recorded(Limited):
