@@ -13,8 +13,14 @@ in a round that already stands out. Such a 429 is only a hint, never proof on it
 servers send it with sporadic 429s that have nothing to do with load.
 
 It shrinks at most once per round trip (answers to requests sent before a cut do not count
-again), by 30 %; after each round trip without congestion it grows back half way to where
-congestion began, then one request at a time, and only after a few calm round trips beyond it.
+again), by 30 % (by half when most was refused);
+after each round trip without congestion it grows back half way to what the server took (the
+most requests in flight when an answered one was sent: refusals come back at once and their
+slots fill again, so the share of failures understates it). After PATIENCE calm round trips
+there it probes beyond by 1, 2, 4... more each calm round, and a probe that meets failures goes
+back to the widest window it found calm: a server whose capacity grew is followed within a few
+rounds, and a fixed one, whose patience doubles each time it is found where it was, costs a few
+refusals each probe. No share above MOST_NOISE is taken for noise.
 The body of a 429 is no signal: providers say "rate limit" whatever the cause.
 """
 
@@ -31,16 +37,20 @@ from agents.errors import CallError, Retryable
 #: A cut keeps this share of the window.
 DECREASE = 0.7
 
-#: Calm round trips just below the window where congestion began before trying one more;
-#: doubled by each try that meets congestion again (up to the most), so that a server's fixed
+#: Calm round trips at the width the server took before probing beyond it; doubled by each
+#: probe that finds congestion where it was (up to the most), so that a server's fixed
 #: capacity is not probed, and refused, ever more often.
 PATIENCE = 16
-MOST_PATIENCE = 64
+MOST_PATIENCE = 128
 
 #: A failure share no load-independent fault reaches: the window is still far too wide, and a
 #: cut keeps this share of it.
 OVERLOAD = 0.5
 OVERLOAD_DECREASE = 0.5
+
+#: A share of failures above this is never taken for noise, whatever a trial cut showed: at a
+#: small window a trial says little, and no provider's sporadic faults come this often.
+MOST_NOISE = 0.25
 
 #: Answers a round trip is judged on at least, and a trial cut at least: at a small window a
 #: round takes several round trips, since the share of a handful of answers says little.
@@ -62,16 +72,18 @@ class _Round:
     size: int
     done: int = 0
     failed: int = 0
+    took: int = 0  # the most requests in flight when one was sent that was answered
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Trial:
     """A cut on trial, and the round trip that caused it."""
 
     window: int  # the window before the cut, given back if the failures are noise
     answers: int
     share: float  # of failures
-    succeeded: int  # what the server took at that window: where congestion begins
+    took: int  # of its answers (those that come after the cut too), the most in flight
+    # when one was sent
 
 
 class Window:
@@ -82,28 +94,48 @@ class Window:
         self.limit = ceiling
         self.epoch = 0  # bumped by every cut: stamps the requests sent at this window
         self.noise = 0.0  # the share of failures that does not depend on load
-        self.congested_at: int | None = None  # where growth slows: congestion began there
-        self.last_congested: int | None = None  # where it began last, for telling probes
-        self.calm = 0  # round trips without congestion just below congested_at
+        self.congested_at: int | None = None  # the narrowest window known to congest
+        self.calm = 0.0  # round trips without congestion just below congested_at
         self.patience = PATIENCE
+        self.step = 0  # how far the next probe beyond congested_at goes (0: not probing)
+        self.calm_at = 0  # the widest window a probe found calm
         self.trial: _Trial | None = None
         self.round = _Round(max(ceiling, SAMPLE))
 
-    def observe(self, epoch: int, signal: Signal) -> None:
-        """The outcome of a request sent in ``epoch``."""
+    def observe(self, epoch: int, signal: Signal, rank: int = 0) -> None:
+        """The outcome of a request sent in ``epoch`` as the ``rank``-th in flight (0: not
+        known)."""
         if epoch != self.epoch:
-            return  # sent before the last cut: that round trip has been answered for
+            # Sent before the last cut: that round trip has been answered for, but what an
+            # answer of it says the server took still counts (refusals come back first).
+            if self.trial is not None and epoch == self.epoch - 1 and signal is Signal.OK:
+                self.trial.took = max(self.trial.took, rank)
+            return
         failed = signal is not Signal.OK
         self.round.done += 1
         self.round.failed += failed
-        if self.round.done >= self.round.size or (failed and self._judge_early(signal)):
-            self._end_round()
+        if not failed:
+            self.round.took = max(self.round.took, rank)
+        if self.round.done >= self.round.size:
+            self._end_round(self.round.done, self.round.failed)
+        elif (
+            failed
+            and self.step
+            and self.round.failed / self.round.size > self.threshold(self.round.size)
+        ):
+            # A probe beyond where congestion began: the failures so far make the round stand
+            # out whatever the rest of it says, and each more would be one more refusal.
+            self._end_round(self.round.size, self.round.failed)
+        elif failed and self._judge_early(signal):
+            self._end_round(self.round.done, self.round.failed)
 
     def _judge_early(self, signal: Signal) -> bool:
         """Whether the round so far is evidence enough, without waiting for the rest of it:
         its share of failures stands out and either most were refused (a window far too wide:
         -j 200 against a 2-slot server must not wait 200 answers a step) or the last one said
-        the budget is spent."""
+        the budget is spent. Such a 429 is only a hint: some servers send it with sporadic
+        429s. (Refusals come back sooner than answers, so this share overstates the round's:
+        the cut may be deeper than needed, and what the server took is told by the answers.)"""
         done = self.round.done
         if done < EARLY_SAMPLE:
             return False
@@ -116,76 +148,106 @@ class Window:
         p = max(self.noise, 1 / answers)
         return self.noise + 3 * math.sqrt(p * (1 - p) / answers) + 0.01
 
-    def _end_round(self) -> None:
-        done, failed = self.round.done, self.round.failed
-        share = failed / done
-        standing_out = share > self.threshold(done)
+    def _end_round(self, answers: int, failed: int) -> None:
+        share = failed / answers
+        standing_out = share > self.threshold(answers)
         trial, self.trial = self.trial, None
         if trial is not None:
-            if trial.share >= OVERLOAD and standing_out:  # still far too wide: cut again
-                self._cut(_Trial(self.limit, done, share, done - failed), OVERLOAD_DECREASE)
+            if standing_out and max(trial.share, share) >= MOST_NOISE:  # still too wide
+                self._cut(
+                    self._trial(answers, share),
+                    OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE,
+                )
                 return
             spread = 3 * math.sqrt(
-                trial.share * (1 - trial.share) / trial.answers + share * (1 - share) / done
+                trial.share * (1 - trial.share) / trial.answers + share * (1 - share) / answers
             )
-            if share < trial.share - spread:  # the failures fell with the window: congestion
-                # where it begins: what the server took at the wider window, or at least
-                # the window that just did well
-                self._congested(max(self.limit, min(trial.succeeded, trial.window)), trial.window)
+            combined = (share * answers + trial.share * trial.answers) / (answers + trial.answers)
+            if share < trial.share - spread or combined >= MOST_NOISE:
+                # The failures fell with the window: congestion, and the server took as
+                # many as were in flight when an answered one was sent (at least the window
+                # that did well). Refusals come back at once and their slots are filled
+                # again, so the share of failures would understate it.
+                took = min(trial.took or trial.window, trial.window)
+                self._congested(max(self.limit, took) + 1)
             else:  # load-independent: give the window back, and expect this much from now on
-                self.noise = max(
-                    self.noise,
-                    (share * done + trial.share * trial.answers) / (done + trial.answers),
-                )
+                self.noise = max(self.noise, combined)
                 self.limit = max(self.limit, trial.window)
             self._new_round()
+        elif standing_out and self.step:
+            self._probe_failed()
         elif standing_out:
             # Most refused: halve rather than cut by 30 %, to reach a small server sooner
             # (a 2-slot server and -j 200).
             self._cut(
-                _Trial(self.limit, done, share, done - failed),
-                OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE,
+                self._trial(answers, share), OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE
             )
         else:
-            self.noise += 0.2 * (share - self.noise)
-            self._grow()
+            self.noise = min(MOST_NOISE, self.noise + 0.2 * (share - self.noise))
+            # In round trips, but at a window of a few a probe's few refusals would be a large
+            # share of what it waits: there it waits as many answers as a window of 4 would.
+            self._grow(answers / max(self.limit, 4))
             self._new_round()
 
-    def _congested(self, begins: int, window: int) -> None:
-        """Congestion began at ``begins``, met at ``window``."""
-        probing = self.last_congested is not None and window >= self.last_congested
-        self.patience = min(self.patience * 2, MOST_PATIENCE) if probing else PATIENCE
-        self.congested_at = self.last_congested = begins
-        self.calm = 0
+    def _trial(self, answers: int, share: float) -> _Trial:
+        return _Trial(self.limit, answers, share, self.round.took)
+
+    def _congested(self, at: int) -> None:
+        """The narrowest window known to congest is now ``at``. Where it was before, the
+        server's capacity has not moved, and it is probed less often; elsewhere it moved,
+        and is followed again soon."""
+        before = self.congested_at
+        stayed = before is not None and at <= math.ceil(before * 1.25)
+        self.patience = min(self.patience * 2, MOST_PATIENCE) if stayed else PATIENCE
+        self.congested_at = at
+        self.calm = 0.0
+        self.step = 0
+
+    def _probe_failed(self) -> None:
+        """Congestion met by a probe: back to the widest window it found calm, and on from
+        there as below any congestion met (half way to it, then patience)."""
+        met = self.limit
+        self.limit = max(1, self.calm_at)
+        self.epoch += 1
+        self._congested(met)
+        self._new_round()
 
     def _cut(self, trial: _Trial | None = None, keep: float = DECREASE) -> None:
         self.trial = trial
-        self.limit = max(1, math.floor(self.limit * keep))
+        self.limit = max(1, min(self.limit - 1, math.ceil(self.limit * keep)))
         self.epoch += 1
-        self.calm = 0
+        self.calm = 0.0
+        self.step = 0
         self._new_round()
 
-    def _grow(self) -> None:
+    def _grow(self, round_trips: float) -> None:
+        """After a calm round of ``round_trips``: far below where congestion began, half way
+        to it; just below it, wait ``patience`` round trips, then probe beyond it by 1, 2, 4…
+        more each calm round, so that a server whose capacity grew is followed within a few
+        rounds and a fixed one costs a few refusals each probe."""
         if self.limit >= self.ceiling:
             return
         top = self.congested_at
         if top is None:
             self.limit += max(1, self.limit // 4)
+        elif self.step:
+            self.calm_at = self.limit
+            self.step *= 2
+            self.limit += self.step
         elif self.limit < top - 1:
             self.limit += max(1, (top - 1 - self.limit) // 2)
         else:
-            self.calm += 1
+            self.calm += round_trips
             if self.calm >= self.patience:
-                # Calm long enough just below it: try one more, and expect congestion a quarter
-                # further (the server's limit may have moved), so that after a passing dip the
-                # window finds its way back up in a few such steps.
+                self.calm_at = self.limit
+                self.step = 1
                 self.limit += 1
-                self.calm = 0
-                self.congested_at = max(top + 1, math.ceil(top * 1.25))
         self.limit = min(self.limit, self.ceiling)
 
     def _new_round(self) -> None:
-        self.round = _Round(max(self.limit, TRIAL_SAMPLE if self.trial else SAMPLE))
+        # A trial needs more answers to tell noise, unless the share was more than noise has.
+        trying = self.trial is not None and self.trial.share < MOST_NOISE
+        self.round = _Round(max(self.limit, TRIAL_SAMPLE if trying else SAMPLE))
 
 
 def signal_of(error: CallError, budgeted: bool = False) -> Signal:
@@ -199,6 +261,14 @@ def signal_of(error: CallError, budgeted: bool = False) -> Signal:
     return Signal.OK  # a bad request or a bad key says nothing about load
 
 
+@dataclass(frozen=True)
+class Slot:
+    """A place in the window: the epoch it was taken in and how many were in flight with it."""
+
+    epoch: int
+    rank: int
+
+
 class Concurrency:
     """The window, with waiting for a free slot in it. Taking a free slot costs no await: most
     requests find one, and this runs once per request."""
@@ -208,16 +278,15 @@ class Concurrency:
         self.in_flight = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def try_acquire(self) -> int | None:
-        """A free slot taken at once (its epoch, to give back with the outcome), or None."""
+    def try_acquire(self) -> Slot | None:
+        """A free slot taken at once (to give back with the outcome), or None."""
         if self.in_flight < self.window.limit and not self.waiters:
             self.in_flight += 1
-            return self.window.epoch
+            return Slot(self.window.epoch, self.in_flight)
         return None
 
-    async def acquire(self) -> int:
-        """Wait for a free slot and take it (nothing is taken if cancelled while waiting);
-        the epoch to give back with the request's outcome."""
+    async def acquire(self) -> Slot:
+        """Wait for a free slot and take it (nothing is taken if cancelled while waiting)."""
         while self.in_flight >= self.window.limit:
             waiter = asyncio.get_running_loop().create_future()
             self.waiters.append(waiter)
@@ -227,13 +296,13 @@ class Concurrency:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
         self.in_flight += 1
-        return self.window.epoch
+        return Slot(self.window.epoch, self.in_flight)
 
-    def release(self, epoch: int, signal: Signal | None) -> None:
+    def release(self, slot: Slot, signal: Signal | None) -> None:
         """Give the slot back, with what the request's outcome says (None: it was not sent)."""
         self.in_flight -= 1
         if signal is not None:
-            self.window.observe(epoch, signal)
+            self.window.observe(slot.epoch, signal, slot.rank)
         free = self.window.limit - self.in_flight
         while free > 0 and self.waiters:
             waiter = self.waiters.popleft()
@@ -242,4 +311,4 @@ class Concurrency:
                 free -= 1
 
 
-__all__ = ["Concurrency", "Signal", "Window", "signal_of"]
+__all__ = ["Concurrency", "Signal", "Slot", "Window", "signal_of"]

@@ -496,9 +496,9 @@ class Mapper:
             self._still_sending()
             yield
             return
-        epoch = self.concurrency.try_acquire()
-        if epoch is None:
-            epoch = await self._unless_stopped(self.concurrency.acquire())
+        slot = self.concurrency.try_acquire()
+        if slot is None:
+            slot = await self._unless_stopped(self.concurrency.acquire())
         signal: Signal | None = None  # not sent
         try:
             self._still_sending()
@@ -506,17 +506,17 @@ class Mapper:
             signal = Signal.OK
         except CallError as error:
             signal = signal_of(error, self.budgets is not None and self.budgets.active)
-            self.concurrency.release(epoch, signal)
+            self.concurrency.release(slot, signal)
             # After release: this failure may be the one that cut the window.
             error.window_too_wide = (
-                signal is not Signal.OK and self.concurrency.window.epoch != epoch
+                signal is not Signal.OK and self.concurrency.window.epoch != slot.epoch
             )
             raise
         except BaseException:
-            self.concurrency.release(epoch, signal)
+            self.concurrency.release(slot, signal)
             raise
         else:
-            self.concurrency.release(epoch, signal)
+            self.concurrency.release(slot, signal)
 
     async def _backoff(self, seconds: float) -> None:
         await self._unless_stopped(self.sleep(seconds))
