@@ -370,3 +370,21 @@ def test_a_group_file_keeps_a_debt_when_its_rate_changes() -> None:
     assert -5.05 <= bucket.level <= -4.95  # half a second at 10 a second paid off 5 of 10
     older = _shared_bucket({"level": -10.0, "updated": now - 0.5}, 5.0)  # a file from before
     assert (older.rate, older.level) == (5.0, -10.0)  # no rate kept: the new one, from now
+
+
+def test_a_learned_limit_that_changes_keeps_the_debt_in_requests() -> None:
+    """The same rule in one process as in a group file: a bucket whose learned limit changes
+    keeps its debt as many requests as it was (safe whichever way the limit moved)."""
+    from agents.map.limits import Budgets
+
+    budgets = Budgets(None, None)
+    budgets.set_rate("requests", 6000)  # 97 a second
+    for _ in range(20):
+        budgets.reserve(0)
+    debt = budgets.local["requests"].level
+    assert debt < -15
+    budgets.set_rate("requests", 600)  # the server lowered it: 9.7 a second
+    bucket = budgets.local["requests"]
+    assert bucket.rate == pytest.approx(600 * 0.97 / 60)
+    assert debt <= bucket.level <= debt + 1  # in requests, not rescaled to the new rate
+    assert budgets.reserve(0) >= (-bucket.level) / bucket.rate - 0.2

@@ -62,6 +62,17 @@ class Bucket:
         self.level -= amount
         return max(0.0, -self.level / self.rate)
 
+    def retime(self, rate: float, now: float) -> None:
+        """Refill at ``rate`` from ``now`` on: the time before is counted at the old rate, and
+        a debt stays as many requests (or tokens) as it was. Paid off at the new rate, it keeps
+        any window under the new limit whichever way the rate moved (and it is small: each
+        process has at most one request waiting on a bucket)."""
+        if rate == self.rate:
+            return
+        if self.updated:
+            self.reserve(0.0, now)
+        self.rate = rate
+
     def adjust(self, amount: float) -> None:
         """Give back (positive) or charge more (negative) after the real cost is known. What is
         given back pays off debt but adds no more credit than a bucket holds: a burst of it
@@ -122,11 +133,7 @@ class Budgets:
         self.learned[name] = per_minute
         self.rates[name] = rate
         if changed and name in self.local:  # the same bucket, refilling at the new rate
-            bucket = self.local[name]
-            bucket.reserve(0.0, time.time())  # brought up to date at the old rate
-            if bucket.level < 0:  # requests already given a time keep it: the debt is
-                bucket.level *= rate / bucket.rate  # paid off at the new rate just as late
-            bucket.rate = rate
+            self.local[name].retime(rate, time.time())
             return
         level = 0.0
         if left is not None and reset is not None:
@@ -206,11 +213,8 @@ class Budgets:
 
 
 def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
-    """A group's bucket as the file keeps it, refilling at ``rate`` from now on. When the rate
-    changed (a limit learned anew, a member with a smaller one), the time since the last
-    update is counted at the old rate, and a debt stays as many requests (or tokens) as it was:
-    paid off at the new rate, it keeps any window under the new limit, whichever way the rate
-    moved (and it is small: each member has at most one request waiting on it)."""
+    """A group's bucket as the file keeps it, refilling at ``rate`` from now on (the rate may
+    have changed: a limit learned anew, a member with a smaller one)."""
 
     def number(key: str, default: float) -> float:
         value = state.get(key)
@@ -218,9 +222,7 @@ def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
 
     before = number("rate", rate)
     bucket = Bucket(before if before > 0 else rate, number("level", 0.0), number("updated", 0.0))
-    if bucket.rate != rate and bucket.updated:
-        bucket.reserve(0.0, time.time())  # brought up to date at the old rate
-    bucket.rate = rate
+    bucket.retime(rate, time.time())
     return bucket
 
 
