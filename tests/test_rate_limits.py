@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import BIN, Result
-from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message, token_cost
+from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message
 from test_map import KEY, Sleeps, words
 
 from agents.cli import map as map_cli
@@ -388,61 +388,3 @@ def test_a_learned_limit_that_changes_keeps_the_debt_in_requests() -> None:
     assert bucket.rate == pytest.approx(600 * 0.97 / 60)
     assert debt <= bucket.level <= debt + 1  # in requests, not rescaled to the new rate
     assert budgets.reserve(0) >= (-bucket.level) / bucket.rate - 0.2
-
-
-class TokensTaken(Limited):
-    """A limit that records the tokens it took of each member (the word's first letter)."""
-
-    def __init__(self, **limits: Any) -> None:
-        super().__init__(**limits)
-        self.taken: list[tuple[float, str, int]] = []
-
-    def __call__(self, request: dict[str, Any], number: int) -> Reply:
-        reply = super().__call__(request, number)
-        if reply.status == 200:
-            word = last_user_message(request)
-            self.taken.append((time.monotonic(), word[0], token_cost(request)))
-        return reply
-
-
-def test_members_with_unequal_prompts_get_equal_shares_of_the_tokens(tmp: Path) -> None:
-    """Under a tokens-per-minute limit, a member whose prompts are ten times longer gets an
-    equal share of the tokens within 10 % (not of the requests: round robin by requests would
-    give the short member a tenth), and the two together use the whole budget."""
-    limit = TokensTaken(tokens=4000, window=4.0, headers=False)  # 60,000 a minute
-    members = []
-    with FakeLLM(limit) as server:
-        for name, count, size in (("s", 600, 8), ("l", 60, 400)):
-            source = tmp / f"{name}.jsonl"
-            source.write_bytes(
-                b"".join(
-                    orjson.dumps({"_id": n, "word": name + f"{n}".rjust(size, "x")}) + b"\n"
-                    for n in range(count)
-                )
-            )
-            members.append(
-                subprocess.Popen(
-                    [
-                        *(str(BIN / "agents-map"), "--base-url", server.url, "-q"),
-                        *("--prompt", "{word}", "--max-tokens", "5", "--tpm", "60000"),
-                        *("--rate-group", "tokens", "-j", "8"),
-                    ],
-                    stdin=source.open("rb"),
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    env=environment_for_processes(tmp),
-                )
-            )
-        statuses = [process.wait(timeout=120) for process in members]
-    assert statuses == [0, 0], [p.stderr.read() for p in members if p.stderr]
-    # (at most the spec's 1 %: two processes and the server's thread share two cores here)
-    assert limit.refused <= 0.01 * len(limit.taken)
-    began = max(min(t for t, name, _ in limit.taken if name == who) for who in "sl")
-    ended = min(max(t for t, name, _ in limit.taken if name == who) for who in "sl")
-    assert ended - began > 3.0
-    tokens = {
-        who: sum(cost for t, name, cost in limit.taken if began <= t <= ended and name == who)
-        for who in "sl"
-    }
-    assert abs(tokens["s"] - tokens["l"]) <= 0.1 * (tokens["s"] + tokens["l"]) / 2, tokens
-    assert sum(tokens.values()) / (ended - began) >= 0.85 * 1000, tokens

@@ -8,13 +8,10 @@ its estimated cost (one request; prompt estimate plus max_tokens) and waits unti
 covers it; the estimate is corrected with the usage the server reports.
 
 A process waits on its budgets one request at a time (:attr:`Budgets.turn`): the next request
-reserves only when the one before it is due to go, so no request holds a time far ahead that a
-changed limit would make wrong. In a group, each member keeps in the file what it has spent
-lately (in seconds of the binding budget's refill: requests, or tokens under --tpm, decaying
-over SPENT_SECONDS) and whether it wants more; one that has spent more than another that wants
-more gives way and asks again shortly. So the processes that want more than the budget gives
-get an equal share each, whatever their ``-j`` and prompt sizes, and what one leaves unused
-goes to the others.
+reserves only when the one before it is due to go. So a shared budget is served round robin
+between the processes that want more than it gives (an equal share each, whatever their
+``-j``), what one process leaves unused goes to the others, and no request holds a time far
+ahead that a changed limit would make wrong.
 
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
@@ -28,7 +25,6 @@ import contextlib
 import fcntl
 import hashlib
 import json
-import math
 import os
 import re
 import time
@@ -104,7 +100,6 @@ class Budgets:
         self.group_file = group_file
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
         self._turn: asyncio.Lock | None = None
-        self.waiting = 0  # requests of this process at its turn, the one holding it included
         if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
             for name, per_minute in memory.recall().items():
                 self.set_rate(name, per_minute)
@@ -149,58 +144,33 @@ class Budgets:
         """Never allow more before the server's window resets than it says is left."""
         if name not in self.local:
             return
-        with self._buckets() as (buckets, _):
+        with self._buckets() as buckets:
             bucket = buckets.get(name)
             if bucket is not None:
                 now = time.time()
                 bucket.reserve(0.0, now)  # bring the level up to date first
                 bucket.level = min(bucket.level, left - bucket.rate * reset)
 
-    def reserve(self, tokens: float) -> float | None:
-        """Take one request and ``tokens`` from the budgets: the seconds to wait before
-        sending. None when this process must give way to a member of its group that has had
-        less of the budget lately and wants more: ask again after YIELD_SECONDS."""
+    def reserve(self, tokens: float) -> float:
         amounts = {"requests": 1.0, "tokens": tokens}
         now = time.time()
-        with self._buckets() as (buckets, members):
-            # What the request costs of the budget that binds: seconds of its refill.
-            cost = max((amounts[name] / b.rate for name, b in buckets.items()), default=0.0)
-            me = members.get(str(os.getpid()))
-            if me is not None:
-                spent = _decayed(me, now)
-                if any(
-                    _wants(other, now) and _decayed(other, now) < spent
-                    for pid, other in members.items()
-                    if other is not me
-                ):
-                    me.update(spent=spent, spent_at=now, wanting=1.0, due=now)
-                    return None
-            wait = max(
+        with self._buckets() as buckets:
+            return max(
                 (bucket.reserve(amounts[name], now) for name, bucket in buckets.items()),
                 default=0.0,
             )
-            if me is not None:
-                me.update(
-                    spent=_decayed(me, now) + cost,
-                    spent_at=now,
-                    wanting=1.0 if self.waiting > 1 else 0.0,
-                    due=now + wait,
-                )
-            return wait
 
     def correct_tokens(self, estimated: float, actual: float) -> None:
         if "tokens" not in self.local or estimated == actual:
             return
-        with self._buckets() as (buckets, _):
+        with self._buckets() as buckets:
             if "tokens" in buckets:
                 buckets["tokens"].adjust(estimated - actual)
 
     @contextlib.contextmanager
-    def _buckets(self) -> Iterator[tuple[dict[str, Bucket], dict[str, dict[str, float]]]]:
-        """The buckets, and the group's live members (none without a group), to change under
-        the group file's lock."""
+    def _buckets(self) -> Iterator[dict[str, Bucket]]:
         if self.group_file is None:
-            yield self.local, {}
+            yield self.local
             return
         with open(self.group_file, "a+") as stream:
             fcntl.flock(stream, fcntl.LOCK_EX)
@@ -219,7 +189,7 @@ class Budgets:
                         # that no member's limit is passed by the others' sending.
                         given = [limits[name] for limits in members.values() if limits.get(name)]
                         buckets[name] = _shared_bucket(state, min([rate, *given]))
-                yield buckets, members
+                yield buckets
                 stream.seek(0)
                 stream.truncate()
                 stream.write(
@@ -294,24 +264,6 @@ class LimitMemory:
 #: A group member not heard from for this many seconds no longer counts (it has ended).
 MEMBER_TIMEOUT = 10.0
 
-#: How a member's share of the budget is remembered: spending decays by e in this many seconds.
-SPENT_SECONDS = 2.0
-
-#: A member that gives way asks again after this long; one that wanted more than it took is
-#: taken to want more until this long after its request's time.
-YIELD_SECONDS = 0.01
-WANTING_SECONDS = 0.5
-
-
-def _decayed(member: dict[str, float], now: float) -> float:
-    """A member's recent spending, in seconds of the binding budget's refill."""
-    age = max(0.0, now - member.get("spent_at", now))
-    return member.get("spent", 0.0) * math.exp(-age / SPENT_SECONDS)
-
-
-def _wants(member: dict[str, float], now: float) -> bool:
-    return bool(member.get("wanting")) and now < member.get("due", 0.0) + WANTING_SECONDS
-
 
 def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, dict[str, float]]:
     """The group's members heard from lately, this process among them with its own limits
@@ -326,9 +278,7 @@ def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, di
                     for key, value in entry.items()
                     if isinstance(value, int | float)
                 }
-    me = str(os.getpid())
-    members[me] = {
-        **members.get(me, {}),  # what it spent lately, whether it wants more
+    members[str(os.getpid())] = {
         **{name: rate for name, rate in rates.items() if rate},
         "seen": now,
     }

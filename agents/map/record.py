@@ -34,7 +34,7 @@ from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, signal_of
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import YIELD_SECONDS, Budgets
+from agents.map.limits import Budgets
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -425,22 +425,14 @@ class Mapper:
         budgets = self.budgets
         if budgets is None or not budgets.active:
             return
-        budgets.waiting += 1
+        await self._unless_stopped(budgets.turn.acquire())
         try:
-            await self._unless_stopped(budgets.turn.acquire())
-            try:
-                while True:
-                    self._still_sending()  # one that waited past a stop reserves nothing
-                    wait = budgets.reserve(estimate)
-                    if wait is not None:
-                        break
-                    await self._unless_stopped(asyncio.sleep(YIELD_SECONDS))
-                if wait > 0:
-                    await self._unless_stopped(asyncio.sleep(wait))
-            finally:
-                budgets.turn.release()
+            self._still_sending()  # a request that waited its turn past a stop reserves nothing
+            wait = budgets.reserve(estimate)
+            if wait > 0:
+                await self._unless_stopped(asyncio.sleep(wait))
         finally:
-            budgets.waiting -= 1
+            budgets.turn.release()
 
     async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
         """Under --max-cost, reserve the record's worst case before its first request: each
