@@ -118,29 +118,28 @@ class Window:
             self.round.took = max(self.round.took, rank)
         if self.round.done >= self.round.size:
             self._end_round(self.round.done, self.round.failed)
-        elif (
-            failed
-            and self.step
-            and self.round.failed / self.round.size > self.threshold(self.round.size)
-        ):
-            # A probe beyond where congestion began: the failures so far make the round stand
-            # out whatever the rest of it says, and each more would be one more refusal.
-            self._end_round(self.round.size, self.round.failed)
-        elif failed and self._judge_early(signal):
-            self._end_round(self.round.done, self.round.failed)
+        elif failed and (answers := self._judge_early(signal)):
+            self._end_round(answers, self.round.failed)
 
-    def _judge_early(self, signal: Signal) -> bool:
-        """Whether the round so far is evidence enough, without waiting for the rest of it:
-        its share of failures stands out and either most were refused (a window far too wide:
-        -j 200 against a 2-slot server must not wait 200 answers a step) or the last one said
-        the budget is spent. Such a 429 is only a hint: some servers send it with sporadic
-        429s. (Refusals come back sooner than answers, so this share overstates the round's:
-        the cut may be deeper than needed, and what the server took is told by the answers.)"""
-        done = self.round.done
+    def _judge_early(self, signal: Signal) -> int:
+        """The answers to judge the round on before its end (0: wait for the rest of it).
+
+        In a probe beyond where congestion began, as soon as the failures so far make the
+        whole round stand out whatever the rest says: each more would be one more refusal.
+        Elsewhere, once the share so far stands out and either most were refused (a window far
+        too wide: -j 200 against a 2-slot server must not wait 200 answers a step) or the last
+        one said the budget is spent. Such a 429 is only a hint: some servers send it with
+        sporadic 429s. (Refusals come back sooner than answers, so this share overstates the
+        round's: the cut may be deeper than needed, and what the server took is told by the
+        answers.)"""
+        size, done, failed = self.round.size, self.round.done, self.round.failed
+        if self.step:
+            return size if failed / size > self.threshold(size) else 0
         if done < EARLY_SAMPLE:
-            return False
-        share = self.round.failed / done
-        return share > self.threshold(done) and (signal is Signal.CONGESTED or share >= OVERLOAD)
+            return 0
+        share = failed / done
+        judged = share > self.threshold(done) and (signal is Signal.CONGESTED or share >= OVERLOAD)
+        return done if judged else 0
 
     def threshold(self, answers: int) -> float:
         """A round trip's failure share above which it stands out from the noise (three
@@ -261,7 +260,7 @@ def signal_of(error: CallError, budgeted: bool = False) -> Signal:
     return Signal.OK  # a bad request or a bad key says nothing about load
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     """A place in the window: the epoch it was taken in and how many were in flight with it."""
 
