@@ -126,9 +126,10 @@ class CallError(Exception):
         self.attempts = 1  # set by the retry loop to the number of calls it made
         #: A 429 whose x-ratelimit-remaining-* header says the budget is spent: congestion.
         self.exhausted = False
-        #: Sent into a window of requests in flight that was cut since: the window's failure,
-        #: not the record's (its attempt is given back, see agents.map.record).
-        self.window_too_wide = False
+        #: The epoch of the window of requests in flight it failed in (None: not sent into
+        #: one): once that window is cut, the failure was the window's, not the record's (its
+        #: attempt is given back, see agents.map.record).
+        self.window_epoch: int | None = None
 
 
 class Retryable(CallError):

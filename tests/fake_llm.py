@@ -114,6 +114,15 @@ class FakeLLM:
             self.prompts[last_user_message(body)] += 1
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        holding = True  # as a server's slot: freed when the answer is ready, before it is sent
+
+        def free() -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                with self.lock:
+                    self.in_flight -= 1
+
         try:
             reply = self.script(body, number)
             if reply.delay:
@@ -121,6 +130,9 @@ class FakeLLM:
             if reply.action == "hang":
                 await self.closing.wait()  # until the server stops
                 return web.Response(status=503)
+            # (Freed after sending, a client that sent its next request as soon as it read this
+            # answer could find the slot still taken: refusals no real server would give.)
+            free()
             if reply.action == "drop":
                 if http.transport is not None:
                     http.transport.close()
@@ -157,8 +169,7 @@ class FakeLLM:
                     self.on_answer(body, arrived)
             return response
         finally:
-            with self.lock:
-                self.in_flight -= 1
+            free()
 
     @staticmethod
     def _payload(reply: Reply, request: dict[str, Any]) -> bytes:

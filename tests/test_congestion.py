@@ -31,31 +31,48 @@ from agents.map.record import Mapper, RequestShape
 Server = Callable[[int, random.Random], tuple[Signal, float]]
 
 
+class Clock:
+    """The simulation's time, as the window reads it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def simulate(ceiling: int, server: Server, requests: int, seed: int) -> tuple[float, float]:
     """(the time-average window as a share of the ceiling, the share of requests refused)."""
     rng = random.Random(seed)
-    window = Window(ceiling)
-    events: list[tuple[float, int, int, Signal]] = []
+    clock = Clock()
+    window = Window(ceiling, clock)
+    events: list[tuple[float, int, int, Signal, float]] = []
     now = area = 0.0
     in_flight = sent = refused = 0
     while sent < requests or events:
         while in_flight < window.limit and sent < requests:
             signal, latency = server(in_flight, rng)
             refused += signal is not Signal.OK
-            heapq.heappush(events, (now + latency, sent, window.epoch, signal, in_flight + 1))
+            heapq.heappush(events, (now + latency, sent, window.epoch, signal, now))
             in_flight, sent = in_flight + 1, sent + 1
-        done, _, epoch, signal, rank = heapq.heappop(events)
+        done, _, epoch, signal, sent_at = heapq.heappop(events)
         area += window.limit * (done - now)
-        now = done
+        now = clock.now = done
         in_flight -= 1
-        window.observe(epoch, signal, rank)
+        window.observe(epoch, signal, sent_at)
     return area / now / ceiling, refused / requests
 
 
-def noise(share: float, signal: Signal = Signal.FAILED) -> Server:
+def noise(share: float, signal: Signal = Signal.FAILED, fast: bool = False) -> Server:
     """Failures at ``share`` whatever the load (a flaky proxy, a provider's sporadic 429s, some
-    of them saying the budget is spent)."""
-    return lambda n, rng: (signal if rng.random() < share else Signal.OK, 0.05)
+    of them saying the budget is spent), after as long as an answer or at once (``fast``)."""
+
+    def server(n: int, rng: random.Random) -> tuple[Signal, float]:
+        if rng.random() < share:
+            return signal, 0.001 if fast else 0.05
+        return Signal.OK, 0.05
+
+    return server
 
 
 def slots(capacity: int, signal: Signal) -> Server:
@@ -63,13 +80,17 @@ def slots(capacity: int, signal: Signal) -> Server:
     return lambda n, rng: (signal, 0.001) if n >= capacity else (Signal.OK, 0.05)
 
 
+@pytest.mark.parametrize("fast", [False, True], ids=["slow", "fast"])
 @pytest.mark.parametrize("signal", [Signal.FAILED, Signal.CONGESTED])
-@pytest.mark.parametrize("share", [0.05, 0.12])
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("share", [0.05, 0.12, 0.25])
+@pytest.mark.parametrize("seed", range(3))
 def test_failures_that_do_not_depend_on_load_leave_the_window_open(
-    share: float, seed: int, signal: Signal
+    share: float, seed: int, signal: Signal, fast: bool
 ) -> None:
-    mean, _ = simulate(64, noise(share, signal), 30_000, seed)
+    # Up to a quarter of all requests (a helper's 25 % of 503s once held the window at 1 for
+    # 70 s), failing after an answer's time or at once: those come back first, and before a
+    # round trip even a few looked like a window far too wide.
+    mean, _ = simulate(64, noise(share, signal, fast), 30_000, seed)
     assert mean >= 0.9
 
 
@@ -91,24 +112,26 @@ def test_a_server_of_one_or_two_slots_gets_them_all(capacity: int) -> None:
 
 
 def window_over_time(
-    ceiling: int, capacity: Callable[[float], int], until: float
+    ceiling: int, capacity: Callable[[float], int], until: float, latency: float = 0.05
 ) -> list[tuple[float, int]]:
     """(time, window) after each answer, against a server of ``capacity(now)`` slots that
-    answers in 50 ms and refuses the rest at once."""
-    window = Window(ceiling)
-    events: list[tuple[float, int, int, Signal, int]] = []
+    answers in ``latency`` seconds and refuses the rest at once."""
+    clock = Clock()
+    window = Window(ceiling, clock)
+    events: list[tuple[float, int, int, Signal, float]] = []
     now, in_flight, sent = 0.0, 0, 0
     seen = []
     while now < until:
         while in_flight < window.limit:
-            signal, latency = (
-                (Signal.OK, 0.05) if in_flight < capacity(now) else (Signal.FAILED, 0.001)
+            signal, took = (
+                (Signal.OK, latency) if in_flight < capacity(now) else (Signal.FAILED, 0.001)
             )
-            heapq.heappush(events, (now + latency, sent, window.epoch, signal, in_flight + 1))
+            heapq.heappush(events, (now + took, sent, window.epoch, signal, now))
             in_flight, sent = in_flight + 1, sent + 1
-        now, _, epoch, outcome, rank = heapq.heappop(events)
+        now, _, epoch, outcome, sent_at = heapq.heappop(events)
+        clock.now = now
         in_flight -= 1
-        window.observe(epoch, outcome, rank)
+        window.observe(epoch, outcome, sent_at)
         seen.append((now, window.limit))
     return seen
 
@@ -120,6 +143,24 @@ def test_a_server_whose_capacity_grew_is_followed_within_seconds() -> None:
     before = [limit for now, limit in seen if 20 < now < 30]
     assert before.count(2) > 0.9 * len(before)  # it had found the 2 (and probes a 3 rarely)
     assert min(limit for now, limit in seen if now > 45) >= 270
+
+
+def test_with_slow_answers_a_grown_server_is_followed_within_seconds() -> None:
+    # At 1 s an answer a round trip is a second: counted in round trips alone, the patience
+    # a fixed 2-slot server earns (up to 128 of them) kept a server grown to 64 unused for
+    # a minute. It is bounded in time too, and probes pass on a round trip without failures.
+    seen = window_over_time(64, lambda now: 2 if now < 30 else 64, until=90, latency=1.0)
+    assert max(limit for now, limit in seen if 20 < now < 30) <= 4
+    assert min(limit for now, limit in seen if now > 45) >= 60
+
+
+def test_with_slow_answers_a_passing_drop_is_recovered_from() -> None:
+    # 48 slots, only 4 for 5 s: what the server took during the drop is not where it
+    # stayed, so it is probed again soon, not after a patience doubled for a fixed server.
+    seen = window_over_time(64, lambda now: 4 if 10 <= now < 15 else 48, until=60, latency=1.0)
+    assert min(limit for now, limit in seen if 15 < now < 20) <= 8  # it did shrink
+    assert next(now for now, limit in seen if now > 15 and limit >= 46) < 30
+    assert min(limit for now, limit in seen if now > 40) >= 46  # and settled there
 
 
 def test_a_probe_of_a_fixed_server_goes_back_to_where_it_was() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import BIN, Result
-from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message
+from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message, token_cost
 from test_map import KEY, Sleeps, words
 
 from agents.cli import map as map_cli
@@ -157,15 +157,28 @@ class Recorded(Limited):
     """A limit that also records when each member's requests were taken (the member's name
     starts the word)."""
 
-    def __init__(self, **limits: Any) -> None:
+    def __init__(self, delay: float = 0.0, **limits: Any) -> None:
         super().__init__(**limits)
+        self.delay = delay  # of each answer
         self.taken: list[tuple[float, str]] = []
 
     def __call__(self, request: dict[str, Any], number: int) -> Reply:
         reply = super().__call__(request, number)
         if reply.status == 200:
             self.taken.append((time.monotonic(), last_user_message(request).rstrip("0123456789")))
+            reply.delay = self.delay
         return reply
+
+    def shares(self, names: list[str]) -> tuple[float, dict[str, int]]:
+        """From when every member was sending until the first one finished: how long that was,
+        and each member's requests taken in it."""
+        began = max(min(t for t, name in self.taken if name == who) for who in names)
+        ended = min(max(t for t, name in self.taken if name == who) for who in names)
+        counts = {
+            who: sum(began <= t <= ended and name == who for t, name in self.taken)
+            for who in names
+        }
+        return ended - began, counts
 
 
 @pytest.mark.parametrize("jobs", [(2, 32), (1, 8, 16)])
@@ -184,15 +197,33 @@ def test_members_with_unequal_concurrency_get_equal_shares(
         statuses = [process.wait(timeout=90) for process in members]
     assert statuses == [0] * len(jobs)
     assert limit.refused == 0 and limit.most_requests <= 20
-    # from when every member was sending until the first one finished
-    began = max(min(t for t, name in limit.taken if name == who) for who in names)
-    ended = min(max(t for t, name in limit.taken if name == who) for who in names)
-    assert ended - began > 3.0
-    counts = {
-        who: sum(began <= t <= ended and name == who for t, name in limit.taken) for who in names
-    }
+    seconds, counts = limit.shares(names)
+    assert seconds > 3.0
     equal = sum(counts.values()) / len(names)
     assert all(abs(count - equal) <= 0.1 * equal for count in counts.values()), counts
+
+
+def test_a_member_whose_jobs_barely_cover_its_share_still_gets_it(tmp: Path) -> None:
+    """Answers take 0.15 s: a -j 2 member could send 13 a second, a little more than its
+    equal share of the group's 20, beside a -j 32 member that wants far more. Each of its
+    requests waits for at most the other's one already booked, so it gets an equal share
+    within 10 %, and the two use the whole budget. (This held before members that spent less
+    went first too: it guards the queue's reordering, which must not starve either.)"""
+    limit = Recorded(delay=0.15, requests=20, window=1.0, headers=False)
+    names = ["m0x", "m1x"]
+    with FakeLLM(limit) as server:
+        members = [
+            member(server, tmp, name, 90, 0, rpm="1200", jobs=jobs)
+            for name, jobs in zip(names, (2, 32), strict=True)
+        ]
+        statuses = [process.wait(timeout=90) for process in members]
+    assert statuses == [0, 0]
+    assert limit.refused == 0 and limit.most_requests <= 20
+    seconds, counts = limit.shares(names)
+    assert seconds > 3.0
+    equal = sum(counts.values()) / len(names)
+    assert all(abs(count - equal) <= 0.1 * equal for count in counts.values()), counts
+    assert sum(counts.values()) / seconds >= 0.9 * 20 * 0.97, counts  # and the whole budget
 
 
 def test_a_member_killed_holding_the_lock_does_not_stop_the_others(tmp: Path) -> None:
@@ -388,3 +419,60 @@ def test_a_learned_limit_that_changes_keeps_the_debt_in_requests() -> None:
     assert bucket.rate == pytest.approx(600 * 0.97 / 60)
     assert debt <= bucket.level <= debt + 1  # in requests, not rescaled to the new rate
     assert budgets.reserve(0) >= (-bucket.level) / bucket.rate - 0.2
+
+
+class TokensTaken(Limited):
+    """A limit that records the tokens it took of each member (the word's first letter)."""
+
+    def __init__(self, **limits: Any) -> None:
+        super().__init__(**limits)
+        self.taken: list[tuple[float, str, int]] = []
+
+    def __call__(self, request: dict[str, Any], number: int) -> Reply:
+        reply = super().__call__(request, number)
+        if reply.status == 200:
+            word = last_user_message(request)
+            self.taken.append((time.monotonic(), word[0], token_cost(request)))
+        return reply
+
+
+def test_members_with_unequal_prompts_get_equal_shares_of_the_tokens(tmp: Path) -> None:
+    """Under a tokens-per-minute limit, a member whose prompts are fifty times longer gets an
+    equal share of the tokens within 10 % (not of the requests: served in turn, the short
+    member got a tenth of the tokens), and the two together use the whole budget."""
+    limit = TokensTaken(tokens=4000, window=4.0, headers=False)  # 60,000 a minute
+    members = []
+    with FakeLLM(limit) as server:
+        for name, count, size in (("s", 600, 8), ("l", 60, 400)):
+            source = tmp / f"{name}.jsonl"
+            source.write_bytes(
+                b"".join(
+                    orjson.dumps({"_id": n, "word": name + f"{n}".rjust(size, "x")}) + b"\n"
+                    for n in range(count)
+                )
+            )
+            members.append(
+                subprocess.Popen(
+                    [
+                        *(str(BIN / "agents-map"), "--base-url", server.url, "-q"),
+                        *("--prompt", "{word}", "--max-tokens", "5", "--tpm", "60000"),
+                        *("--rate-group", "tokens", "-j", "8"),
+                    ],
+                    stdin=source.open("rb"),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=environment_for_processes(tmp),
+                )
+            )
+        statuses = [process.wait(timeout=120) for process in members]
+    assert statuses == [0, 0], [p.stderr.read() for p in members if p.stderr]
+    assert limit.refused == 0 and limit.most_tokens <= 4000
+    began = max(min(t for t, name, _ in limit.taken if name == who) for who in "sl")
+    ended = min(max(t for t, name, _ in limit.taken if name == who) for who in "sl")
+    assert ended - began > 3.0
+    tokens = {
+        who: sum(cost for t, name, cost in limit.taken if began <= t <= ended and name == who)
+        for who in "sl"
+    }
+    assert abs(tokens["s"] - tokens["l"]) <= 0.1 * (tokens["s"] + tokens["l"]) / 2, tokens
+    assert sum(tokens.values()) / (ended - began) >= 0.9 * 1000 * 0.97, tokens

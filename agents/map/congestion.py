@@ -15,12 +15,15 @@ servers send it with sporadic 429s that have nothing to do with load.
 It shrinks at most once per round trip (answers to requests sent before a cut do not count
 again), by 30 % (by half when most was refused);
 after each round trip without congestion it grows back half way to what the server took (the
-most requests in flight when an answered one was sent: refusals come back at once and their
-slots fill again, so the share of failures understates it). After PATIENCE calm round trips
-there it probes beyond by 1, 2, 4... more each calm round, and a probe that meets failures goes
-back to the widest window it found calm: a server whose capacity grew is followed within a few
-rounds, and a fixed one, whose patience doubles each time it is found where it was, costs a few
-refusals each probe. No share above MOST_NOISE is taken for noise.
+most answered requests it held at once: refusals come back at once and their slots fill again,
+so neither the share of failures nor the requests in flight tell it). After PATIENCE calm round
+trips there (or PATIENCE_SECONDS, whichever comes first: slow answers make round trips long) it
+probes beyond by 1, 2, 4... more each calm round, and a probe that meets failures goes back to
+the widest window it found calm: a server whose capacity grew is followed within a few rounds,
+and a fixed one, whose patience doubles each time it is found where it was, costs a few
+refusals each probe. A share of failures above MOST_NOISE is never taken for noise when the
+server took as many at once after a trial cut as before it: such a server is full. One whose
+answers fell with the window fails that often whatever the load.
 The body of a 429 is no signal: providers say "rate limit" whatever the cause.
 """
 
@@ -30,7 +33,9 @@ import asyncio
 import collections
 import enum
 import math
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from agents.errors import CallError, Retryable
 
@@ -42,6 +47,15 @@ DECREASE = 0.7
 #: capacity is not probed, and refused, ever more often.
 PATIENCE = 16
 MOST_PATIENCE = 128
+
+#: The same patience bounded in time (doubled with it): at 1 s an answer and 2 slots, 128
+#: round trips would be minutes of a server grown meanwhile not being used.
+PATIENCE_SECONDS = 4.0
+
+#: A trial cut after which the server held at least this share of the answered requests it held
+#: at once before says it is full: what it takes did not fall with the window (failures that
+#: do not depend on load take their share of every window, and it falls by 30 % or half).
+STILL_FULL = 0.85
 
 #: A failure share no load-independent fault reaches: the window is still far too wide, and a
 #: cut keeps this share of it.
@@ -70,56 +84,83 @@ class Signal(enum.Enum):
 @dataclass
 class _Round:
     size: int
+    started: float
     done: int = 0
     failed: int = 0
-    took: int = 0  # the most requests in flight when one was sent that was answered
+    answered: list[tuple[float, float]] = field(default_factory=list)  # (sent, answered)
 
 
 @dataclass
 class _Trial:
-    """A cut on trial, and the round trip that caused it."""
+    """A cut on trial, and the round trip that caused it, with the answers to it that come
+    after the cut: a round judged early on the failures that came back first overstates
+    their share, which a trial cut must not take for a fall."""
 
     window: int  # the window before the cut, given back if the failures are noise
     answers: int
-    share: float  # of failures
-    took: int  # of its answers (those that come after the cut too), the most in flight
-    # when one was sent
+    failed: int
+    answered: list[tuple[float, float]]  # (sent, answered) of those that succeeded
+
+    @property
+    def share(self) -> float:
+        return self.failed / self.answers
 
 
 class Window:
     """The window's arithmetic, without the waiting (see :class:`Concurrency`)."""
 
-    def __init__(self, ceiling: int) -> None:
+    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self.ceiling = ceiling
         self.limit = ceiling
         self.epoch = 0  # bumped by every cut: stamps the requests sent at this window
         self.noise = 0.0  # the share of failures that does not depend on load
         self.congested_at: int | None = None  # the narrowest window known to congest
         self.calm = 0.0  # round trips without congestion just below congested_at
+        self.calm_since = 0.0  # when they began
+        self.latency: float | None = None  # of an answer, smoothed
         self.patience = PATIENCE
         self.step = 0  # how far the next probe beyond congested_at goes (0: not probing)
         self.calm_at = 0  # the widest window a probe found calm
         self.trial: _Trial | None = None
-        self.round = _Round(max(ceiling, SAMPLE))
+        self.round = _Round(max(ceiling, SAMPLE), clock())
 
-    def observe(self, epoch: int, signal: Signal, rank: int = 0) -> None:
-        """The outcome of a request sent in ``epoch`` as the ``rank``-th in flight (0: not
-        known)."""
+    def observe(self, epoch: int, signal: Signal, sent: float | None = None) -> None:
+        """The outcome of a request sent in ``epoch`` at time ``sent`` (None: not known)."""
+        answered = signal is Signal.OK and sent is not None
         if epoch != self.epoch:
-            # Sent before the last cut: that round trip has been answered for, but what an
-            # answer of it says the server took still counts (refusals come back first).
-            if self.trial is not None and epoch == self.epoch - 1 and signal is Signal.OK:
-                self.trial.took = max(self.trial.took, rank)
+            # Sent before the last cut: that round trip has been answered for, but the rest of
+            # it still tells the trial what failed and what the server took (refusals come
+            # back first).
+            trial = self.trial
+            if trial is not None and epoch == self.epoch - 1:
+                trial.answers += 1
+                trial.failed += signal is not Signal.OK
+                if answered:
+                    trial.answered.append((sent, self.clock()))  # type: ignore[arg-type]
             return
         failed = signal is not Signal.OK
         self.round.done += 1
         self.round.failed += failed
-        if not failed:
-            self.round.took = max(self.round.took, rank)
-        if self.round.done >= self.round.size:
+        if answered:
+            now = self.clock()
+            self.round.answered.append((sent, now))  # type: ignore[arg-type]
+            took = now - sent  # type: ignore[operator]
+            last = self.latency
+            self.latency = took if last is None else last + 0.1 * (took - last)
+        if self.round.done >= self.round.size or self._regrowing_calmly():
             self._end_round(self.round.done, self.round.failed)
         elif failed and (answers := self._judge_early(signal)):
             self._end_round(answers, self.round.failed)
+
+    def _regrowing_calmly(self) -> bool:
+        """Growing back towards where congestion began, or probing beyond it, and a round trip
+        of answers (at least EARLY_SAMPLE / 2) without a failure: a full server refuses at
+        once, and a whole round at a small window, when answers are slow, would make following
+        a grown server take minutes."""
+        top, done = self.congested_at, self.round.done
+        regrowing = top is not None and (self.step > 0 or self.limit < top - 1)
+        return regrowing and not self.round.failed and done >= max(self.limit, EARLY_SAMPLE // 2)
 
     def _judge_early(self, signal: Signal) -> int:
         """The answers to judge the round on before its end (0: wait for the rest of it).
@@ -137,6 +178,11 @@ class Window:
             return size if failed / size > self.threshold(size) else 0
         if done < EARLY_SAMPLE:
             return 0
+        if self.latency is not None and self.clock() - self.round.started < self.latency:
+            # Failures that come back at once come first: before a round trip, the share of
+            # even a few load-independent ones looks like a window far too wide. (Before any
+            # answer, a trial tells: its share counts the rest of the round trip.)
+            return 0
         share = failed / done
         judged = share > self.threshold(done) and (signal is Signal.CONGESTED or share >= OVERLOAD)
         return done if judged else 0
@@ -152,9 +198,12 @@ class Window:
         standing_out = share > self.threshold(answers)
         trial, self.trial = self.trial, None
         if trial is not None:
-            if standing_out and max(trial.share, share) >= MOST_NOISE:  # still too wide
+            took, holds = most_at_once(trial.answered), most_at_once(self.round.answered)
+            # (A server that took a handful tells little by what it holds: it is full.)
+            full = took < EARLY_SAMPLE or holds >= STILL_FULL * took
+            if full and standing_out and max(trial.share, share) >= MOST_NOISE:  # too wide
                 self._cut(
-                    self._trial(answers, share),
+                    self._trial(answers, failed),
                     OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE,
                 )
                 return
@@ -162,13 +211,12 @@ class Window:
                 trial.share * (1 - trial.share) / trial.answers + share * (1 - share) / answers
             )
             combined = (share * answers + trial.share * trial.answers) / (answers + trial.answers)
-            if share < trial.share - spread or combined >= MOST_NOISE:
+            if share < trial.share - spread or (full and combined >= MOST_NOISE):
                 # The failures fell with the window: congestion, and the server took as
                 # many as were in flight when an answered one was sent (at least the window
                 # that did well). Refusals come back at once and their slots are filled
                 # again, so the share of failures would understate it.
-                took = min(trial.took or trial.window, trial.window)
-                self._congested(max(self.limit, took) + 1)
+                self._congested(max(self.limit, min(took or trial.window, trial.window)) + 1)
             else:  # load-independent: give the window back, and expect this much from now on
                 self.noise = max(self.noise, combined)
                 self.limit = max(self.limit, trial.window)
@@ -179,24 +227,26 @@ class Window:
             # Most refused: halve rather than cut by 30 %, to reach a small server sooner
             # (a 2-slot server and -j 200).
             self._cut(
-                self._trial(answers, share), OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE
+                self._trial(answers, failed), OVERLOAD_DECREASE if share >= OVERLOAD else DECREASE
             )
         else:
-            self.noise = min(MOST_NOISE, self.noise + 0.2 * (share - self.noise))
+            # (weighed by the round's size: one ended early on a few answers says less)
+            learned = self.noise + 0.2 * min(1.0, answers / SAMPLE) * (share - self.noise)
+            self.noise = min(max(MOST_NOISE, self.noise), learned)
             # In round trips, but at a window of a few a probe's few refusals would be a large
             # share of what it waits: there it waits as many answers as a window of 4 would.
             self._grow(answers / max(self.limit, 4))
             self._new_round()
 
-    def _trial(self, answers: int, share: float) -> _Trial:
-        return _Trial(self.limit, answers, share, self.round.took)
+    def _trial(self, answers: int, failed: int) -> _Trial:
+        return _Trial(self.limit, answers, failed, self.round.answered)
 
     def _congested(self, at: int) -> None:
         """The narrowest window known to congest is now ``at``. Where it was before, the
         server's capacity has not moved, and it is probed less often; elsewhere it moved,
         and is followed again soon."""
         before = self.congested_at
-        stayed = before is not None and at <= math.ceil(before * 1.25)
+        stayed = before is not None and before / 1.25 <= at <= before * 1.25
         self.patience = min(self.patience * 2, MOST_PATIENCE) if stayed else PATIENCE
         self.congested_at = at
         self.calm = 0.0
@@ -236,17 +286,37 @@ class Window:
         elif self.limit < top - 1:
             self.limit += max(1, (top - 1 - self.limit) // 2)
         else:
+            if not self.calm:
+                self.calm_since = self.round.started
             self.calm += round_trips
-            if self.calm >= self.patience:
+            waited = self.clock() - self.calm_since
+            if self.calm >= self.patience or waited >= self.patience_seconds():
                 self.calm_at = self.limit
                 self.step = 1
                 self.limit += 1
         self.limit = min(self.limit, self.ceiling)
 
+    def patience_seconds(self) -> float:
+        return PATIENCE_SECONDS * self.patience / PATIENCE
+
     def _new_round(self) -> None:
         # A trial needs more answers to tell noise, unless the share was more than noise has.
         trying = self.trial is not None and self.trial.share < MOST_NOISE
-        self.round = _Round(max(self.limit, TRIAL_SAMPLE if trying else SAMPLE))
+        self.round = _Round(max(self.limit, TRIAL_SAMPLE if trying else SAMPLE), self.clock())
+
+
+def most_at_once(answered: list[tuple[float, float]]) -> int:
+    """The most of these (sent, answered) requests the server held at the same time."""
+    ends = sorted(done for _, done in answered)
+    most = held = 0
+    ended = 0
+    for sent in sorted(sent for sent, _ in answered):
+        while ends[ended] <= sent:  # an answer before this one was sent (its own is after)
+            ended += 1
+            held -= 1
+        held += 1
+        most = max(most, held)
+    return most
 
 
 def signal_of(error: CallError, budgeted: bool = False) -> Signal:
@@ -262,18 +332,18 @@ def signal_of(error: CallError, budgeted: bool = False) -> Signal:
 
 @dataclass(frozen=True, slots=True)
 class Slot:
-    """A place in the window: the epoch it was taken in and how many were in flight with it."""
+    """A place in the window: the epoch it was taken in and when."""
 
     epoch: int
-    rank: int
+    taken: float
 
 
 class Concurrency:
     """The window, with waiting for a free slot in it. Taking a free slot costs no await: most
     requests find one, and this runs once per request."""
 
-    def __init__(self, ceiling: int) -> None:
-        self.window = Window(ceiling)
+    def __init__(self, ceiling: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.window = Window(ceiling, clock)
         self.in_flight = 0
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -281,7 +351,7 @@ class Concurrency:
         """A free slot taken at once (to give back with the outcome), or None."""
         if self.in_flight < self.window.limit and not self.waiters:
             self.in_flight += 1
-            return Slot(self.window.epoch, self.in_flight)
+            return Slot(self.window.epoch, self.window.clock())
         return None
 
     async def acquire(self) -> Slot:
@@ -295,13 +365,13 @@ class Concurrency:
                 if waiter in self.waiters:
                     self.waiters.remove(waiter)
         self.in_flight += 1
-        return Slot(self.window.epoch, self.in_flight)
+        return Slot(self.window.epoch, self.window.clock())
 
     def release(self, slot: Slot, signal: Signal | None) -> None:
         """Give the slot back, with what the request's outcome says (None: it was not sent)."""
         self.in_flight -= 1
         if signal is not None:
-            self.window.observe(slot.epoch, signal, slot.rank)
+            self.window.observe(slot.epoch, signal, slot.taken)
         free = self.window.limit - self.in_flight
         while free > 0 and self.waiters:
             waiter = self.waiters.popleft()

@@ -8,10 +8,18 @@ its estimated cost (one request; prompt estimate plus max_tokens) and waits unti
 covers it; the estimate is corrected with the usage the server reports.
 
 A process waits on its budgets one request at a time (:attr:`Budgets.turn`): the next request
-reserves only when the one before it is due to go. So a shared budget is served round robin
-between the processes that want more than it gives (an equal share each, whatever their
-``-j``), what one process leaves unused goes to the others, and no request holds a time far
-ahead that a changed limit would make wrong.
+reserves only when the one before it is due to go, so no request holds a time far ahead that a
+changed limit would make wrong.
+
+In a group, the requests that have reserved and wait for their time form a queue in the group
+file (one per member at most), and a bucket's debt is what the newest of them still owe. A
+member that has spent less of the group's budget lately (in seconds of the refill of the budget
+that binds: requests, or tokens under --tpm, decaying over SPENT_SECONDS) takes its place in
+the queue ahead of those of members that spent more; they wake at their old time, find their
+turn moved, and wait again. So every member that wants more than an equal share of the budget
+gets one, whatever its ``-j`` and its prompts' size; one that wants less waits for at most one
+request of the others; and what one leaves unused goes to the others. Reordering the queue
+never changes how much it holds, so the group's limit holds as before.
 
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
@@ -25,11 +33,12 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agents.errors import UsageError
 from agents.paths import runtime_folder
@@ -144,33 +153,55 @@ class Budgets:
         """Never allow more before the server's window resets than it says is left."""
         if name not in self.local:
             return
-        with self._buckets() as buckets:
-            bucket = buckets.get(name)
+        with self._shared() as shared:
+            bucket = shared.buckets.get(name)
             if bucket is not None:
                 now = time.time()
                 bucket.reserve(0.0, now)  # bring the level up to date first
                 bucket.level = min(bucket.level, left - bucket.rate * reset)
 
     def reserve(self, tokens: float) -> float:
-        amounts = {"requests": 1.0, "tokens": tokens}
+        """Take one request and ``tokens`` from the budgets: the seconds to wait before
+        sending. In a group, wait that long, then ask :meth:`still_to_wait`."""
         now = time.time()
-        with self._buckets() as buckets:
-            return max(
-                (bucket.reserve(amounts[name], now) for name, bucket in buckets.items()),
+        with self._shared() as shared:
+            amounts = {name: 1.0 if name == "requests" else tokens for name in shared.buckets}
+            wait = max(
+                (shared.buckets[name].reserve(amount, now) for name, amount in amounts.items()),
                 default=0.0,
             )
+            if shared.group:
+                wait = shared.enqueue(amounts, now)
+            return wait
+
+    def still_to_wait(self) -> float:
+        """In a group, the seconds this process's waiting request must still wait (members
+        that spent less may have taken its place); 0 when it may go, and it leaves the queue."""
+        if self.group_file is None:
+            return 0.0
+        with self._shared() as shared:
+            return shared.still_to_wait(time.time())
+
+    def withdraw(self) -> None:
+        """The waiting request will not be sent (the run stops): it leaves the group's queue.
+        What it reserved stays spent, so no window sees more than the limit."""
+        if self.group_file is None:
+            return
+        with self._shared() as shared:
+            shared.leave()
 
     def correct_tokens(self, estimated: float, actual: float) -> None:
         if "tokens" not in self.local or estimated == actual:
             return
-        with self._buckets() as buckets:
-            if "tokens" in buckets:
-                buckets["tokens"].adjust(estimated - actual)
+        with self._shared() as shared:
+            if "tokens" in shared.buckets:
+                shared.buckets["tokens"].adjust(estimated - actual)
 
     @contextlib.contextmanager
-    def _buckets(self) -> Iterator[dict[str, Bucket]]:
+    def _shared(self) -> Iterator[_Shared]:
+        """The budgets to change: this process's own, or the group's under its file's lock."""
         if self.group_file is None:
-            yield self.local
+            yield _Shared(self.local)
             return
         with open(self.group_file, "a+") as stream:
             fcntl.flock(stream, fcntl.LOCK_EX)
@@ -179,6 +210,8 @@ class Budgets:
                 try:
                     saved = json.loads(stream.read() or "{}")
                 except ValueError:
+                    saved = {}
+                if not isinstance(saved, dict):
                     saved = {}
                 members = _live_members(saved.get("members"), self.rates)
                 buckets = {}
@@ -189,7 +222,8 @@ class Budgets:
                         # that no member's limit is passed by the others' sending.
                         given = [limits[name] for limits in members.values() if limits.get(name)]
                         buckets[name] = _shared_bucket(state, min([rate, *given]))
-                yield buckets
+                shared = _Shared(buckets, members, _queue(saved.get("queue"), members), True)
+                yield shared
                 stream.seek(0)
                 stream.truncate()
                 stream.write(
@@ -204,12 +238,114 @@ class Budgets:
                                 for name, bucket in buckets.items()
                             },
                             "members": members,
+                            "queue": shared.queue,
                         }
                     )
                 )
                 stream.flush()
             finally:
                 fcntl.flock(stream, fcntl.LOCK_UN)
+
+
+#: How long a member's spending is remembered, to order the group's queue: it decays by e in
+#: this many seconds (long enough to even out the gaps between one member's requests, short
+#: enough that a member that had the budget to itself is not held back long once others come).
+SPENT_SECONDS = 2.0
+
+#: A request this close to its time goes (a sleep is not more exact than that).
+ON_TIME = 0.001
+
+Entry = tuple[str, dict[str, float]]  # a waiting request: its member, what it reserved
+
+
+@dataclass
+class _Shared:
+    """The budgets, and in a group its live members and queue, as read under the lock."""
+
+    buckets: dict[str, Bucket]
+    members: dict[str, dict[str, float]] = field(default_factory=dict)
+    queue: list[Entry] = field(default_factory=list)
+    group: bool = False
+
+    def enqueue(self, amounts: dict[str, float], now: float) -> float:
+        """Queue this process's request (already charged to the buckets) ahead of those of
+        members that have spent more lately and are not yet due: the seconds it waits."""
+        me = str(os.getpid())
+        spent = _spent(self.members[me], now)
+        self.queue = [entry for entry in self.queue if entry[0] != me]
+        self.queue.append((me, amounts))
+        place = len(self.queue) - 1
+        while place and self._unpaid(place - 1) > 0:
+            other = self.members.get(self.queue[place - 1][0], {})
+            if _spent(other, now) <= spent:
+                break
+            self.queue[place - 1], self.queue[place] = self.queue[place], self.queue[place - 1]
+            place -= 1
+        cost = max((amounts[name] / b.rate for name, b in self.buckets.items()), default=0.0)
+        self.members[me].update(spent=spent + cost, spent_at=now)
+        wait = self._unpaid(place)
+        if wait <= ON_TIME:  # it goes now: nothing to wait for in the queue
+            del self.queue[place]
+            return 0.0
+        return wait
+
+    def still_to_wait(self, now: float) -> float:
+        me = str(os.getpid())
+        place = next((k for k, (pid, _) in enumerate(self.queue) if pid == me), None)
+        if place is None:  # forgotten (the group file was removed): it has waited its time
+            return 0.0
+        for bucket in self.buckets.values():
+            bucket.reserve(0.0, now)  # refilled until now
+        wait = self._unpaid(place)
+        if wait <= ON_TIME:
+            del self.queue[place]
+            return 0.0
+        return wait
+
+    def leave(self) -> None:
+        me = str(os.getpid())
+        self.queue = [entry for entry in self.queue if entry[0] != me]
+
+    def _unpaid(self, place: int) -> float:
+        """Seconds until the request at ``place`` is paid for: each bucket's debt is owed by
+        the newest requests, so it is paid once the debt is no more than theirs after it.
+        (The buckets must be refilled until now.)"""
+        later = self.queue[place + 1 :]
+        return max(
+            (
+                (-bucket.level - sum(amounts.get(name, 0.0) for _, amounts in later))
+                / bucket.rate
+                for name, bucket in self.buckets.items()
+            ),
+            default=0.0,
+        )
+
+
+def _spent(member: dict[str, float], now: float) -> float:
+    """A member's recent spending, in seconds of the binding budget's refill."""
+    age = max(0.0, now - member.get("spent_at", now))
+    return member.get("spent", 0.0) * math.exp(-age / SPENT_SECONDS)
+
+
+def _queue(saved: object, members: dict[str, dict[str, float]]) -> list[Entry]:
+    """The group's waiting requests as the file keeps them, without those of members gone
+    (what they reserved stays spent)."""
+    queue: list[Entry] = []
+    if isinstance(saved, list):
+        for entry in saved:
+            if (
+                isinstance(entry, list)
+                and len(entry) == 2
+                and str(entry[0]) in members
+                and isinstance(entry[1], dict)
+            ):
+                amounts = {
+                    str(name): float(value)
+                    for name, value in entry[1].items()
+                    if isinstance(value, int | float)
+                }
+                queue.append((str(entry[0]), amounts))
+    return queue
 
 
 def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
@@ -278,7 +414,9 @@ def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, di
                     for key, value in entry.items()
                     if isinstance(value, int | float)
                 }
-    members[str(os.getpid())] = {
+    me = str(os.getpid())
+    members[me] = {
+        **members.get(me, {}),  # what it spent lately
         **{name: rate for name, rate in rates.items() if rate},
         "seen": now,
     }

@@ -32,7 +32,7 @@ from agents.errors import (
 )
 from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.caps import CostCap
-from agents.map.congestion import Concurrency, Signal, signal_of
+from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.http import Client, Completion, Usage
 from agents.map.limits import Budgets
 from agents.map.logs import LOGGER
@@ -117,16 +117,26 @@ MOST_GIVEN_BACK = 10
 
 @dataclass
 class GivenBack:
-    """Attempts of one call that do not count against --max-retries: those sent into a window
-    of requests in flight that was cut since (their failure may be what cut it). At -j 200
-    against a server of 2 slots, the window needs a few round trips to shrink, and records that
-    spent their retries meanwhile would become error records, or trip the circuit breaker."""
+    """Attempts of one call that do not count against --max-retries: those that failed in a
+    window of requests in flight that was cut since (their failure may be what cut it, or one
+    of the round trip that did). At -j 200 against a server of 2 slots, the window needs a few
+    round trips to shrink, and records that spent their retries meanwhile would become error
+    records, or trip the circuit breaker. Judged at each decision, not at the failure: the
+    failures of a round trip come before the cut they cause."""
 
-    count: int = 0
+    window: Window | None = None
+    epochs: list[int] = field(default_factory=list)  # of the failed attempts' windows
 
     def take(self, error: CallError) -> None:
-        if error.window_too_wide and self.count < MOST_GIVEN_BACK:
-            self.count += 1
+        if error.window_epoch is not None:
+            self.epochs.append(error.window_epoch)
+
+    @property
+    def count(self) -> int:
+        if self.window is None:
+            return 0
+        now = self.window.epoch
+        return min(MOST_GIVEN_BACK, sum(epoch != now for epoch in self.epochs))
 
     def counted(self, state: RetryCallState) -> int:
         """The attempts made so far that count."""
@@ -312,7 +322,7 @@ class Mapper:
             return await self._request(messages, hold), 1
         except Retryable as error:
             first_failure = error
-        given_back = GivenBack()
+        given_back = GivenBack(self.concurrency.window if self.concurrency else None)
         # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
             stop=lambda state: given_back.counted(state) >= self.max_retries + 1,
@@ -429,8 +439,13 @@ class Mapper:
         try:
             self._still_sending()  # a request that waited its turn past a stop reserves nothing
             wait = budgets.reserve(estimate)
-            if wait > 0:
-                await self._unless_stopped(asyncio.sleep(wait))
+            try:
+                while wait > 0:  # in a group, others that spent less may go first
+                    await self._unless_stopped(asyncio.sleep(wait))
+                    wait = budgets.still_to_wait()
+            except BaseException:
+                budgets.withdraw()
+                raise
         finally:
             budgets.turn.release()
 
@@ -507,10 +522,8 @@ class Mapper:
         except CallError as error:
             signal = signal_of(error, self.budgets is not None and self.budgets.active)
             self.concurrency.release(slot, signal)
-            # After release: this failure may be the one that cut the window.
-            error.window_too_wide = (
-                signal is not Signal.OK and self.concurrency.window.epoch != slot.epoch
-            )
+            if signal is not Signal.OK:
+                error.window_epoch = slot.epoch
             raise
         except BaseException:
             self.concurrency.release(slot, signal)
