@@ -271,7 +271,11 @@ class _Shared:
         """Queue this process's request (already charged to the buckets) ahead of those of
         members that have spent more lately and are not yet due: the seconds it waits."""
         me = str(os.getpid())
-        spent = _spent(self.members[me], now)
+        if "spent_at" in self.members[me]:
+            spent = _spent(self.members[me], now)
+        else:  # a newcomer starts level with the least spent, not ahead of all until it caught up
+            others = [_spent(m, now) for pid, m in self.members.items() if "spent_at" in m]
+            spent = min(others, default=0.0)
         self.queue = [entry for entry in self.queue if entry[0] != me]
         self.queue.append((me, amounts))
         place = len(self.queue) - 1
