@@ -30,12 +30,13 @@ def environment(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
     monkeypatch.setenv("AGENTS_RUNTIME_DIR", str(tmp / "runtime"))
 
 
-def run(server: FakeLLM, *argv: str, stdin: bytes) -> Result:
+def run(server: FakeLLM, *argv: str, stdin: bytes, backoff: bool = False) -> Result:
+    """agents-map in-process; its backoff waits return at once unless ``backoff``."""
     out, err = io.BytesIO(), io.StringIO()
     status = map_cli.main(
         ["--base-url", server.url, "-q", "--prompt", "{word}", *argv],
         Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err),
-        sleep=Sleeps(),
+        sleep=None if backoff else Sleeps(),
     )
     return Result(status, out.getvalue(), err.getvalue())
 
@@ -335,6 +336,46 @@ def test_rate_group_names_are_checked() -> None:
     with FakeLLM(echo) as server:
         result = run(server, "--rate-group", "../x", stdin=words(1))
     assert result.status == 2
+
+
+class Ticking(Limited):
+    """A limit on a server with ``slots`` that hands out its answers together, every ``tick``
+    seconds (as a batching server does); a request beyond its slots is refused with a 503,
+    which the limit does not count."""
+
+    def __init__(self, tick: float, slots: int, **limits: Any) -> None:
+        super().__init__(**limits)
+        self.tick, self.slots = tick, slots
+        self.answers: list[float] = []  # when each accepted request is answered
+        self.busy = 0
+
+    def __call__(self, request: dict[str, Any], number: int) -> Reply:
+        with self.lock:
+            now = time.monotonic()
+            self.answers = [t for t in self.answers if t > now]
+            if len(self.answers) >= self.slots:
+                self.busy += 1
+                return Reply("busy", status=503)
+        reply = super().__call__(request, number)
+        if reply.status == 200:
+            reply.delay = self.tick - now % self.tick
+            with self.lock:
+                self.answers.append(now + reply.delay)
+        return reply
+
+
+def test_answers_that_return_together_do_not_send_a_burst() -> None:
+    """A 40-slot server answers together every 4 s, under a limit of 20 in any second: -j 100
+    brings the window down to its slots, so requests wait for one. Requests that took their
+    budget before waiting for a slot went out together when the answers freed the slots (28
+    in a second, 8 refused, in each of three runs); taking the slot first keeps the budget's
+    spacing on the wire."""
+    limit = Ticking(tick=4.0, slots=40, requests=20, window=1.0, headers=False)
+    with FakeLLM(limit) as server:
+        result = run(server, "--rpm", "1200", "-j", "100", stdin=words(150), backoff=True)
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 150)
+    assert limit.most_requests <= 20
 
 
 def test_limits_learned_by_an_earlier_run_hold_from_the_first_request() -> None:

@@ -367,6 +367,12 @@ class Concurrency:
         self.in_flight += 1
         return Slot(self.window.epoch, self.window.clock())
 
+    def sent(self, slot: Slot) -> Slot:
+        """The slot as of now, when its request goes out after waiting for a rate budget:
+        its outcome belongs to the window in force at sending, and its time on the wire starts
+        here (the wait was not the server's)."""
+        return Slot(self.window.epoch, self.window.clock())
+
     def release(self, slot: Slot, signal: Signal | None) -> None:
         """Give the slot back, with what the request's outcome says (None: it was not sent)."""
         self.in_flight -= 1

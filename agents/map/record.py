@@ -382,10 +382,9 @@ class Mapper:
             if form is not None:
                 body["response_format"] = form
             estimate = self._estimate(messages)
-            await self._admit(estimate)
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             try:
-                async with self._sending():
+                async with self._sending(estimate):
                     self.counters.requests += 1
                     if debug:
                         LOGGER.debug("request %s", orjson.dumps(body).decode())
@@ -426,15 +425,18 @@ class Mapper:
         (max_tokens, else a default)."""
         return estimate_tokens(messages) + self.output_allowance
 
-    async def _admit(self, estimate: int) -> None:
-        """Wait for a server's reset, then for the rate budgets (one request at a time: see
-        :mod:`agents.map.limits`)."""
+    async def _pause(self) -> None:
+        """Wait for a server's reset (a ``remaining: 0`` answer said when it comes)."""
         pause = self.paused_until - time.monotonic()
         if pause > 0:
             await self._unless_stopped(asyncio.sleep(pause))
+
+    async def _admit(self, estimate: int) -> bool:
+        """Wait for the rate budgets (one request at a time: see :mod:`agents.map.limits`);
+        whether there were any to wait for."""
         budgets = self.budgets
         if budgets is None or not budgets.active:
-            return
+            return False
         await self._unless_stopped(budgets.turn.acquire())
         try:
             self._still_sending()  # a request that waited its turn past a stop reserves nothing
@@ -448,6 +450,7 @@ class Mapper:
                 raise
         finally:
             budgets.turn.release()
+        return True
 
     async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
         """Under --max-cost, reserve the record's worst case before its first request: each
@@ -505,9 +508,18 @@ class Mapper:
             self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
 
     @contextlib.asynccontextmanager
-    async def _sending(self) -> AsyncIterator[None]:
-        """A concurrency slot, then the last look at whether the run still sends."""
+    async def _sending(self, estimate: int) -> AsyncIterator[None]:
+        """A concurrency slot, then the rate budget, then the last look at whether the run
+        still sends.
+
+        The slot comes first: a request that took its budget and then waited for a slot would
+        go out late, together with every other one that did, when answers free their slots at
+        once; that burst is what a one-second window refuses. Taken in this order, the budget's
+        spacing is the spacing on the wire.
+        """
+        await self._pause()
         if self.concurrency is None:
+            await self._admit(estimate)
             self._still_sending()
             yield
             return
@@ -516,6 +528,8 @@ class Mapper:
             slot = await self._unless_stopped(self.concurrency.acquire())
         signal: Signal | None = None  # not sent
         try:
+            if await self._admit(estimate):
+                slot = self.concurrency.sent(slot)
             self._still_sending()
             yield
             signal = Signal.OK
