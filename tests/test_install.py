@@ -190,3 +190,27 @@ def test_the_dependency_floors_hold(uv: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert re.search(r"^\d+ passed", done.stdout.splitlines()[-1]), done.stdout[-500:]
+
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def _lacks_dependencies(python: Path) -> bool:
+    found = subprocess.run([str(python), "-c", "import aiohttp, orjson, tenacity"], check=False)
+    return found.returncode != 0
+
+
+@pytest.mark.skipif(
+    not SYSTEM_PYTHON.exists() or not _lacks_dependencies(SYSTEM_PYTHON),
+    reason="needs a system python3 without agents' dependencies",
+)
+@pytest.mark.parametrize("command", ["agents", "agents-read", "agents-map", "agents-write"])
+def test_the_checkout_commands_run_outside_the_venv(command: str) -> None:
+    """The README: from a checkout the commands run without installing. A shell whose python3
+    lacks the dependencies (no venv active) runs them with the checkout's .venv."""
+    clean = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
+    ran = subprocess.run(
+        [str(ROOT / "bin" / command), "--version"], env=clean, capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.startswith(command), ran.stdout
