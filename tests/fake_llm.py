@@ -202,7 +202,8 @@ def token_cost(request: dict[str, Any]) -> int:
 class Limited:
     """A script that enforces ``requests`` and/or ``tokens`` per ``window`` seconds, as a
     provider does, refusing the excess with 429 and OpenAI's rate-limit headers; it records the
-    most requests and tokens accepted in any window."""
+    most requests and tokens accepted in any window. ``count`` is how the server counts a
+    request's tokens (by default as agents-map estimates them), and its usage reports it."""
 
     def __init__(
         self,
@@ -210,7 +211,9 @@ class Limited:
         tokens: int | None = None,
         window: float = 1.0,
         headers: bool = True,
+        count: Callable[[dict[str, Any]], int] = token_cost,
     ) -> None:
+        self.count = count
         self.requests = requests
         self.tokens = tokens
         self.window = window
@@ -239,7 +242,7 @@ class Limited:
     def __call__(self, request: dict[str, Any], number: int) -> Reply:
         import time
 
-        cost = token_cost(request)
+        cost = self.count(request)
         with self.lock:
             now = time.monotonic()
             while self.accepted and self.accepted[0][0] <= now - self.window:

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from conftest import BIN, Result
-from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message, token_cost
+from fake_llm import FakeLLM, Limited, Reply, echo, last_user_message
 from test_map import KEY, Sleeps, words
 
 from agents.cli import map as map_cli
@@ -415,6 +415,32 @@ def test_the_providers_real_token_limit_given_as_is_is_never_passed() -> None:
     assert limit.most_tokens <= 200
 
 
+def a_token_a_character(request: dict[str, Any]) -> int:
+    """A server whose tokenizer counts a token a character (four times agents-map's rule of
+    thumb: text in Chinese, or a tokenizer trained on other languages)."""
+    prompt = sum(len(m["content"]) + 4 for m in request["messages"])
+    return prompt + int(request.get("max_tokens") or 5)
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5])
+def test_a_server_that_counts_more_tokens_than_estimated_is_not_passed(delay: float) -> None:
+    """The budget learns from the answers' usage how the server counts, and reserves that:
+    charged only once answered, the tokens of the requests in flight were counted at a quarter
+    of their size."""
+    limit = Recorded(delay=delay, tokens=600, window=1.0, headers=False, count=a_token_a_character)
+    with FakeLLM(limit) as server:
+        result = run(
+            server,
+            *("--tpm", str(600 * 60), "--max-tokens", "10", "-j", "16"),
+            *("--system", "Answer with one word, in the language of the question."),
+            stdin=words(60),
+            backoff=True,
+        )
+    assert result.status == 0, result.stderr
+    assert (limit.refused, limit.answered) == (0, 60)
+    assert limit.most_tokens <= 600
+
+
 def test_a_limit_that_changed_since_it_was_learned_is_followed(tmp: Path) -> None:
     limits = {"now": Limited(requests=10, window=1.0, headers=True)}
     with FakeLLM(lambda request, number: limits["now"](request, number)) as server:
@@ -473,7 +499,7 @@ class TokensTaken(Limited):
         reply = super().__call__(request, number)
         if reply.status == 200:
             word = last_user_message(request)
-            self.taken.append((time.monotonic(), word[0], token_cost(request)))
+            self.taken.append((time.monotonic(), word[0], self.count(request)))
         return reply
 
 

@@ -5,7 +5,8 @@ Budgets are token buckets that refill continuously at the allowed rate and hold 
 hundredth of a second's worth of unused credit (one request at least), so no sliding window the
 server may count over (a second, a minute) sees more than the rate allows. A request reserves
 its estimated cost (one request; prompt estimate plus max_tokens) and waits until the bucket
-covers it; the estimate is corrected with the usage the server reports.
+covers it; a request that cost more than it reserved (the usage the server reports) is charged
+the rest, one that cost less gets nothing back (see :meth:`Bucket.charge`).
 
 A process waits on its budgets one request at a time (:attr:`Budgets.turn`): the next request
 reserves only when the one before it is due to go, so no request holds a time far ahead that a
@@ -82,11 +83,14 @@ class Bucket:
             self.reserve(0.0, now)
         self.rate = rate
 
-    def adjust(self, amount: float) -> None:
-        """Give back (positive) or charge more (negative) after the real cost is known. What is
-        given back pays off debt but adds no more credit than a bucket holds: a burst of it
-        would pass a sliding window that counted the requests as sent."""
-        self.level = min(self.capacity, self.level + amount)
+    def charge(self, amount: float) -> None:
+        """Charge ``amount`` more, after a request cost more than it reserved.
+
+        A request that cost less gets nothing back: the server counted it when it arrived, so
+        credit returned later would let the next requests go early, into windows that still
+        count it (reservations half again too large, given back as their answers came, let
+        669 tokens into a one-second window of 600)."""
+        self.level -= amount
 
 
 class Budgets:
@@ -190,12 +194,14 @@ class Budgets:
         with self._shared() as shared:
             shared.leave()
 
-    def correct_tokens(self, estimated: float, actual: float) -> None:
-        if "tokens" not in self.local or estimated == actual:
+    def correct_tokens(self, reserved: float, actual: float) -> None:
+        """A request that reserved ``reserved`` tokens was counted at ``actual``: the excess is
+        charged (see :meth:`Bucket.charge`)."""
+        if "tokens" not in self.local or actual <= reserved:
             return
         with self._shared() as shared:
             if "tokens" in shared.buckets:
-                shared.buckets["tokens"].adjust(estimated - actual)
+                shared.buckets["tokens"].charge(actual - reserved)
 
     @contextlib.contextmanager
     def _shared(self) -> Iterator[_Shared]:

@@ -12,6 +12,7 @@ plain text. String values go in as they are; other values as compact JSON.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from dataclasses import dataclass
 
@@ -167,3 +168,42 @@ def prompt_token_bound(messages: list[Message]) -> int:
         len(m["content"].encode("utf-8", "surrogatepass")) + TEMPLATE_TOKENS_PER_MESSAGE
         for m in messages
     )
+
+
+#: How much each earlier answer weighs against the next in :class:`ServerCount`'s typical
+#: ratio: about the last hundred answers count.
+COUNT_MEMORY = 0.99
+
+
+class ServerCount:
+    """How the server counts prompt tokens against :func:`estimate_tokens`, learned from the
+    usage its answers report (a tokenizer for another language, a chat template, a system
+    prompt the server adds: the rule of thumb can be several times off)."""
+
+    def __init__(self) -> None:
+        self.answered = False
+        self.most: float | None = None  # the most counted per token estimated, in one answer
+        self._estimated = 0.0  # decayed sums over the answers that reported usage
+        self._counted = 0.0
+
+    def observe(self, estimated: int, counted: int) -> None:
+        """An answer to a prompt estimated at ``estimated`` tokens, counted at ``counted`` by
+        the server (0: it reported no usage)."""
+        self.answered = True
+        if not counted or estimated <= 0:
+            return
+        self.most = max(self.most or 0.0, counted / estimated)
+        self._estimated = self._estimated * COUNT_MEMORY + estimated
+        self._counted = self._counted * COUNT_MEMORY + counted
+
+    def budgeted(self, messages: list[Message], estimated: int) -> int:
+        """The prompt tokens a rate budget reserves for ``messages``: before any answer, the
+        most they can count (:func:`prompt_token_bound`: a request before the first answer
+        is not known to be cheap); then the estimate scaled by the typical ratio of the recent
+        answers, never below the estimate itself (a provider's limiter counts its own estimate,
+        not what its tokenizer said)."""
+        if not self.answered:
+            return prompt_token_bound(messages)
+        if not self._estimated:
+            return estimated
+        return max(estimated, math.ceil(estimated * self._counted / self._estimated))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -38,6 +39,7 @@ from agents.map.limits import Budgets
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
+    ServerCount,
     Template,
     estimate_tokens,
     messages_for,
@@ -217,9 +219,8 @@ class Mapper:
         self.stopping = stopping
         self.paused_until = 0.0
         self.warned_long_wait = False
-        # The most prompt tokens the server counted per token estimated, over the answers so
-        # far (None before the first): what --max-cost reserves for a prompt.
-        self.prompt_ratio: float | None = None
+        # How the server counts prompt tokens: what rate budgets and --max-cost reserve.
+        self.server_count = ServerCount()
         params = shape.params
         self.output_allowance = int(
             params.get("max_tokens")
@@ -381,27 +382,27 @@ class Mapper:
             }
             if form is not None:
                 body["response_format"] = form
-            estimate = self._estimate(messages)
+            prompt = estimate_tokens(messages)
+            # Asked when the budget is taken, by when earlier answers may have told more.
+            cost = functools.partial(self._budgeted, messages, prompt)
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             try:
-                async with self._sending(estimate):
+                async with self._sending(cost) as reserved:
                     self.counters.requests += 1
                     if debug:
                         LOGGER.debug("request %s", orjson.dumps(body).decode())
                     started = time.monotonic()
                     completion = await self.client.complete(body)
             except RecordFailed as error:
-                self._settle(estimate, None)
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
             except CallError as error:
-                self._settle(estimate, None)
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
                 raise
-            self._settle(estimate, completion)
+            self._settle(prompt, reserved, completion)
             if hold is not None and self.price is not None:
                 hold.spent += self.price.cost(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
@@ -420,10 +421,10 @@ class Mapper:
                 )
             return completion
 
-    def _estimate(self, messages: list[Message]) -> int:
-        """Tokens a request may use: the prompt's estimate and the answer's allowance
-        (max_tokens, else a default)."""
-        return estimate_tokens(messages) + self.output_allowance
+    def _budgeted(self, messages: list[Message], prompt: int) -> int:
+        """The tokens a request reserves from a --tpm budget: its prompt as the server is
+        expected to count it, and the answer's allowance (max_tokens, else a default)."""
+        return self.server_count.budgeted(messages, prompt) + self.output_allowance
 
     async def _pause(self) -> None:
         """Wait for a server's reset (a ``remaining: 0`` answer said when it comes)."""
@@ -431,16 +432,17 @@ class Mapper:
         if pause > 0:
             await self._unless_stopped(asyncio.sleep(pause))
 
-    async def _admit(self, estimate: int) -> bool:
+    async def _admit(self, cost: Callable[[], int]) -> int | None:
         """Wait for the rate budgets (one request at a time: see :mod:`agents.map.limits`);
-        whether there were any to wait for."""
+        the tokens reserved (None: no budgets to wait for)."""
         budgets = self.budgets
         if budgets is None or not budgets.active:
-            return False
+            return None
         await self._unless_stopped(budgets.turn.acquire())
         try:
             self._still_sending()  # a request that waited its turn past a stop reserves nothing
-            wait = budgets.reserve(estimate)
+            tokens = cost()
+            wait = budgets.reserve(tokens)
             try:
                 while wait > 0:  # in a group, others that spent less may go first
                     await self._unless_stopped(asyncio.sleep(wait))
@@ -450,7 +452,7 @@ class Mapper:
                 raise
         finally:
             budgets.turn.release()
-        return True
+        return tokens
 
     async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
         """Under --max-cost, reserve the record's worst case before its first request: each
@@ -463,7 +465,7 @@ class Mapper:
         requests = 1 + (self.max_reasks if self.interpreter.can_reask else 0)
 
         def worst() -> float:
-            prompt = self._prompt_worst_case(messages, self._estimate(messages))
+            prompt = self._prompt_worst_case(messages)
             return sum(
                 price.cost(
                     Usage(
@@ -475,28 +477,28 @@ class Mapper:
             )
 
         reserved = await self._unless_stopped(
-            cap.reserve(worst, alone=lambda: self.prompt_ratio is None)
+            cap.reserve(worst, alone=lambda: self.server_count.most is None)
         )
         return CostHold(reserved)
 
-    def _prompt_worst_case(self, messages: list[Message], estimate: int) -> int:
+    def _prompt_worst_case(self, messages: list[Message]) -> int:
         """The prompt tokens --max-cost reserves: before any answer, a bound no tokenizer
         exceeds (a token per byte, plus the chat template's); then the estimate scaled by the
         most the server has counted per token estimated, which is far closer."""
-        if self.prompt_ratio is None:
+        most = self.server_count.most
+        if most is None:
             return prompt_token_bound(messages)
-        return math.ceil((estimate - self.output_allowance) * self.prompt_ratio)
+        return math.ceil(estimate_tokens(messages) * most)
 
-    def _settle(self, estimate: int, completion: Completion | None) -> None:
-        usage = completion.usage if completion is not None else Usage()
+    def _settle(self, prompt: int, reserved: int | None, completion: Completion) -> None:
+        """After an answer: learn how the server counts, and correct the budgets with what
+        it says it used (``prompt``: the prompt's rule-of-thumb estimate; ``reserved``: the
+        tokens the budgets took, if any)."""
+        usage = completion.usage
+        self.server_count.observe(prompt, usage.prompt)
         actual = usage.prompt + usage.completion
-        if usage.prompt and estimate > self.output_allowance:
-            ratio = usage.prompt / (estimate - self.output_allowance)
-            self.prompt_ratio = max(self.prompt_ratio or 0.0, ratio)
-        if completion is None:
-            return
-        if self.budgets is not None and actual:
-            self.budgets.correct_tokens(estimate, actual)
+        if self.budgets is not None and reserved is not None and actual:
+            self.budgets.correct_tokens(reserved, actual)
         if self.learn_limits and completion.limits and self.budgets is not None:
             for name, per_minute in completion.limits.items():
                 left, reset = completion.windows.get(name, (None, None))
@@ -508,9 +510,9 @@ class Mapper:
             self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
 
     @contextlib.asynccontextmanager
-    async def _sending(self, estimate: int) -> AsyncIterator[None]:
-        """A concurrency slot, then the rate budget, then the last look at whether the run
-        still sends.
+    async def _sending(self, cost: Callable[[], int]) -> AsyncIterator[int | None]:
+        """A concurrency slot, then the rate budget (``cost``: the tokens to reserve), then the
+        last look at whether the run still sends; gives the tokens reserved.
 
         The slot comes first: a request that took its budget and then waited for a slot would
         go out late, together with every other one that did, when answers free their slots at
@@ -519,19 +521,20 @@ class Mapper:
         """
         await self._pause()
         if self.concurrency is None:
-            await self._admit(estimate)
+            reserved = await self._admit(cost)
             self._still_sending()
-            yield
+            yield reserved
             return
         slot = self.concurrency.try_acquire()
         if slot is None:
             slot = await self._unless_stopped(self.concurrency.acquire())
         signal: Signal | None = None  # not sent
         try:
-            if await self._admit(estimate):
+            reserved = await self._admit(cost)
+            if reserved is not None:
                 slot = self.concurrency.sent(slot)
             self._still_sending()
-            yield
+            yield reserved
             signal = Signal.OK
         except CallError as error:
             signal = signal_of(error, self.budgets is not None and self.budgets.active)
