@@ -519,7 +519,8 @@ class Mapper:
         once; that burst is what a one-second window refuses. Taken in this order, the budget's
         spacing is the spacing on the wire.
         """
-        await self._pause()
+        if self.paused_until:  # (checked here: a coroutine call per request costs CPU)
+            await self._pause()
         if self.concurrency is None:
             reserved = await self._admit(cost)
             self._still_sending()
