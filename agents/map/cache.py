@@ -1,0 +1,213 @@
+"""The response cache (``--cache``): answers already paid for, in a SQLite file, found again by a
+hash of everything that can change them.
+
+The key (:func:`request_key`) holds the model as the server names it (or, for agents-local, the
+model file's identity, since its port changes on every start), an optional scope the user gives
+(several weights served under one name), the request exactly as it would be sent (the rendered
+messages, every sampling parameter, the response format) and the output mode. Nothing else is:
+not ``-j``, timeouts, limits or retry settings, not the record's ID, not the base URL, so several
+endpoints serving one model, or a restarted local server, share the answers.
+
+The file is shared by every process that names it (``parallel --pipe``, shards, a rate group):
+WAL, a busy timeout, one short transaction per write. SQLite's journal survives a kill -9. A
+file that is not one of ours, or not a database at all, is refused with its name and how to
+start afresh; a file on a network file system, where WAL's shared memory is unsafe, is refused
+before it is opened. It holds prompts and answers, so it is created readable by its owner only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agents.errors import AgentsError, UsageError
+
+#: SQLite's application_id of a cache file ("agc1"): tells ours from any other database.
+APPLICATION_ID = 0x61676331
+
+#: The layout of the file; a file of another version is refused, not guessed at.
+SCHEMA_VERSION = 1
+
+#: How long a write waits for another process's transaction before failing.
+BUSY_SECONDS = 30.0
+
+#: File systems on which SQLite's WAL is unsafe (its shared-memory index needs one host's
+#: memory): NFS, Lustre, SMB, and FUSE mounts of remote folders.
+NETWORK_FILE_SYSTEMS = frozenset(
+    {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "afs", "ceph", "glusterfs", "9p"}
+)
+
+_HINT = "give --cache another path, or remove the file to start afresh"
+
+
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """A stored answer: what the request returned, and the usage it was paid for."""
+
+    content: str | None
+    finish_reason: str | None
+    refusal: str | None
+    usage: dict[str, int]
+
+
+def default_path() -> Path:
+    """``$XDG_CACHE_HOME/agents/responses.sqlite``, else under ``~/.cache``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "agents" / "responses.sqlite"
+
+
+def request_key(model: str, request: dict[str, Any], mode: str, scope: str | None = None) -> str:
+    """The key of one request: a SHA-256 of the model, the scope, the output mode and the
+    request body without its model field (messages, parameters, response_format), with keys
+    sorted so that the order options were given in does not matter."""
+    body = {name: value for name, value in request.items() if name != "model"}
+    canonical = orjson.dumps(
+        {"v": SCHEMA_VERSION, "model": model, "scope": scope, "mode": mode, "request": body},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()
+
+
+def file_system_type(path: Path, mounts: str | None = None) -> str | None:
+    """The type of the file system ``path`` is on, from /proc/self/mounts (or ``mounts``, its
+    text, for tests); None where that cannot be told."""
+    if mounts is None:
+        try:
+            mounts = Path("/proc/self/mounts").read_text()
+        except OSError:
+            return None
+    target = os.path.realpath(path)
+    best, kind = "", None
+    for line in mounts.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def _on_network(kind: str | None) -> bool:
+    if kind is None:
+        return False
+    return kind in NETWORK_FILE_SYSTEMS or kind.startswith(("nfs", "fuse.sshfs", "fuse.s3"))
+
+
+class ResponseCache:
+    """One cache file, opened for this process."""
+
+    def __init__(self, path: Path, mounts: str | None = None) -> None:
+        self.path = path
+        self.hits = 0
+        self.stored = 0
+        folder = path.parent
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        kind = file_system_type(folder, mounts)
+        if _on_network(kind):
+            raise UsageError(
+                f"--cache {path}: the folder is on a network file system ({kind}), where "
+                "SQLite cannot share a cache safely between processes; put it on a local disk "
+                "(for example --cache /tmp/$USER-agents.sqlite, or one in $TMPDIR on a cluster "
+                "node)"
+            )
+        # Created by us, readable by the owner only, before SQLite opens it.
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            self.db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+            self._prepare()
+        except sqlite3.DatabaseError as error:
+            raise UsageError(f"--cache {path}: not a usable cache ({error}); {_HINT}") from None
+
+    def _prepare(self) -> None:
+        db = self.db
+        application = db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        if application == 0 and not tables:  # new: make it ours
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have made it meanwhile: look again under the lock.
+                if db.execute("PRAGMA application_id").fetchone()[0] == 0:
+                    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+                    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                    db.execute(
+                        "CREATE TABLE answers (key TEXT PRIMARY KEY, content TEXT, "
+                        "finish_reason TEXT, refusal TEXT, usage TEXT NOT NULL, "
+                        "created REAL NOT NULL, used REAL NOT NULL, hits INTEGER NOT NULL "
+                        "DEFAULT 0) WITHOUT ROWID"
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            application = APPLICATION_ID
+        if application != APPLICATION_ID:
+            raise UsageError(f"--cache {self.path}: this file is not an agents cache; {_HINT}")
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise UsageError(
+                f"--cache {self.path}: a cache of another version ({version}, this agents "
+                f"reads {SCHEMA_VERSION}); {_HINT}"
+            )
+        db.execute("PRAGMA journal_mode = WAL")
+
+    def get(self, key: str) -> Cached | None:
+        """The answer stored under ``key``, counted as a hit; None on a miss."""
+        row = self.db.execute(
+            "SELECT content, finish_reason, refusal, usage FROM answers WHERE key = ?", (key,)
+        ).fetchone()
+        if row is None:
+            return None
+        self.hits += 1
+        self._write(
+            "UPDATE answers SET hits = hits + 1, used = ? WHERE key = ?", (time.time(), key)
+        )
+        usage = orjson.loads(row[3])
+        return Cached(row[0], row[1], row[2], {str(k): int(v) for k, v in usage.items()})
+
+    def put(self, key: str, answer: Cached) -> None:
+        """Store a successful, complete answer (the first one stored under a key stands)."""
+        now = time.time()
+        self._write(
+            "INSERT OR IGNORE INTO answers "
+            "(key, content, finish_reason, refusal, usage, created, used) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                key,
+                answer.content,
+                answer.finish_reason,
+                answer.refusal,
+                orjson.dumps(answer.usage).decode(),
+                now,
+                now,
+            ),
+        )
+        self.stored += 1
+
+    def _write(self, statement: str, values: tuple[Any, ...]) -> None:
+        """One statement in its own short transaction (autocommit), so that the writers that
+        share the file wait for each other only that long."""
+        try:
+            self.db.execute(statement, values)
+        except sqlite3.OperationalError as error:
+            raise AgentsError(
+                f"--cache {self.path}: could not write ({error})",
+                hint="is the disk full? the results written so far are kept; the same "
+                "command with --resume carries on",
+            ) from None
+
+    def close(self) -> None:
+        self.db.close()
+
+
+__all__ = ["Cached", "ResponseCache", "default_path", "file_system_type", "request_key"]

@@ -1,0 +1,188 @@
+"""The response cache's file and key (agents/map/cache.py): what changes the key and what does
+not, one file shared by several processes, a kill -9 mid-write, and the files it refuses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.errors import UsageError
+from agents.map.cache import Cached, ResponseCache, file_system_type, request_key
+
+BASE: dict[str, Any] = {
+    "model": "gpt-4o-mini",
+    "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hola"}],
+    "temperature": 0.0,
+    "max_tokens": 20,
+    "response_format": {"type": "json_object"},
+}
+
+ANSWER = Cached("hello", "stop", None, {"prompt": 9, "completion": 2, "cached": 0, "reasoning": 0})
+
+
+def key(**change: Any) -> str:
+    model = change.pop("model_name", "gpt-4o-mini")
+    mode = change.pop("mode", "json")
+    scope = change.pop("scope", None)
+    body = {**BASE, **change}
+    return request_key(model, {k: v for k, v in body.items() if v is not None}, mode, scope)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"model_name": "gpt-4o"},
+        {"scope": "weights-2026-11"},
+        {"mode": "text"},
+        {
+            "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "adiós"},
+            ]
+        },
+        {"messages": [{"role": "user", "content": "hola"}]},
+        {"temperature": 0.7},
+        {"max_tokens": 21},
+        {"seed": 1},
+        {"top_p": 0.9},
+        {"frequency_penalty": 0.1},
+        {"response_format": None},
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+    ],
+)
+def test_every_part_that_can_change_the_answer_changes_the_key(change: dict[str, Any]) -> None:
+    assert key(**change) != key()
+
+
+def test_the_key_ignores_the_order_options_came_in_and_the_bodys_model_field() -> None:
+    reordered = dict(reversed(list(BASE.items())))
+    assert request_key("gpt-4o-mini", reordered, "json") == key()
+    # the model is keyed as the caller names it (agents-local: the model file), not as sent
+    assert request_key("gpt-4o-mini", {**BASE, "model": "agents-local/x"}, "json") == key()
+
+
+def test_an_answer_stored_is_found_again_by_another_process(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "responses.sqlite"
+    cache = ResponseCache(path)
+    assert cache.get(key()) is None
+    cache.put(key(), ANSWER)
+    cache.put(key(), Cached("other", "stop", None, {}))  # the first one stored stands
+    cache.close()
+    again = ResponseCache(path)
+    assert again.get(key()) == ANSWER
+    assert again.get(key(max_tokens=21)) is None
+    assert (again.hits, again.stored) == (1, 0)
+    again.close()
+
+
+def test_the_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        ResponseCache(tmp_path / "c" / "responses.sqlite").close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "c" / "responses.sqlite").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "c").stat().st_mode) == 0o700
+
+
+def test_a_foreign_database_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "mine.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (text TEXT)")
+    with pytest.raises(UsageError) as refused:
+        ResponseCache(path)
+    assert str(path) in refused.value.message
+    assert "not an agents cache" in refused.value.message
+    assert "start afresh" in refused.value.message
+    with sqlite3.connect(path) as db:  # and left as it was
+        assert db.execute("SELECT name FROM sqlite_master").fetchall() == [("notes",)]
+
+
+def test_a_file_that_is_no_database_is_refused_with_its_name(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite"
+    path.write_bytes(os.urandom(8192))
+    with pytest.raises(UsageError) as refused:
+        ResponseCache(path)
+    assert str(path) in refused.value.message and "start afresh" in refused.value.message
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+server:/export/home /home nfs4 rw,relatime 0 0
+/dev/sdb1 /home/scratch ext4 rw 0 0
+mds@tcp:/lustre /lustre lustre rw 0 0
+"""
+
+
+def test_a_cache_on_a_network_file_system_is_refused(tmp_path: Path) -> None:
+    assert file_system_type(Path("/home/ana/x"), MOUNTS) == "nfs4"
+    assert file_system_type(Path("/home/scratch/x"), MOUNTS) == "ext4"  # the longest prefix
+    assert file_system_type(Path("/homework"), MOUNTS) == "ext4"  # not under /home
+    here = f"{MOUNTS}server:/x {tmp_path} nfs rw 0 0\n"
+    with pytest.raises(UsageError) as refused:
+        ResponseCache(tmp_path / "responses.sqlite", mounts=here)
+    assert "network file system (nfs)" in refused.value.message
+    assert not (tmp_path / "responses.sqlite").exists()  # refused before it was created
+
+
+WRITER = """
+import sys
+from pathlib import Path
+from agents.map.cache import Cached, ResponseCache
+cache = ResponseCache(Path(sys.argv[1]))
+first, count = int(sys.argv[2]), int(sys.argv[3])
+for n in range(first, first + count):
+    key = f"k{n}"
+    if cache.get(key) is None:
+        cache.put(key, Cached(f"answer {n}", "stop", None, {"prompt": n, "completion": 1}))
+print("done", flush=True)
+"""
+
+
+def writer(path: Path, first: int, count: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), str(first), str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_four_processes_share_one_file(tmp_path: Path) -> None:
+    path = tmp_path / "responses.sqlite"
+    writers = [writer(path, first, 300) for first in (0, 100, 200, 300)]  # overlapping keys
+    outcomes = [process.communicate(timeout=120) for process in writers]
+    assert [process.returncode for process in writers] == [0, 0, 0, 0], outcomes
+    cache = ResponseCache(path)
+    found = [cache.get(f"k{n}") for n in range(600)]
+    assert all(
+        answer is not None and answer.content == f"answer {n}" for n, answer in enumerate(found)
+    )
+
+
+@pytest.mark.parametrize("after", [0.05, 0.2, 0.5])
+def test_a_kill_9_while_writing_leaves_a_cache_that_opens_and_hits(
+    tmp_path: Path, after: float
+) -> None:
+    path = tmp_path / "responses.sqlite"
+    ResponseCache(path).close()
+    process = writer(path, 0, 100_000)
+    time.sleep(after)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+    cache = ResponseCache(path)
+    stored = cache.db.execute("SELECT count(*) FROM answers").fetchone()[0]
+    if stored:
+        assert cache.get("k0") is not None
+    cache.put("after", ANSWER)
+    assert cache.get("after") == ANSWER
+    assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
