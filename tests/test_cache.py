@@ -186,3 +186,142 @@ def test_a_kill_9_while_writing_leaves_a_cache_that_opens_and_hits(
     cache.put("after", ANSWER)
     assert cache.get("after") == ANSWER
     assert cache.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+# agents-map --cache, in process, against the fake server ----------------------------------
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    for name in ("OPENAI_BASE_URL", "HTTP_PROXY", "http_proxy", "AGENTS_CACHE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("AGENTS_RUNTIME_DIR", str(tmp_path / "runtime"))
+    return tmp_path
+
+
+def mapped(server: Any, *args: str, stdin: bytes) -> tuple[int, list[dict[str, Any]], str]:
+    from test_map import run_map
+
+    result = run_map(server, "--prompt", "Say {word}", *args, stdin=stdin)
+    records = sorted(result.records, key=lambda record: record["_id"])  # type: ignore[arg-type, return-value]
+    return result.status, records, result.stderr
+
+
+def test_a_rerun_with_another_merge_or_field_sends_nothing(env: Path) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    cache = str(env / "answers.sqlite")
+    with FakeLLM() as server:
+        status, first, _ = mapped(server, "--cache", cache, stdin=words(30))
+        assert status == 0 and len(server.requests) == 30
+        status, second, _ = mapped(
+            server, "--cache", cache, "--field", "answer", "-j", "3", "--timeout", "7",
+            stdin=words(30),
+        )  # fmt: skip
+        assert status == 0
+        assert len(server.requests) == 30  # none more
+    assert [r["answer"] for r in second] == [r["result"] for r in first]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ["--prompt", "Tell {word}"],
+        ["-m", "other-model"],
+        ["--temperature", "0.5"],
+        ["--max-tokens", "33"],
+        ["--param", "top_p=0.5"],
+        ["--cache-scope", "new-weights"],
+        ["--output-format", "json"],
+    ],
+)
+def test_any_keyed_change_asks_every_record_again(env: Path, change: list[str]) -> None:
+    from fake_llm import FakeLLM, Reply
+    from test_map import words
+
+    cache = str(env / "answers.sqlite")
+    with FakeLLM(lambda request, number: Reply('{"x": 1}')) as server:
+        base = ["-m", "test-model", "--cache", cache]
+        assert mapped(server, *base, stdin=words(10))[0] == 0
+        assert mapped(server, *base, *change, stdin=words(10))[0] == 0
+        assert len(server.requests) == 20
+
+
+def test_refresh_asks_again_and_read_only_keeps_nothing(env: Path) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    cache = str(env / "answers.sqlite")
+    with FakeLLM() as server:
+        assert mapped(server, "--cache", cache, "--cache-mode", "read-only", stdin=words(5))[0] == 0
+        assert len(server.requests) == 5
+        assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
+        assert len(server.requests) == 10  # read-only kept nothing
+        assert mapped(server, "--cache", cache, "--cache-mode", "refresh", stdin=words(5))[0] == 0
+        assert len(server.requests) == 15  # refresh asked again
+        assert mapped(server, "--cache", cache, "--cache-mode", "read-only", stdin=words(8))[0] == 0
+        assert len(server.requests) == 18  # 5 hits, 3 misses sent
+
+
+def test_the_default_path_and_the_environment(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    with FakeLLM() as server:
+        assert mapped(server, "--cache", stdin=words(3))[0] == 0
+        assert (env / "xdg" / "agents" / "responses.sqlite").exists()
+        assert mapped(server, "--cache", stdin=words(3))[0] == 0
+        assert len(server.requests) == 3
+        monkeypatch.setenv("AGENTS_CACHE", str(env / "elsewhere.sqlite"))
+        assert mapped(server, stdin=words(3))[0] == 0  # AGENTS_CACHE: a cache, not the default
+        assert len(server.requests) == 6
+        assert mapped(server, stdin=words(3))[0] == 0
+        assert len(server.requests) == 6
+
+
+def test_only_accepted_answers_are_kept_and_a_reasked_one_is_replayed_whole(env: Path) -> None:
+    """The first answer is not JSON, the re-ask's is: the accepted answer is kept under the
+    record's question, so a rerun sends neither request again. An error record's answer is
+    never kept."""
+    from fake_llm import FakeLLM, Reply
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if "broken" in request["messages"][0]["content"]:  # the record's question
+            return Reply("not json")
+        if len(request["messages"]) == 1:
+            return Reply("almost {json")
+        return Reply('{"ok": true}')
+
+    cache = str(env / "answers.sqlite")
+    stdin = b'{"_id": 1, "word": "fine"}\n{"_id": 2, "word": "broken"}\n'
+    with FakeLLM(script) as server:
+        args = ("--cache", cache, "--output-format", "json", "--max-reasks", "1")
+        status, first, _ = mapped(server, *args, stdin=stdin)
+        assert status == 3 and first[0]["result"] == {"ok": True}
+        sent = len(server.requests)
+        status, again, _ = mapped(server, *args, stdin=stdin)
+        assert status == 3 and again[0] == first[0]
+        assert len(server.requests) == sent + 2  # only the failed record, and its re-ask
+
+
+def test_the_summary_and_stats_count_hits_and_savings(env: Path) -> None:
+    import orjson
+    from fake_llm import FakeLLM
+    from test_map import run_map, words
+
+    cache = str(env / "answers.sqlite")
+    with FakeLLM() as server:
+        run_map(server, "--prompt", "{word}", "--cache", cache, stdin=words(4))
+        stats = env / "stats.json"
+        result = run_map(
+            server, "--prompt", "{word}", "--cache", cache, "--price", "1000,1000",
+            "--stats", str(stats), stdin=words(6), quiet=False,
+        )  # fmt: skip
+    assert "Cache: 4 hits, saved $0.06, 2 new answers kept" in result.stderr
+    document = orjson.loads(stats.read_bytes())
+    assert document["requests"] == 2
+    assert document["cache"]["hits"] == 4 and document["cache"]["kept"] == 2
+    assert document["cache"]["saved_tokens"] == 60

@@ -56,7 +56,16 @@ examples:
 """
 
 #: Options whose values are files: recorded as absolute paths for agents resume.
-PATH_OPTIONS = ("config", "prompt_file", "system_file", "schema", "errors", "stats", "log_file")
+PATH_OPTIONS = (
+    "config",
+    "prompt_file",
+    "system_file",
+    "schema",
+    "errors",
+    "stats",
+    "log_file",
+    "cache",
+)
 
 
 def build_parser(streams: Streams) -> Parser:

@@ -163,7 +163,7 @@ def write_stats(
     job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float
 ) -> bool:
     """--stats FILE, when asked for; False when it could not be written."""
-    from agents.map.usage import stats_document
+    from agents.map.usage import cache_stats, stats_document
 
     o = job.options
     counters = mapper.counters
@@ -182,6 +182,8 @@ def write_stats(
             seconds=seconds,
             stopped=stopped,
         )
+        if mapper.cache is not None:
+            document["cache"] = cache_stats(mapper.cache, job.price)
         try:
             with open(o.stats, "wb") as stream:
                 stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
@@ -193,13 +195,15 @@ def write_stats(
 
 def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:
     """The summary, what stopped the run, and the exit status."""
-    from agents.map.usage import summary_lines
+    from agents.map.usage import cache_line, summary_lines
 
     o = job.options
     counters = mapper.counters
     if not o.quiet and counters.usage.prompt + counters.usage.completion:
         for line in summary_lines(counters.usage, job.price, job.shape.model):
             reporter.say(line)
+    if not o.quiet and mapper.cache is not None:
+        reporter.say(cache_line(mapper.cache, job.price))
     if outcome.capped is not None and outcome.fatal is None and outcome.signal is None:
         reporter.info(f"stopped at a cap: {outcome.capped}")
         reporter.info(

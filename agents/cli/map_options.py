@@ -223,6 +223,28 @@ def add_map_options(parser: Parser) -> None:
         help="resume even though the prompt, model, format, schema or merge "
         "strategy changed, or the input did (default: off, refused)",
     )
+    cache = parser.add_argument_group("cache")
+    cache.add_argument(
+        "--cache",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="answer requests already asked from a SQLite cache of answers, and keep new "
+        "ones there (PATH: default $XDG_CACHE_HOME/agents/responses.sqlite; also "
+        "AGENTS_CACHE) (default: no cache)",
+    )
+    cache.add_argument(
+        "--cache-mode",
+        choices=("use", "refresh", "read-only"),
+        help="use: hits answered, new answers kept; refresh: no hits, new answers kept; "
+        "read-only: hits answered, nothing kept (default: use)",
+    )
+    cache.add_argument(
+        "--cache-scope",
+        metavar="TEXT",
+        help="part of every cache key, for different weights served under one model name "
+        "(default: none)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",

@@ -21,13 +21,14 @@ import hashlib
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from agents.errors import AgentsError, UsageError
+from agents.map.http import Completion, Usage
 
 #: SQLite's application_id of a cache file ("agc1"): tells ours from any other database.
 APPLICATION_ID = 0x61676331
@@ -210,4 +211,62 @@ class ResponseCache:
         self.db.close()
 
 
-__all__ = ["Cached", "ResponseCache", "default_path", "file_system_type", "request_key"]
+#: --cache-mode: hits used and new answers stored; no hits, new answers stored; hits used,
+#: nothing stored.
+MODES = ("use", "refresh", "read-only")
+
+
+@dataclass
+class CacheUse:
+    """How a run uses its cache: the file, the mode, and what keys the requests (the model as
+    the server names it, the user's scope, the output mode); what it saved."""
+
+    store: ResponseCache
+    mode: str
+    model: str
+    output: str
+    scope: str | None = None
+    saved: Usage = field(default_factory=Usage)  # the usage of the answers replayed
+
+    def key(self, request: dict[str, Any]) -> str:
+        return request_key(self.model, request, self.output, self.scope)
+
+    def answer(self, key: str) -> Completion | None:
+        """The stored answer to replay, unless this run refreshes the cache."""
+        if self.mode == "refresh":
+            return None
+        found = self.store.get(key)
+        if found is None:
+            return None
+        usage = Usage(**{name: found.usage.get(name, 0) for name in USAGE_FIELDS})
+        self.saved.add(usage)
+        return Completion(found.content, found.finish_reason, found.refusal, usage)
+
+    def keep(self, key: str, completion: Completion) -> None:
+        """Store an answer that was accepted (complete, and valid for this output)."""
+        if self.mode == "read-only":
+            return
+        usage = completion.usage
+        self.store.put(
+            key,
+            Cached(
+                completion.content,
+                completion.finish_reason,
+                completion.refusal,
+                {name: getattr(usage, name) for name in USAGE_FIELDS},
+            ),
+        )
+
+
+USAGE_FIELDS = ("prompt", "completion", "cached", "reasoning")
+
+
+__all__ = [
+    "MODES",
+    "CacheUse",
+    "Cached",
+    "ResponseCache",
+    "default_path",
+    "file_system_type",
+    "request_key",
+]

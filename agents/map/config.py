@@ -63,6 +63,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "rate_group": Key("rate_group", "str"),
         "max_cost": Key("max_cost", "number"),
         "max_errors": Key("max_errors", "cap"),
+        "cache": Key("cache", "str", path=True),
+        "cache_mode": Key("cache_mode", "str", choices=("use", "refresh", "read-only")),
+        "cache_scope": Key("cache_scope", "str"),
     },
     "output": {
         "format": Key("output_format", "str", choices=("text", "json", "structured")),

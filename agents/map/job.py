@@ -41,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
     "dry_run": False,
     "keep_failed": False,
     "force_resume": False,
+    "cache_mode": "use",
     "progress": False,
     "quiet": False,
     "log_level": "WARNING",
@@ -60,6 +61,8 @@ def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
         for name, value in from_file.pop("param", {}).items()
     ]
     options.update(from_file)
+    if flags.get("cache") is None and os.environ.get("AGENTS_CACHE"):
+        options["cache"] = os.environ["AGENTS_CACHE"]
     if "base_url" not in flags or flags["base_url"] is None:
         environment_url = os.environ.get("OPENAI_BASE_URL")
         if environment_url:

@@ -32,6 +32,7 @@ from agents.errors import (
     Unusable,
 )
 from agents.map.answer import Interpreter, Merger, reask_message
+from agents.map.cache import CacheUse
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.http import Client, Completion, Usage
@@ -193,8 +194,10 @@ class Mapper:
         price: Price | None = None,
         learn_limits: bool = True,
         stopping: asyncio.Event | None = None,
+        cache: CacheUse | None = None,
     ) -> None:
         self.client = client
+        self.cache = cache
         self.shape = shape
         self.template = template
         self.system = system
@@ -207,6 +210,8 @@ class Mapper:
         self.accept_truncated = accept_truncated
         # The forms of response_format still to try, best first; None means "send none".
         self.response_formats = response_formats or [None]
+        # The form the job asks for keys the cache, whichever one the server ends up taking.
+        self.asked_format = self.response_formats[0]
         self.sleep = sleep
         self.warn = warn
         self.counters = Counters()
@@ -234,22 +239,33 @@ class Mapper:
         hold: CostHold | None = None
         try:
             messages = messages_for(self.template, self.system, record)
-            hold = await self._hold_cost(messages)
             problem: Unusable | None = None
+            # The record's question keys the cache, and its accepted answer is kept under it
+            # (after re-asks too), so that a rerun pays for none of the requests again.
+            key = self._cache_key(messages)
+            replayed = self.cache.answer(key) if self.cache and key else None
+            held = False
             for reask in range(self.max_reasks + 1):
-                try:
-                    completion, used = await self._call(messages, hold)
-                except (NotSent, CapReached):
-                    if problem is None:
-                        raise
-                    # A re-ask that cannot go out (the run stops, the cap has no room left):
-                    # the answer paid for is kept, as an error record; a rerun retries it.
-                    raise problem from None
-                attempts += used
+                completion = replayed if reask == 0 else None
+                if completion is None:
+                    if not held:  # a record answered from the cache reserves nothing
+                        hold, held = await self._hold_cost(messages), True
+                    try:
+                        completion, used = await self._call(messages, hold)
+                    except (NotSent, CapReached):
+                        if problem is None:
+                            raise
+                        # A re-ask that cannot go out (the run stops, the cap has no room
+                        # left): the answer paid for is kept, as an error record; a rerun
+                        # retries it.
+                        raise problem from None
+                    attempts += used
                 try:
                     content = self._content(completion)
                     result = self.interpreter.interpret(content)
                     merged = self.merger.merge(record, result)
+                    if completion is not replayed and self.cache and key:
+                        self.cache.keep(key, completion)  # only answers that were accepted
                 except Unusable as unusable:
                     unusable.answer = completion.content or completion.refusal
                     problem = unusable
@@ -280,6 +296,15 @@ class Mapper:
             if hold is not None and self.cost_cap is not None:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _cache_key(self, messages: list[Message]) -> str | None:
+        """The cache's key of a request with these messages, as the job asks for it."""
+        if self.cache is None:
+            return None
+        body: dict[str, Any] = {"messages": messages, **self.shape.params}
+        if self.asked_format is not None:
+            body["response_format"] = self.asked_format
+        return self.cache.key(body)
 
     def _failed(
         self,

@@ -13,6 +13,7 @@ from typing import IO, BinaryIO, cast
 from agents.contract.ids import ID_KEY
 from agents.errors import DataError
 from agents.formats._options import BadRowHandler, raise_bad
+from agents.map.cache import CacheUse
 from agents.map.http import Client
 from agents.map.job import Job
 from agents.map.progress import Progress, ResultsAbove, Tally
@@ -117,6 +118,7 @@ async def run_job(
             price=job.price,
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
             stopping=stopping,
+            cache=_cache(job),
             **job.mapper_args,
         )
         scheduler = Scheduler(
@@ -248,3 +250,23 @@ def event_loop() -> asyncio.AbstractEventLoop:
         return uvloop.new_event_loop()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
         return asyncio.new_event_loop()
+
+
+def _cache(job: Job) -> CacheUse | None:
+    """The run's response cache, if it asked for one (``--cache`` with no path: the default)."""
+    o = job.options
+    if o.cache is None:
+        return None
+    from pathlib import Path
+
+    from agents.map.cache import ResponseCache, default_path
+
+    path = Path(o.cache).expanduser() if o.cache else default_path()
+    return CacheUse(
+        ResponseCache(path),
+        o.cache_mode,
+        job.shape.model,
+        job.interpreter.output_format,
+        o.cache_scope,
+    )
+

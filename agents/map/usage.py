@@ -11,10 +11,13 @@ import json
 import math
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agents.errors import UsageError
 from agents.map.http import Usage
+
+if TYPE_CHECKING:
+    from agents.map.cache import CacheUse
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,29 @@ def summary_lines(usage: Usage, price: Price | None, model: str) -> list[str]:
     else:
         lines.append(f"Estimated cost: ${price.cost(usage):,.2f}")
     return lines
+
+
+def cache_line(cache: CacheUse, price: Price | None) -> str:
+    """The summary's line on the cache: "cache: 9,812 hits, saved $4.21, 188 answers kept"."""
+    saved = f", saved ${price.cost(cache.saved):,.2f}" if price is not None else ""
+    return (
+        f"Cache: {cache.store.hits:,} hit{'s' if cache.store.hits != 1 else ''}{saved}, "
+        f"{cache.store.stored:,} new answer{'s' if cache.store.stored != 1 else ''} kept "
+        f"({cache.store.path})"
+    )
+
+
+def cache_stats(cache: CacheUse, price: Price | None) -> dict[str, Any]:
+    """The --stats document's "cache" part."""
+    saved = cache.saved
+    return {
+        "path": str(cache.store.path),
+        "mode": cache.mode,
+        "hits": cache.store.hits,
+        "kept": cache.store.stored,
+        "saved_tokens": saved.prompt + saved.completion,
+        "saved_usd": round(price.cost(saved), 6) if price is not None else None,
+    }
 
 
 def stats_document(
