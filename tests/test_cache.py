@@ -325,3 +325,15 @@ def test_the_summary_and_stats_count_hits_and_savings(env: Path) -> None:
     assert document["requests"] == 2
     assert document["cache"]["hits"] == 4 and document["cache"]["kept"] == 2
     assert document["cache"]["saved_tokens"] == 60
+
+
+def test_a_job_file_names_the_cache(env: Path) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    (env / "job.yaml").write_text("processing:\n  cache: answers.sqlite\n  cache_mode: use\n")
+    with FakeLLM() as server:
+        for _ in range(2):
+            assert mapped(server, "-c", str(env / "job.yaml"), stdin=words(4))[0] == 0
+        assert len(server.requests) == 4
+    assert (env / "answers.sqlite").exists()  # beside the job file, as its other paths
