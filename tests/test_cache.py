@@ -337,3 +337,15 @@ def test_a_job_file_names_the_cache(env: Path) -> None:
             assert mapped(server, "-c", str(env / "job.yaml"), stdin=words(4))[0] == 0
         assert len(server.requests) == 4
     assert (env / "answers.sqlite").exists()  # beside the job file, as its other paths
+
+
+def test_a_data_file_taken_for_the_cache_is_refused_untouched(env: Path) -> None:
+    """`agents process --cache in.csv out.csv`: the optional PATH takes in.csv."""
+    data = env / "in.csv"
+    data.write_text("_id,word\n1,a\n")
+    for path in (data, env / "missing.jsonl"):
+        with pytest.raises(UsageError) as refused:
+            ResponseCache(path)
+        assert "--cache=PATH" in refused.value.message
+    assert data.read_text() == "_id,word\n1,a\n"
+    assert not (env / "missing.jsonl").exists()

@@ -47,6 +47,9 @@ NETWORK_FILE_SYSTEMS = frozenset(
 
 _HINT = "give --cache another path, or remove the file to start afresh"
 
+#: Names a cache is never given: an input or output that an optional --cache PATH swallowed.
+DATA_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".yaml", ".yml"})
+
 
 @dataclass(frozen=True, slots=True)
 class Cached:
@@ -110,6 +113,12 @@ class ResponseCache:
         self.path = path
         self.hits = 0
         self.stored = 0
+        if path.suffix.lower() in DATA_SUFFIXES:
+            # `agents process --cache in.csv out.csv`: the optional PATH took the input.
+            raise UsageError(
+                f"--cache {path}: that names data, not a cache; give the cache's path as "
+                "--cache=PATH, or --cache last, after the input and output"
+            )
         folder = path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         kind = file_system_type(folder, mounts)
