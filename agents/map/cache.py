@@ -227,6 +227,9 @@ class ResponseCache:
 #: nothing stored.
 MODES = ("use", "refresh", "read-only")
 
+#: The parts of a stored answer's usage, as :class:`Usage` names them.
+USAGE_FIELDS = ("prompt", "completion", "cached", "reasoning")
+
 
 @dataclass
 class CacheUse:
@@ -268,9 +271,6 @@ class CacheUse:
                 {name: getattr(usage, name) for name in USAGE_FIELDS},
             ),
         )
-
-
-USAGE_FIELDS = ("prompt", "completion", "cached", "reasoning")
 
 
 __all__ = [
