@@ -223,5 +223,3 @@ class _Runner:
             raise AgentsError(outcome.fatal)
         if outcome is not None and outcome.capped:
             raise CapReached(outcome.capped)
-
-

@@ -84,4 +84,3 @@ def add_encoding(parser: Adder) -> None:
         metavar="NAME",
         help="text encoding of the input (default: utf-8; a BOM is skipped)",
     )
-

@@ -184,6 +184,8 @@ def write_stats(
         )
         if mapper.cache is not None:
             document["cache"] = cache_stats(mapper.cache, job.price)
+        # requests not sent because an identical one was in flight (null: --no-dedup)
+        document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
         try:
             with open(o.stats, "wb") as stream:
                 stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
@@ -195,7 +197,7 @@ def write_stats(
 
 def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:
     """The summary, what stopped the run, and the exit status."""
-    from agents.map.usage import cache_line, summary_lines
+    from agents.map.usage import cache_line, shared_line, summary_lines
 
     o = job.options
     counters = mapper.counters
@@ -204,6 +206,8 @@ def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> i
             reporter.say(line)
     if not o.quiet and mapper.cache is not None:
         reporter.say(cache_line(mapper.cache, job.price))
+    if not o.quiet and mapper.sharing is not None and mapper.sharing.shared:
+        reporter.say(shared_line(mapper.sharing.shared))
     if outcome.capped is not None and outcome.fatal is None and outcome.signal is None:
         reporter.info(f"stopped at a cap: {outcome.capped}")
         reporter.info(
@@ -221,11 +225,7 @@ def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> i
     if outcome.signal is not None:
         lost = (
             f"; {outcome.in_flight_lost} in flight were dropped" if outcome.in_flight_lost else ""
-        ) + (
-            f"; {outcome.not_sent} waiting to be sent were not sent"
-            if outcome.not_sent
-            else ""
-        )
+        ) + (f"; {outcome.not_sent} waiting to be sent were not sent" if outcome.not_sent else "")
         reporter.info(
             f"interrupted: {outcome.written} results and {outcome.failed} error "
             f"records written{lost}"

@@ -245,6 +245,14 @@ def add_map_options(parser: Parser) -> None:
         help="part of every cache key, for different weights served under one model name "
         "(default: none)",
     )
+    cache.add_argument(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        default=None,
+        help="send identical requests in flight at once each on its own (at temperature > 0: "
+        "independent samples) (default: they share one request and its answer)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",

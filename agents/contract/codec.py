@@ -87,4 +87,3 @@ def exact(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [exact(item) for item in value]
     return value
-

@@ -90,4 +90,3 @@ def all_ids_valid(records: list[Record]) -> bool:
     the usual case (string and integer IDs), to be followed by :func:`id_problem` otherwise."""
     ids = list(map(dict.get, records, repeat(ID_KEY), repeat(_ABSENT)))
     return set(map(type, ids)) <= _PLAIN_ID_TYPES and "" not in ids
-

@@ -179,4 +179,3 @@ def _ancestors(pid: int) -> set[int]:
             break
         pid = parent
     return found
-

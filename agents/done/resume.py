@@ -73,9 +73,7 @@ NAMES = {
 def output_to_resume(spelling: str) -> tuple[Output, Sidecar]:
     """The output ``--resume`` names, as agents-write writes it, and its sidecar."""
     if spelling == "-":
-        raise UsageError(
-            "--resume needs the output file agents-write --append writes to, not '-'"
-        )
+        raise UsageError("--resume needs the output file agents-write --append writes to, not '-'")
     try:
         location = resolve(spelling, None)
     except UsageError as error:

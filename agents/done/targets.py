@@ -76,7 +76,6 @@ class LedgerTarget(Target):
         return self.ledger.skipped_done
 
 
-
 class AppendTarget(LedgerTarget):
     """JSONL, CSV or TSV appended to in place, one flushed write per batch of records."""
 
@@ -270,6 +269,7 @@ def _write_json_lines(path: str, records: list[Record]) -> None:
         with open(path, "rb") as stream:
             if stream.read() == wanted:
                 return
+
     def fill(stream: BinaryIO) -> None:
         stream.write(wanted)
 
@@ -364,4 +364,3 @@ def write_locked(
     finally:
         if lock is not None:
             lock.release()
-

@@ -66,6 +66,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "cache": Key("cache", "str", path=True),
         "cache_mode": Key("cache_mode", "str", choices=("use", "refresh", "read-only")),
         "cache_scope": Key("cache_scope", "str"),
+        "dedup": Key("dedup", "bool"),
     },
     "output": {
         "format": Key("output_format", "str", choices=("text", "json", "structured")),

@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "keep_failed": False,
     "force_resume": False,
     "cache_mode": "use",
+    "dedup": True,
     "progress": False,
     "quiet": False,
     "log_level": "WARNING",

@@ -335,8 +335,7 @@ class _Shared:
         later = self.queue[place + 1 :]
         return max(
             (
-                (-bucket.level - sum(amounts.get(name, 0.0) for _, amounts in later))
-                / bucket.rate
+                (-bucket.level - sum(amounts.get(name, 0.0) for _, amounts in later)) / bucket.rate
                 for name, bucket in self.buckets.items()
             ),
             default=0.0,

@@ -32,7 +32,7 @@ from agents.errors import (
     Unusable,
 )
 from agents.map.answer import Interpreter, Merger, reask_message
-from agents.map.cache import CacheUse
+from agents.map.cache import CacheUse, request_key
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.http import Client, Completion, Usage
@@ -47,6 +47,7 @@ from agents.map.prompt import (
     missing_fields_message,
     prompt_token_bound,
 )
+from agents.map.sharing import Sharing
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -195,9 +196,11 @@ class Mapper:
         learn_limits: bool = True,
         stopping: asyncio.Event | None = None,
         cache: CacheUse | None = None,
+        sharing: Sharing | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
+        self.sharing = sharing
         self.shape = shape
         self.template = template
         self.system = system
@@ -242,16 +245,24 @@ class Mapper:
             problem: Unusable | None = None
             # The record's question keys the cache, and its accepted answer is kept under it
             # (after re-asks too), so that a rerun pays for none of the requests again.
-            key = self._cache_key(messages)
+            key = self._request_key(messages) if self.cache or self.sharing else None
             replayed = self.cache.answer(key) if self.cache and key else None
             held = False
+
+            async def send() -> tuple[Completion, int]:
+                nonlocal hold, held
+                if not held:  # a record answered from the cache, or shared, reserves nothing
+                    hold, held = await self._hold_cost(messages), True
+                return await self._call(messages, hold)
+
             for reask in range(self.max_reasks + 1):
                 completion = replayed if reask == 0 else None
+                shared = False
                 if completion is None:
-                    if not held:  # a record answered from the cache reserves nothing
-                        hold, held = await self._hold_cost(messages), True
                     try:
-                        completion, used = await self._call(messages, hold)
+                        completion, used, shared = await self._ask(
+                            send, messages, key if reask == 0 else None
+                        )
                     except (NotSent, CapReached):
                         if problem is None:
                             raise
@@ -264,7 +275,7 @@ class Mapper:
                     content = self._content(completion)
                     result = self.interpreter.interpret(content)
                     merged = self.merger.merge(record, result)
-                    if completion is not replayed and self.cache and key:
+                    if self.cache and key and completion is not replayed and not shared:
                         self.cache.keep(key, completion)  # only answers that were accepted
                 except Unusable as unusable:
                     unusable.answer = completion.content or completion.refusal
@@ -297,14 +308,30 @@ class Mapper:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _cache_key(self, messages: list[Message]) -> str | None:
-        """The cache's key of a request with these messages, as the job asks for it."""
-        if self.cache is None:
-            return None
+    async def _ask(
+        self,
+        send: Callable[[], Awaitable[tuple[Completion, int]]],
+        messages: list[Message],
+        key: str | None,
+    ) -> tuple[Completion, int, bool]:
+        """The answer to a request: ``send()``'s, or that of an identical request in flight
+        (then it made no attempts of its own); (the answer, the attempts, whether shared)."""
+        if self.sharing is None:
+            completion, used = await send()
+            return completion, used, False
+        asked = key or self._request_key(messages)
+        (completion, used), shared = await self.sharing.once(asked, send)
+        return completion, 0 if shared else used, shared
+
+    def _request_key(self, messages: list[Message]) -> str:
+        """The key of a request with these messages, as the job asks for it: the cache's,
+        and what tells identical requests in flight apart."""
         body: dict[str, Any] = {"messages": messages, **self.shape.params}
         if self.asked_format is not None:
             body["response_format"] = self.asked_format
-        return self.cache.key(body)
+        if self.cache is not None:
+            return self.cache.key(body)
+        return request_key(self.shape.model, body, self.interpreter.output_format)
 
     def _failed(
         self,

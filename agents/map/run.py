@@ -1,5 +1,4 @@
-"""An agents-map job put together and run: the one composition behind the command and the API.
-"""
+"""An agents-map job put together and run: the one composition behind the command and the API."""
 
 from __future__ import annotations
 
@@ -18,6 +17,7 @@ from agents.map.http import Client
 from agents.map.job import Job
 from agents.map.progress import Progress, ResultsAbove, Tally
 from agents.map.record import Mapper, Sleep
+from agents.map.sharing import Sharing
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
 
@@ -119,6 +119,7 @@ async def run_job(
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
             stopping=stopping,
             cache=_cache(job),
+            sharing=Sharing() if o.dedup else None,
             **job.mapper_args,
         )
         scheduler = Scheduler(
@@ -168,9 +169,7 @@ async def run_job(
                 "which is reserved: it was dropped, and each record kept its own ID"
             )
         if resumer is not None and resumer.duplicates.count:
-            telling.warn(
-                resumer.duplicates.describe("only the first record of each ID is sent")
-            )
+            telling.warn(resumer.duplicates.describe("only the first record of each ID is sent"))
             outcome.duplicates = resumer.duplicates.count
         if resumer is not None and (resumer.skipped or resumer.retried):
             telling.info(
@@ -269,4 +268,3 @@ def _cache(job: Job) -> CacheUse | None:
         job.interpreter.output_format,
         o.cache_scope,
     )
-

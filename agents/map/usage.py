@@ -104,6 +104,14 @@ def cache_line(cache: CacheUse, price: Price | None) -> str:
     )
 
 
+def shared_line(shared: int) -> str:
+    """The summary's line on identical requests that shared one in flight."""
+    return (
+        f"Shared: {shared:,} identical request{'s' if shared != 1 else ''} answered by one "
+        "already in flight (--no-dedup sends each)"
+    )
+
+
 def cache_stats(cache: CacheUse, price: Price | None) -> dict[str, Any]:
     """The --stats document's "cache" part."""
     saved = cache.saved
