@@ -349,3 +349,110 @@ def test_a_data_file_taken_for_the_cache_is_refused_untouched(env: Path) -> None
         assert "--cache=PATH" in refused.value.message
     assert data.read_text() == "_id,word\n1,a\n"
     assert not (env / "missing.jsonl").exists()
+
+
+# agents cache info|prune -------------------------------------------------------------------
+
+
+def agents_cache(*args: str) -> tuple[int, str, str]:
+    import io
+
+    from agents.cli import agents as agents_cli
+    from agents.cli._run import Streams
+
+    out, err = io.BytesIO(), io.StringIO()
+    status = agents_cli.main(["cache", *args], Streams(io.BytesIO(), out, err))
+    return status, out.getvalue().decode(), err.getvalue()
+
+
+def filled(path: Path, count: int, age_of: Any = lambda n: 0.0) -> None:
+    """``count`` answers, the n-th last used ``age_of(n)`` seconds ago, the first two hit."""
+    cache = ResponseCache(path)
+    for number in range(count):
+        cache.put(key(seed=number), Cached("x" * 1000, "stop", None, {"prompt": 1}))
+    for number in range(2):
+        assert cache.get(key(seed=number)) is not None
+    now = time.time()
+    for number in range(count):
+        cache.db.execute(
+            "UPDATE answers SET used = ?, created = ? WHERE key = ?",
+            (now - age_of(number), now - age_of(number), key(seed=number)),
+        )
+    cache.close()
+
+
+def test_info_counts_entries_hits_and_ages(tmp_path: Path) -> None:
+    import orjson
+
+    path = tmp_path / "c.sqlite"
+    filled(path, 10, lambda n: n * 86400.0)
+    status, out, _ = agents_cache("info", str(path), "--json")
+    assert status == 0
+    document = orjson.loads(out)
+    assert document["entries"] == 10 and document["hits"] == 2 and document["entries_hit"] == 2
+    assert document["content_bytes"] > 10_000 and document["file_bytes"] >= path.stat().st_size
+    assert document["oldest"] < document["newest"]  # ISO 8601, UTC
+    status, out, _ = agents_cache("info", str(path))
+    assert status == 0 and "answers:    10 (2 replayed at least once)" in out
+    assert "9 days ago" in out
+
+
+def test_info_reads_the_default_path_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.delenv("AGENTS_CACHE", raising=False)
+    status, _, err = agents_cache("info")
+    assert status == 2 and "no cache there" in err and "agents-map --cache" in err
+    assert not (tmp_path / "xdg" / "agents" / "responses.sqlite").exists()  # none made
+    filled(tmp_path / "xdg" / "agents" / "responses.sqlite", 3)
+    assert "answers:    3 " in agents_cache("info")[1]
+    monkeypatch.setenv("AGENTS_CACHE", str(tmp_path / "other.sqlite"))
+    filled(tmp_path / "other.sqlite", 5)
+    assert "answers:    5 " in agents_cache("info")[1]
+
+
+def test_prune_by_age_forgets_what_was_not_used_lately(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    filled(path, 10, lambda n: n * 86400.0 + 60)  # 1 minute, 1 day + 1 minute, ...
+    status, _, err = agents_cache("prune", str(path), "--older-than", "3d")
+    assert status == 0 and "forgot 7 of 10 answers; 3 kept" in err
+    cache = ResponseCache(path)
+    assert [cache.get(key(seed=n)) is not None for n in range(10)] == [True] * 3 + [False] * 7
+
+
+def test_prune_by_size_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    filled(path, 200, lambda n: float(n))
+    before = path.stat().st_size
+    status, _, err = agents_cache("prune", str(path), "--max-size", "50k")
+    assert status == 0
+    cache = ResponseCache(path)
+    kept = [n for n in range(200) if cache.get(key(seed=n)) is not None]
+    assert kept == list(range(len(kept))) and 40 <= len(kept) <= 50  # ~1.1 kB each
+    assert cache.info().content_bytes <= 50 * 1024
+    assert path.stat().st_size < before / 2  # compacted
+
+
+def test_prune_while_another_process_uses_the_cache(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    filled(path, 50, lambda n: n * 86400.0)
+    reader = ResponseCache(path)
+    reader.db.execute("BEGIN")  # a read transaction held open by another user of the file
+    assert reader.db.execute("SELECT count(*) FROM answers").fetchone()[0] == 50
+    other = writer(path, 1000, 200)
+    status, _, err = agents_cache("prune", str(path), "--older-than", "10d")
+    reader.db.execute("COMMIT")
+    assert other.wait(60) == 0, other.stderr.read() if other.stderr else ""
+    assert status == 0, err
+    assert ResponseCache(path).info().entries == 10 + 200
+
+
+def test_prune_needs_a_criterion_and_refuses_bad_values(tmp_path: Path) -> None:
+    path = tmp_path / "c.sqlite"
+    filled(path, 3)
+    status, _, err = agents_cache("prune", str(path))
+    assert status == 2 and "--older-than" in err and str(path) in err
+    assert agents_cache("prune", str(path), "--older-than", "soon")[0] == 2
+    assert agents_cache("prune", str(path), "--max-size", "big")[0] == 2
+    assert ResponseCache(path).info().entries == 3

@@ -136,6 +136,8 @@ def test_examples_run(page: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     work = tmp_path / "examples"
     shutil.copytree(ROOT / "docs" / "examples", work)
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("AGENTS_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # --cache examples' default
     with FakeLLM(docs_script) as server:
         monkeypatch.setenv("OPENAI_BASE_URL", server.url)
         for command in commands:

@@ -1,7 +1,8 @@
 """agents: the design document's one-command interface, on the same library as the filters.
 
 ``agents process INPUT OUTPUT`` reads, maps and writes with resume built in (see
-:mod:`agents.process`); ``agents resume OUTPUT`` carries on with the settings recorded beside it.
+:mod:`agents.process`); ``agents resume OUTPUT`` carries on with the settings recorded beside it;
+``agents cache info|prune`` looks after the response cache (:mod:`agents.cli.cache`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from agents.cli import flags
+from agents.cli import cache, flags
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.cli.map import finish, show_dry_run, side_outputs
 from agents.cli.map_options import add_map_options
@@ -53,6 +54,8 @@ examples:
   agents process "sqlite://data.db?query=SELECT * FROM words" out.jsonl -p prompt.txt
   agents process input.csv output.csv --config job.yaml --dry-run --limit 5
   agents resume output.csv
+  agents cache info
+  agents cache prune --older-than 30d --max-size 1G
 """
 
 #: Options whose values are files: recorded as absolute paths for agents resume.
@@ -110,6 +113,7 @@ def build_parser(streams: Streams) -> Parser:
         streams=streams,
     )
     resume.add_argument("output", metavar="OUTPUT", help="the OUTPUT of an agents process run")
+    cache.add_parser(commands, streams, EXIT_STATUS_EPILOG)
     return parser
 
 
@@ -125,6 +129,8 @@ def _agents(
 ) -> int:
     args = vars(build_parser(streams).parse_args(argv))
     command = args.pop("command")
+    if command == "cache":
+        return cache.run(args, streams, reporter)
     if command == "resume":
         output = output_location(args["output"])
         args = dict(load_settings(output)["arguments"])

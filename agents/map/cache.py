@@ -17,6 +17,7 @@ before it is opened. It holds prompts and answers, so it is created readable by 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sqlite3
@@ -44,6 +45,9 @@ BUSY_SECONDS = 30.0
 NETWORK_FILE_SYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "afs", "ceph", "glusterfs", "9p"}
 )
+
+#: How long ``agents cache prune`` waits for readers to let go of the WAL before leaving it.
+CHECKPOINT_WAIT_MS = 2000
 
 _HINT = "give --cache another path, or remove the file to start afresh"
 
@@ -109,7 +113,7 @@ def _on_network(kind: str | None) -> bool:
 class ResponseCache:
     """One cache file, opened for this process."""
 
-    def __init__(self, path: Path, mounts: str | None = None) -> None:
+    def __init__(self, path: Path, mounts: str | None = None, *, create: bool = True) -> None:
         self.path = path
         self.hits = 0
         self.stored = 0
@@ -118,6 +122,11 @@ class ResponseCache:
             raise UsageError(
                 f"--cache {path}: that names data, not a cache; give the cache's path as "
                 "--cache=PATH, or --cache last, after the input and output"
+            )
+        if not create and not path.exists():
+            raise UsageError(
+                f"{path}: no cache there",
+                hint="agents-map --cache makes one; AGENTS_CACHE or a PATH names another",
             )
         folder = path.parent
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -219,8 +228,93 @@ class ResponseCache:
                 "command with --resume carries on",
             ) from None
 
+    def info(self) -> CacheInfo:
+        """What the file holds (for ``agents cache info``)."""
+        entries, hits, hit_once, oldest, newest, last_used, content = self.db.execute(
+            "SELECT count(*), ifnull(sum(hits), 0), ifnull(sum(hits > 0), 0), min(created), "
+            f"max(created), max(used), ifnull(sum({ROW_BYTES}), 0) FROM answers"
+        ).fetchone()
+        return CacheInfo(
+            path=str(self.path),
+            entries=entries,
+            hits=hits,
+            entries_hit=hit_once,
+            oldest=oldest,
+            newest=newest,
+            last_used=last_used,
+            content_bytes=content,
+            file_bytes=_file_bytes(self.path),
+        )
+
+    def prune(self, unused_for: float | None = None, max_bytes: int | None = None) -> int:
+        """Forget the answers not used for ``unused_for`` seconds, then the least recently
+        used ones until what is kept fits in ``max_bytes``; the file is then compacted. The
+        number of answers forgotten."""
+        self._write("BEGIN IMMEDIATE", ())
+        try:
+            removed = 0
+            if unused_for is not None:
+                cursor = self.db.execute(
+                    "DELETE FROM answers WHERE used < ?", (time.time() - unused_for,)
+                )
+                removed += cursor.rowcount
+            if max_bytes is not None:
+                kept, newest_first = 0, []
+                for key, size in self.db.execute(
+                    f"SELECT key, {ROW_BYTES} FROM answers ORDER BY used DESC, created DESC"
+                ):
+                    kept += size
+                    if kept > max_bytes:
+                        newest_first.append((key,))
+                self.db.executemany("DELETE FROM answers WHERE key = ?", newest_first)
+                removed += len(newest_first)
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        if removed:
+            # Gives the freed pages back to the file system; waits for the other processes'
+            # transactions (the busy timeout) rather than failing.
+            self._write("VACUUM", ())
+            # VACUUM went through the WAL: fold it back and empty it, unless a reader holds
+            # it for long (then it empties at a later checkpoint).
+            self.db.execute(f"PRAGMA busy_timeout = {CHECKPOINT_WAIT_MS}")
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+        return removed
+
     def close(self) -> None:
         self.db.close()
+
+
+#: What one stored answer takes, roughly: its columns' bytes and a row's overhead.
+ROW_BYTES = (
+    "(length(key) + ifnull(length(content), 0) + ifnull(length(refusal), 0) "
+    "+ ifnull(length(finish_reason), 0) + length(usage) + 40)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    """``agents cache info``: the file's entries, hits and ages (times are Unix seconds)."""
+
+    path: str
+    entries: int
+    hits: int  # hits over the file's life
+    entries_hit: int  # answers replayed at least once
+    oldest: float | None  # when the oldest answer was kept
+    newest: float | None
+    last_used: float | None
+    content_bytes: int  # what the answers take, roughly
+    file_bytes: int  # the file with its WAL
+
+
+def _file_bytes(path: Path) -> int:
+    total = 0
+    for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(OSError):  # no WAL: nothing to add
+            total += part.stat().st_size
+    return total
 
 
 #: --cache-mode: hits used and new answers stored; no hits, new answers stored; hits used,
@@ -275,6 +369,7 @@ class CacheUse:
 
 __all__ = [
     "MODES",
+    "CacheInfo",
     "CacheUse",
     "Cached",
     "ResponseCache",
