@@ -456,3 +456,108 @@ def test_prune_needs_a_criterion_and_refuses_bad_values(tmp_path: Path) -> None:
     assert agents_cache("prune", str(path), "--older-than", "soon")[0] == 2
     assert agents_cache("prune", str(path), "--max-size", "big")[0] == 2
     assert ResponseCache(path).info().entries == 3
+
+
+# Processes sharing a cache, a kill -9 through agents-map, the local model's identity ---------
+
+
+def test_four_agents_map_processes_under_parallel_pipe_share_one_cache(env: Path) -> None:
+    import shutil
+
+    import orjson
+    from conftest import jsonl, shell
+    from fake_llm import FakeLLM, Reply, last_user_message
+
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (.ci/run installs it)")
+    cache = env / "answers.sqlite"
+    (env / "in.jsonl").write_bytes(jsonl(*({"_id": n, "word": f"w{n % 20}"} for n in range(400))))
+    (env / "prompt.txt").write_text("Say {word}")  # (parallel splits a command's words again)
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        return Reply(f"answer: {last_user_message(request)}", delay=0.05)
+
+    with FakeLLM(script) as server:
+        done = shell(
+            f"set -o pipefail; parallel --pipe --round-robin -j 4 -N 25 agents-map "
+            f"--base-url {server.url} -p prompt.txt --cache {cache} -j 8 -q "
+            f"< {env / 'in.jsonl'} | agents-write {env / 'out.jsonl'}",
+            cwd=env,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert max(server.prompts.values()) <= 4  # at most once per process
+    records = [orjson.loads(line) for line in (env / "out.jsonl").read_bytes().splitlines()]
+    assert sorted(r["_id"] for r in records) == list(range(400))
+    assert all(r["result"] == f"answer: Say {r['word']}" for r in records)
+    assert ResponseCache(cache).info().entries == 20
+
+
+def test_agents_map_killed_with_9_leaves_a_cache_the_rerun_hits(env: Path) -> None:
+    import orjson
+    from conftest import BIN, jsonl
+    from fake_llm import FakeLLM, Reply, last_user_message
+
+    cache = env / "answers.sqlite"
+    stdin = jsonl(*({"_id": n, "word": f"w{n}"} for n in range(300)))
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        return Reply(f"answer: {last_user_message(request)}", delay=0.01)
+
+    with FakeLLM(script) as server:
+        command = [
+            str(BIN / "agents-map"), "--base-url", server.url, "--prompt", "Say {word}",
+            "--cache", str(cache), "-j", "4", "-q",
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert process.stdin is not None
+        process.stdin.write(stdin)
+        process.stdin.close()
+        deadline = time.monotonic() + 60
+        while server.answered < 60:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+        kept = ResponseCache(cache).info().entries
+        assert 40 <= kept < 300
+        before = len(server.requests)
+        stats = env / "stats.json"
+        rerun = subprocess.run(
+            [*command, "--stats", str(stats)], input=stdin, capture_output=True, timeout=120
+        )
+        assert rerun.returncode == 0, rerun.stderr
+        assert len(server.requests) - before == 300 - kept
+    document = orjson.loads(stats.read_bytes())
+    assert document["cache"]["hits"] == kept
+    assert sorted(orjson.loads(line)["_id"] for line in rerun.stdout.splitlines()) == list(
+        range(300)
+    )
+
+
+def test_the_local_models_answers_are_keyed_by_its_files_digest(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A package upgrade that keeps the file's name and changes its weights asks again."""
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    import agents.paths
+
+    cache = str(env / "answers.sqlite")
+    name = "agents-local/SmolLM2-135M-Instruct.Q4_1"
+    digest = ["sha256:one"]
+    monkeypatch.setattr(
+        agents.paths, "local_model_file", lambda: (f"/m/{name.split('/')[1]}.gguf", digest[0])
+    )
+    assert agents.paths.model_identity(name) == f"{name} sha256:one"
+    assert agents.paths.model_identity("agents-local/another") == "agents-local/another"
+    with FakeLLM(models=[name]) as server:
+        assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
+        assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
+        assert len(server.requests) == 5
+        digest[0] = "sha256:two"
+        assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
+        assert len(server.requests) == 10

@@ -207,3 +207,35 @@ def test_the_local_model_is_found_by_name_and_costs_nothing(
     assert stats["model"].startswith("agents-local/SmolLM2-135M-Instruct")
     assert stats["cost_usd"] == 0
     assert "Estimated cost: $0.00" in done.stderr.splitlines()
+
+
+def test_the_quick_start_job_run_again_with_a_cache_sends_nothing(
+    local: dict[str, str], tmp: Path
+) -> None:
+    """scripts/quickstart.sh's job, with --cache, twice: the second run answers every record
+    the first one answered from the cache, with no request, and writes the same output."""
+    env = {**local, "XDG_CACHE_HOME": str(tmp / "xdg")}
+    env.pop("AGENTS_CACHE", None)
+    job = (
+        f"agents-read {EXAMPLES / 'words.csv'} | agents-map --config "
+        f"{EXAMPLES / 'translation.yaml'} --model smollm2-135m --price 0,0 --cache "
+        "--stats {stats} | agents-write {out}"
+    )
+    first = sh(job.format(stats="one.json", out="one.csv"), env, tmp)
+    assert first.returncode in (0, 3), first.stderr
+    second = sh(job.format(stats="two.json", out="two.csv"), env, tmp)
+    assert second.returncode == first.returncode, second.stderr
+    one = orjson.loads((tmp / "one.json").read_bytes())
+    two = orjson.loads((tmp / "two.json").read_bytes())
+    assert one["succeeded"] > 0 and one["requests"] >= one["succeeded"]
+    assert two["cache"]["hits"] == one["succeeded"]
+    if one["failed"] == 0:
+        assert two["requests"] == 0
+    assert two["succeeded"] == one["succeeded"]
+    rows = lambda name: {  # noqa: E731
+        line.split(",", 1)[0]: line for line in (tmp / name).read_text().splitlines()
+    }
+    first_rows, second_rows = rows("one.csv"), rows("two.csv")
+    answered = [row for key, row in first_rows.items() if "error" not in row]
+    assert all(second_rows[row.split(",", 1)[0]] == row for row in answered)
+    assert "Cache: " in second.stderr and "hits" in second.stderr

