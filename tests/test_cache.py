@@ -426,7 +426,7 @@ def test_prune_by_size_keeps_the_most_recently_used(tmp_path: Path) -> None:
     filled(path, 200, lambda n: float(n))
     before = path.stat().st_size
     status, _, err = agents_cache("prune", str(path), "--max-size", "50k")
-    assert status == 0
+    assert status == 0 and "answers;" in err and "-> " in err
     cache = ResponseCache(path)
     kept = [n for n in range(200) if cache.get(key(seed=n)) is not None]
     assert kept == list(range(len(kept))) and 40 <= len(kept) <= 50  # ~1.1 kB each
