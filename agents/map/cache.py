@@ -30,12 +30,13 @@ import orjson
 
 from agents.errors import AgentsError, UsageError
 from agents.map.http import Completion, Usage
+from agents.map.prompt import Message
 
 #: SQLite's application_id of a cache file ("agc1"): tells ours from any other database.
 APPLICATION_ID = 0x61676331
 
 #: The layout of the file; a file of another version is refused, not guessed at.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: How long a write waits for another process's transaction before failing.
 BUSY_SECONDS = 30.0
@@ -46,8 +47,34 @@ NETWORK_FILE_SYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "afs", "ceph", "glusterfs", "9p"}
 )
 
+#: Hits counted in the file (their count, their last use) in one transaction, in the keys'
+#: order: a write per hit would cost more than the hit, and each write of a few rows spread
+#: over the file rewrites as many pages. A kill -9 loses at most this many counts, never an
+#: answer.
+HITS_PER_WRITE = 20_000
+
+#: Answers kept are written this many at a time, or once the first of them waited this long
+#: (seconds) when the next comes: a transaction per answer costs a miss a third of its time.
+#: Until then this process finds them in memory; the others see them that much later.
+PUTS_PER_WRITE = 64
+PUT_DELAY = 0.25
+
+#: Pages the WAL holds before it is folded back into the file.
+CHECKPOINT_PAGES = 10000
+
+#: SQLite's page cache, in KiB.
+PAGE_CACHE_KIB = 64 << 10
+
+#: Keys looked up in one query (well under SQLite's limit on a statement's parameters).
+KEYS_PER_QUERY = 500
+
 #: How long ``agents cache prune`` waits for readers to let go of the WAL before leaving it.
 CHECKPOINT_WAIT_MS = 2000
+
+_WRITE_HINT = (
+    "is the disk full? the results written so far are kept; the same command with --resume "
+    "carries on"
+)
 
 _HINT = "give --cache another path, or remove the file to start afresh"
 
@@ -71,16 +98,38 @@ def default_path() -> Path:
     return Path(base) / "agents" / "responses.sqlite"
 
 
-def request_key(model: str, request: dict[str, Any], mode: str, scope: str | None = None) -> str:
-    """The key of one request: a SHA-256 of the model, the scope, the output mode and the
-    request body without its model field (messages, parameters, response_format), with keys
-    sorted so that the order options were given in does not matter."""
-    body = {name: value for name, value in request.items() if name != "model"}
-    canonical = orjson.dumps(
-        {"v": SCHEMA_VERSION, "model": model, "scope": scope, "mode": mode, "request": body},
-        option=orjson.OPT_SORT_KEYS,
-    )
-    return hashlib.sha256(canonical).hexdigest()
+class RequestKeys:
+    """The keys of one job's requests: all but the messages is the same for each of them, so
+    it is hashed once, and each key hashes only its messages on top."""
+
+    def __init__(
+        self, model: str, settings: dict[str, Any], mode: str, scope: str | None = None
+    ) -> None:
+        head = orjson.dumps(
+            {
+                "v": SCHEMA_VERSION,
+                "model": model,
+                "scope": scope,
+                "mode": mode,
+                "request": settings,
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
+        self.head = hashlib.sha256(head + b"\n")
+
+    def key(self, messages: list[Message]) -> bytes:
+        # Messages are made in one order of their keys (role, content), so they need no sort.
+        digest = self.head.copy()
+        digest.update(orjson.dumps(messages))
+        return digest.digest()
+
+
+def request_key(model: str, request: dict[str, Any], mode: str, scope: str | None = None) -> bytes:
+    """The key of one request: a SHA-256 of the model, the scope, the output mode, every field
+    of the request but its model and messages (parameters, response_format) with keys sorted,
+    so that the order options were given in does not matter, and then the messages."""
+    settings = {name: value for name, value in request.items() if name not in ("model", "messages")}
+    return RequestKeys(model, settings, mode, scope).key(request.get("messages", []))
 
 
 def file_system_type(path: Path, mounts: str | None = None) -> str | None:
@@ -117,6 +166,9 @@ class ResponseCache:
         self.path = path
         self.hits = 0
         self.stored = 0
+        self.replayed: list[bytes] = []  # hits not yet counted in the file
+        self.unsaved: dict[bytes, tuple[Cached, float]] = {}  # answers not yet in it, and when
+        self.unsaved_since = 0.0
         if path.suffix.lower() in DATA_SUFFIXES:
             # `agents process --cache in.csv out.csv`: the optional PATH took the input.
             raise UsageError(
@@ -160,7 +212,7 @@ class ResponseCache:
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     db.execute(
-                        "CREATE TABLE answers (key TEXT PRIMARY KEY, content TEXT, "
+                        "CREATE TABLE answers (key BLOB PRIMARY KEY, content TEXT, "
                         "finish_reason TEXT, refusal TEXT, usage TEXT NOT NULL, "
                         "created REAL NOT NULL, used REAL NOT NULL, hits INTEGER NOT NULL "
                         "DEFAULT 0) WITHOUT ROWID"
@@ -182,39 +234,101 @@ class ResponseCache:
         # In WAL mode NORMAL never corrupts the file; a power cut may lose the last answers
         # kept, which a cache can afford (FULL syncs every write: half the speed of a miss).
         db.execute("PRAGMA synchronous = NORMAL")
+        # Answers land at random places in the file (their keys are hashes), so each write
+        # touches pages all over it: fold the WAL back less often (40 MB, not 4), rewriting
+        # each page once for many writes, and keep it from growing past that.
+        db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
+        db.execute(f"PRAGMA journal_size_limit = {CHECKPOINT_PAGES * 4096}")
+        # and keep more of it in memory than SQLite's 2 MB: the lookups of a rerun read pages
+        # all over the file (the memory is taken only as pages are read)
+        db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
-    def get(self, key: str) -> Cached | None:
+    def get(self, key: bytes) -> Cached | None:
         """The answer stored under ``key``, counted as a hit; None on a miss."""
-        row = self.db.execute(
-            "SELECT content, finish_reason, refusal, usage FROM answers WHERE key = ?", (key,)
-        ).fetchone()
-        if row is None:
-            return None
-        self.hits += 1
-        self._write(
-            "UPDATE answers SET hits = hits + 1, used = ? WHERE key = ?", (time.time(), key)
-        )
-        usage = orjson.loads(row[3])
-        return Cached(row[0], row[1], row[2], {str(k): int(v) for k, v in usage.items()})
+        return self.get_many([key]).get(key)
 
-    def put(self, key: str, answer: Cached) -> None:
-        """Store a successful, complete answer (the first one stored under a key stands)."""
-        now = time.time()
-        self._write(
-            "INSERT OR IGNORE INTO answers "
-            "(key, content, finish_reason, refusal, usage, created, used) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+    def get_many(self, keys: list[bytes]) -> dict[bytes, Cached]:
+        """The answers stored under any of ``keys``, each counted as a hit: one query for a
+        batch of records, as a query costs more than finding a key in it."""
+        found = {key: self.unsaved[key][0] for key in keys if key in self.unsaved}
+        asked = [key for key in keys if key not in found] if found else keys
+        for start in range(0, len(asked), KEYS_PER_QUERY):
+            part = asked[start : start + KEYS_PER_QUERY]
+            rows = self.db.execute(
+                "SELECT key, content, finish_reason, refusal, usage FROM answers "
+                f"WHERE key IN ({', '.join('?' * len(part))})",
+                part,
+            )
+            for key, content, finish_reason, refusal, usage in rows:
+                found[key] = Cached(content, finish_reason, refusal, orjson.loads(usage))
+        replayed = [key for key in keys if key in found]
+        self.hits += len(replayed)
+        self.replayed.extend(replayed)
+        if len(self.replayed) >= HITS_PER_WRITE:
+            self._count_hits()
+        return found
+
+    def put(self, key: bytes, answer: Cached) -> None:
+        """Store a successful, complete answer (the first one stored under a key stands).
+        Answers are written a few at a time, and found meanwhile by this process."""
+        if not self.unsaved:
+            self.unsaved_since = time.monotonic()
+        self.unsaved.setdefault(key, (answer, time.time()))
+        self.stored += 1
+        if (
+            len(self.unsaved) >= PUTS_PER_WRITE
+            or time.monotonic() - self.unsaved_since >= PUT_DELAY
+        ):
+            self._save()
+
+    def flush(self) -> None:
+        """Write the answers and the hit counts not yet in the file."""
+        self._save()
+        self._count_hits()
+
+    def _save(self) -> None:
+        rows = [
             (
                 key,
                 answer.content,
                 answer.finish_reason,
                 answer.refusal,
                 orjson.dumps(answer.usage).decode(),
-                now,
-                now,
-            ),
+                when,
+                when,
+            )
+            for key, (answer, when) in self.unsaved.items()
+        ]
+        self.unsaved.clear()
+        self._transaction(
+            "INSERT OR IGNORE INTO answers "
+            "(key, content, finish_reason, refusal, usage, created, used) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
         )
-        self.stored += 1
+
+    def _count_hits(self) -> None:
+        now = time.time()
+        rows = [(now, key) for key in sorted(self.replayed)]
+        self.replayed.clear()
+        self._transaction("UPDATE answers SET hits = hits + 1, used = ? WHERE key = ?", rows)
+
+    def _transaction(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
+        """``statement`` for each of ``rows``, in one short transaction."""
+        if not rows:
+            return
+        self._write("BEGIN IMMEDIATE", ())
+        try:
+            self.db.executemany(statement, rows)
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as error:
+            self.db.execute("ROLLBACK")
+            raise AgentsError(
+                f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
+            ) from None
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
 
     def _write(self, statement: str, values: tuple[Any, ...]) -> None:
         """One statement in its own short transaction (autocommit), so that the writers that
@@ -223,13 +337,12 @@ class ResponseCache:
             self.db.execute(statement, values)
         except sqlite3.OperationalError as error:
             raise AgentsError(
-                f"--cache {self.path}: could not write ({error})",
-                hint="is the disk full? the results written so far are kept; the same "
-                "command with --resume carries on",
+                f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
             ) from None
 
     def info(self) -> CacheInfo:
         """What the file holds (for ``agents cache info``)."""
+        self.flush()
         entries, hits, hit_once, oldest, newest, last_used, content = self.db.execute(
             "SELECT count(*), ifnull(sum(hits), 0), ifnull(sum(hits > 0), 0), min(created), "
             f"max(created), max(used), ifnull(sum({ROW_BYTES}), 0) FROM answers"
@@ -250,6 +363,7 @@ class ResponseCache:
         """Forget the answers not used for ``unused_for`` seconds, then the least recently
         used ones until what is kept fits in ``max_bytes``; the file is then compacted. The
         number of answers forgotten."""
+        self.flush()
         self._write("BEGIN IMMEDIATE", ())
         try:
             removed = 0
@@ -284,6 +398,7 @@ class ResponseCache:
         return removed
 
     def close(self) -> None:
+        self.flush()
         self.db.close()
 
 
@@ -321,6 +436,10 @@ def _file_bytes(path: Path) -> int:
 #: nothing stored.
 MODES = ("use", "refresh", "read-only")
 
+#: Keys of answers kept lately that are remembered (their keys only: flat memory), more than the
+#: records of a batch read at once, which are all looked up before the first is answered.
+RECENT_KEYS = 20_000
+
 #: The parts of a stored answer's usage, as :class:`Usage` names them.
 USAGE_FIELDS = ("prompt", "completion", "cached", "reasoning")
 
@@ -336,25 +455,48 @@ class CacheUse:
     output: str
     scope: str | None = None
     saved: Usage = field(default_factory=Usage)  # the usage of the answers replayed
+    recent: dict[bytes, None] = field(default_factory=dict)  # keys kept lately, oldest first
 
-    def key(self, request: dict[str, Any]) -> str:
-        return request_key(self.model, request, self.output, self.scope)
+    def keys(self, settings: dict[str, Any]) -> RequestKeys:
+        """The keys of requests made with ``settings`` (all of a request but its messages)."""
+        return RequestKeys(self.model, settings, self.output, self.scope)
 
-    def answer(self, key: str) -> Completion | None:
+    def answer(self, key: bytes) -> Completion | None:
         """The stored answer to replay, unless this run refreshes the cache."""
-        if self.mode == "refresh":
-            return None
-        found = self.store.get(key)
-        if found is None:
-            return None
-        usage = Usage(**{name: found.usage.get(name, 0) for name in USAGE_FIELDS})
-        self.saved.add(usage)
-        return Completion(found.content, found.finish_reason, found.refusal, usage)
+        return self.answers([key]).get(key)
 
-    def keep(self, key: str, completion: Completion) -> None:
+    def answers(self, keys: list[bytes]) -> dict[bytes, Completion]:
+        """The stored answers to replay among ``keys`` (none when this run refreshes)."""
+        if self.mode == "refresh":
+            return {}
+        replayed: dict[bytes, Completion] = {}
+        saved = self.saved
+        for key, found in self.store.get_many(keys).items():
+            counts = found.usage
+            usage = Usage(
+                counts.get("prompt", 0),
+                counts.get("completion", 0),
+                counts.get("cached", 0),
+                counts.get("reasoning", 0),
+            )  # (USAGE_FIELDS, spelled out: this runs once a record)
+            replayed[key] = Completion(found.content, found.finish_reason, found.refusal, usage)
+        for key in keys:  # a key asked twice is replayed twice
+            if key in replayed:
+                saved.add(replayed[key].usage)
+        return replayed
+
+    def kept_lately(self, key: bytes) -> bool:
+        """Whether this process kept an answer under ``key`` lately: a record looked up before
+        that answer came is looked up again, so that it is not asked twice."""
+        return key in self.recent
+
+    def keep(self, key: bytes, completion: Completion) -> None:
         """Store an answer that was accepted (complete, and valid for this output)."""
         if self.mode == "read-only":
             return
+        self.recent[key] = None
+        if len(self.recent) > RECENT_KEYS:
+            del self.recent[next(iter(self.recent))]  # the oldest
         usage = completion.usage
         self.store.put(
             key,
@@ -372,6 +514,7 @@ __all__ = [
     "CacheInfo",
     "CacheUse",
     "Cached",
+    "RequestKeys",
     "ResponseCache",
     "default_path",
     "file_system_type",

@@ -19,12 +19,14 @@ import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
 from agents.errors import CallError, Fatal, RecordFailed, Retryable
+
+if TYPE_CHECKING:
+    import aiohttp
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -249,30 +251,46 @@ FATAL_STATUS = {401: "auth", 403: "auth", 404: "not_found"}
 
 
 class Client:
-    """One shared aiohttp session; :meth:`complete` makes one call and classifies its outcome."""
+    """One shared aiohttp session; :meth:`complete` makes one call and classifies its outcome.
+
+    The session, and aiohttp itself, are made at the first request: a rerun answered from the
+    cache sends none, and importing aiohttp would be a tenth of its time."""
 
     def __init__(self, endpoint: Endpoint, connections: int) -> None:
         self.endpoint = endpoint
-        headers = {"Content-Type": "application/json", **endpoint.headers}
-        if endpoint.api_key:
-            headers["Authorization"] = f"Bearer {endpoint.api_key}"
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(
-                limit=connections, limit_per_host=0, enable_cleanup_closed=True
-            ),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
-            # HTTPS_PROXY, HTTP_PROXY and NO_PROXY are looked up once here: aiohttp's
-            # trust_env would look them up again, in a thread, for every request.
-            proxy=proxy_for(endpoint.url),
-            auto_decompress=True,
-        )
+        self.connections = connections
+        self._session: aiohttp.ClientSession | None = None
         self.succeeded = False
 
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            import aiohttp
+
+            endpoint = self.endpoint
+            headers = {"Content-Type": "application/json", **endpoint.headers}
+            if endpoint.api_key:
+                headers["Authorization"] = f"Bearer {endpoint.api_key}"
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self.connections, limit_per_host=0, enable_cleanup_closed=True
+                ),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=endpoint.timeout),
+                # HTTPS_PROXY, HTTP_PROXY and NO_PROXY are looked up once here: aiohttp's
+                # trust_env would look them up again, in a thread, for every request.
+                proxy=proxy_for(endpoint.url),
+                auto_decompress=True,
+            )
+        return self._session
+
     async def close(self) -> None:
-        await self.session.close()
+        if self._session is not None:
+            await self._session.close()
 
     async def complete(self, body: dict[str, Any]) -> Completion:
+        import aiohttp  # (imported once, by the session)
+
         redact = self.endpoint.redact
         try:
             async with self.session.post(self.endpoint.url, data=orjson.dumps(body)) as response:

@@ -32,7 +32,7 @@ from agents.errors import (
     Unusable,
 )
 from agents.map.answer import Interpreter, Merger, reask_message
-from agents.map.cache import CacheUse, request_key
+from agents.map.cache import CacheUse, RequestKeys
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.http import Client, Completion, Usage
@@ -66,6 +66,19 @@ class CostHold:
 
     reserved: float
     spent: float = 0.0
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A record's first request, rendered and looked up in the cache when its batch was read."""
+
+    messages: list[Message]
+    key: bytes
+    replayed: Completion | None  # the cache's answer, when it had one
+
+
+#: What answers one record: (its output record, whether it succeeded).
+Work = Callable[[], Awaitable[tuple[Record, bool]]]
 
 
 @dataclass
@@ -214,7 +227,14 @@ class Mapper:
         # The forms of response_format still to try, best first; None means "send none".
         self.response_formats = response_formats or [None]
         # The form the job asks for keys the cache, whichever one the server ends up taking.
-        self.asked_format = self.response_formats[0]
+        settings: dict[str, Any] = dict(shape.params)
+        if self.response_formats[0] is not None:
+            settings["response_format"] = self.response_formats[0]
+        self.request_keys = (
+            cache.keys(settings)
+            if cache is not None
+            else RequestKeys(shape.model, settings, interpreter.output_format)
+        )
         self.sleep = sleep
         self.warn = warn
         self.counters = Counters()
@@ -236,17 +256,56 @@ class Mapper:
             or DEFAULT_OUTPUT_ESTIMATE
         )
 
-    async def process(self, record: Record) -> tuple[Record, bool]:
+    def prepare(self, batch: list[Record]) -> list[Record | Work]:
+        """Each record of a batch just read: its output at once, when the cache answers it,
+        else the work that answers it. The batch is looked up in one query, and a record
+        answered from the cache takes no task, slot or budget: a rerun runs at the speed of
+        reading and writing."""
+        cache = self.cache
+        rendered: list[tuple[list[Message], bytes] | None] = []
+        for record in batch:
+            try:
+                messages = messages_for(self.template, self.system, record)
+            except MissingFields:
+                rendered.append(None)  # process makes its error record
+                continue
+            rendered.append((messages, self._request_key(messages)))
+        found = cache.answers([item[1] for item in rendered if item]) if cache else {}
+        prepared: list[Record | Work] = []
+        for record, item in zip(batch, rendered, strict=True):
+            if item is None:
+                prepared.append(functools.partial(self.process, record))
+                continue
+            messages, key = item
+            replayed = found.get(key)
+            if replayed is not None:
+                try:
+                    prepared.append(self._accept(record, replayed))
+                    continue
+                except Unusable:
+                    pass  # (re-asked as when it was first answered)
+            ready = Prepared(messages, key, replayed)
+            prepared.append(functools.partial(self.process, record, ready))
+        return prepared
+
+    async def process(
+        self, record: Record, prepared: Prepared | None = None
+    ) -> tuple[Record, bool]:
         """(the output record, whether it succeeded). Fatal errors propagate."""
         attempts = 0
         hold: CostHold | None = None
         try:
-            messages = messages_for(self.template, self.system, record)
             problem: Unusable | None = None
             # The record's question keys the cache, and its accepted answer is kept under it
             # (after re-asks too), so that a rerun pays for none of the requests again.
-            key = self._request_key(messages) if self.cache or self.sharing else None
-            replayed = self.cache.answer(key) if self.cache and key else None
+            if prepared is None:
+                messages = messages_for(self.template, self.system, record)
+                key = self._request_key(messages) if self.cache or self.sharing else None
+                replayed = self.cache.answer(key) if self.cache and key else None
+            else:
+                messages, key, replayed = prepared.messages, prepared.key, prepared.replayed
+                if replayed is None and self.cache and self.cache.kept_lately(key):
+                    replayed = self.cache.answer(key)  # answered since its batch was read
             held = False
 
             async def send() -> tuple[Completion, int]:
@@ -272,9 +331,7 @@ class Mapper:
                         raise problem from None
                     attempts += used
                 try:
-                    content = self._content(completion)
-                    result = self.interpreter.interpret(content)
-                    merged = self.merger.merge(record, result)
+                    merged = self._accept(record, completion)
                     if self.cache and key and completion is not replayed and not shared:
                         self.cache.keep(key, completion)  # only answers that were accepted
                 except Unusable as unusable:
@@ -284,7 +341,7 @@ class Mapper:
                         raise
                     messages = [
                         *messages,
-                        {"role": "assistant", "content": content},
+                        {"role": "assistant", "content": completion.content or ""},
                         {
                             "role": "user",
                             "content": reask_message(problem, self.interpreter.output_format),
@@ -308,11 +365,16 @@ class Mapper:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _accept(self, record: Record, completion: Completion) -> Record:
+        """The output record of an answer; Unusable when it cannot be used."""
+        result = self.interpreter.interpret(self._content(completion))
+        return self.merger.merge(record, result)
+
     async def _ask(
         self,
         send: Callable[[], Awaitable[tuple[Completion, int]]],
         messages: list[Message],
-        key: str | None,
+        key: bytes | None,
     ) -> tuple[Completion, int, bool]:
         """The answer to a request: ``send()``'s, or that of an identical request in flight
         (then it made no attempts of its own); (the answer, the attempts, whether shared)."""
@@ -323,15 +385,10 @@ class Mapper:
         (completion, used), shared = await self.sharing.once(asked, send)
         return completion, 0 if shared else used, shared
 
-    def _request_key(self, messages: list[Message]) -> str:
+    def _request_key(self, messages: list[Message]) -> bytes:
         """The key of a request with these messages, as the job asks for it: the cache's,
         and what tells identical requests in flight apart."""
-        body: dict[str, Any] = {"messages": messages, **self.shape.params}
-        if self.asked_format is not None:
-            body["response_format"] = self.asked_format
-        if self.cache is not None:
-            return self.cache.key(body)
-        return request_key(self.shape.model, body, self.interpreter.output_format)
+        return self.request_keys.key(messages)
 
     def _failed(
         self,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 from typing import IO, BinaryIO, cast
 
 from agents.contract.ids import ID_KEY
-from agents.errors import DataError
+from agents.errors import AgentsError, DataError
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.map.cache import CacheUse
 from agents.map.http import Client
@@ -81,6 +82,7 @@ async def run_job(
         telling, bad = _above_progress(progress, telling, bad)
         if is_terminal(stdout):  # results on the same screen: written above the progress
             stdout = cast(BinaryIO, ResultsAbove(stdout, progress))
+    cache = _cache(job)  # (refused before the output is opened: nothing to clean up)
     resumer = None
     if o.resume:
         from agents.done.resume import Resumer
@@ -118,7 +120,7 @@ async def run_job(
             price=job.price,
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
             stopping=stopping,
-            cache=_cache(job),
+            cache=cache,
             sharing=Sharing() if o.dedup else None,
             **job.mapper_args,
         )
@@ -138,6 +140,7 @@ async def run_job(
             skip=resumer.skip if resumer is not None else None,
             error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
             stopping=stopping,
+            prepare=mapper.prepare if cache is not None else None,
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
@@ -181,6 +184,9 @@ async def run_job(
         if resumer is not None:
             resumer.close()
         await client.close()
+        if cache is not None:
+            with contextlib.suppress(AgentsError):  # hit counts lost: no answer is
+                cache.store.close()
 
 
 def _above_progress(

@@ -28,10 +28,10 @@ class Sharing:
     """The requests in flight, by key (:func:`agents.map.cache.request_key` of what is sent)."""
 
     def __init__(self) -> None:
-        self.flights: dict[str, asyncio.Future[object]] = {}
+        self.flights: dict[bytes, asyncio.Future[object]] = {}
         self.shared = 0  # requests not sent because an identical one was out
 
-    async def once(self, key: str, send: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
+    async def once(self, key: bytes, send: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """``send()``'s outcome, or that of the identical request already in flight;
         (the outcome, whether it was shared rather than sent)."""
         while (flight := self.flights.get(key)) is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import stat
@@ -36,6 +37,13 @@ from agents.map.caps import ErrorCap
 
 #: Processes one record: (the output record, whether it succeeded).
 Process = Callable[[Record], Awaitable[tuple[Record, bool]]]
+
+#: What answers one record, once its turn comes: (its output record, whether it succeeded).
+Work = Callable[[], Awaitable[tuple[Record, bool]]]
+
+#: Looks at a batch of records as it is read: for each, its output at once (answered from a
+#: cache: written without a task or a slot) or the work that answers it.
+Prepare = Callable[[list[Record]], list[Record | Work]]
 
 
 @dataclass
@@ -198,8 +206,11 @@ class Scheduler:
         skip: Callable[[Record], bool] | None = None,
         error_cap: ErrorCap | None = None,
         stopping: asyncio.Event | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self.process = process
+        self.prepare = prepare
+        self.unflushed = False  # results written at once, not yet flushed
         self.out = out
         self.errors_out = errors_out
         self.jobs = jobs
@@ -244,6 +255,7 @@ class Scheduler:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         for sequence in sorted(self.ready):  # keep-order: results behind a dropped record
             self._emit(*self.ready.pop(sequence))
+        self._flush()
         stopped.cancel()
         self._remove_signals(loop)
         if watched is not None:
@@ -270,7 +282,25 @@ class Scheduler:
                 hint = f"; {changed.hint}" if changed.hint else ""
                 self._stop_fatal(changed.message + hint, "input_changed")
                 return
-            for record in to_send:
+            works = (
+                self.prepare(to_send)
+                if self.prepare is not None
+                else [functools.partial(self.process, record) for record in to_send]
+            )
+            for record, work in zip(to_send, works, strict=True):
+                if isinstance(work, dict):  # answered already: no task, no slot
+                    if self.keep_order:
+                        if self.order_slots.locked():
+                            self._flush()  # what waits behind earlier records is written
+                        await self.order_slots.acquire()
+                    if self.stopping.is_set():
+                        if self.keep_order:
+                            self.order_slots.release()
+                        break
+                    self._finish(sequence, work, True)
+                    sequence += 1
+                    continue
+                self._flush()  # before a wait: results answered at once are not held back
                 await self.slots.acquire()
                 if self.keep_order:
                     await self.order_slots.acquire()
@@ -278,11 +308,14 @@ class Scheduler:
                     self.slots.release()
                     if self.keep_order:
                         self.order_slots.release()
-                    return
-                task = asyncio.create_task(self._one(sequence, record))
+                    break
+                task = asyncio.create_task(self._one(sequence, record, work))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
                 sequence += 1
+            self._flush()
+            if self.stopping.is_set():
+                return
             number += len(lines)
             if self.limit is not None and sequence >= self.limit:
                 break
@@ -302,9 +335,9 @@ class Scheduler:
                 out.append(record)
         return out
 
-    async def _one(self, sequence: int, record: Record) -> None:
+    async def _one(self, sequence: int, record: Record, work: Work) -> None:
         try:
-            output, succeeded = await self.process(record)
+            output, succeeded = await work()
         except Fatal as error:
             self._stop_fatal(error.message, "fatal")
             return
@@ -324,6 +357,12 @@ class Scheduler:
             succeeded = False
         finally:
             self.slots.release()
+        self._finish(sequence, output, succeeded)
+        self._flush()
+
+    def _finish(self, sequence: int, output: Record, succeeded: bool) -> None:
+        """A record's output: counted by the circuit breaker and the error cap, and written
+        (in input order with keep-order); flushed by the caller."""
         try:
             self.breaker.record(output, succeeded)
         except CircuitOpen as error:
@@ -367,11 +406,10 @@ class Scheduler:
         target = self.out if succeeded or self.errors_out is None else self.errors_out
         try:
             target.write(encode(output))
-            target.flush()
         except BrokenPipeError:
-            self.outcome.broken_pipe = True
-            self._stopped("broken_pipe")
+            self._pipe_broke()
             return
+        self.unflushed = True
         if succeeded:
             self.outcome.written += 1
         else:
@@ -380,6 +418,23 @@ class Scheduler:
             self.outcome.errors[kind] = self.outcome.errors.get(kind, 0) + 1
         if self.on_result is not None:
             self.on_result(output, succeeded)
+
+    def _flush(self) -> None:
+        """Flush what was written: after each answer that took a request, and after a run of
+        records answered at once (a write per record would cost more than the record)."""
+        if not self.unflushed or self.outcome.broken_pipe:
+            return
+        self.unflushed = False
+        try:
+            self.out.flush()
+            if self.errors_out is not None:
+                self.errors_out.flush()
+        except BrokenPipeError:
+            self._pipe_broke()
+
+    def _pipe_broke(self) -> None:
+        self.outcome.broken_pipe = True
+        self._stopped("broken_pipe")
 
     def _stop_fatal(self, message: str, reason: str) -> None:
         if self.outcome.fatal is None:
