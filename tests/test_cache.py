@@ -566,3 +566,29 @@ def test_the_local_models_answers_are_keyed_by_its_files_digest(
         digest[0] = "sha256:two"
         assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
         assert len(server.requests) == 10
+
+
+def test_a_cache_that_cannot_be_written_costs_no_record_its_answer(
+    env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fake_llm import FakeLLM
+    from test_map import run_map, words
+
+    from agents.errors import AgentsError
+    from agents.map import cache as cache_module
+
+    def full(self: Any, statement: str, rows: list[Any]) -> None:
+        if rows and statement.startswith("INSERT"):
+            raise AgentsError(f"--cache {self.path}: could not write (database or disk is full)")
+
+    monkeypatch.setattr(cache_module.ResponseCache, "_transaction", full)
+    monkeypatch.setattr(cache_module, "PUTS_PER_WRITE", 2)
+    with FakeLLM() as server:
+        result = run_map(
+            server, "--prompt", "{word}", "--cache", str(env / "c.sqlite"), stdin=words(20),
+            quiet=False,
+        )  # fmt: skip
+    assert result.status == 0, result.stderr
+    assert sorted(r["_id"] for r in result.records) == list(range(1, 21))
+    assert not any("error_type" in r for r in result.records)
+    assert result.stderr.count("disk is full); no more answers are kept in it this run") == 1

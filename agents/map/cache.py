@@ -254,11 +254,18 @@ class ResponseCache:
         asked = [key for key in keys if key not in found] if found else keys
         for start in range(0, len(asked), KEYS_PER_QUERY):
             part = asked[start : start + KEYS_PER_QUERY]
-            rows = self.db.execute(
-                "SELECT key, content, finish_reason, refusal, usage FROM answers "
-                f"WHERE key IN ({', '.join('?' * len(part))})",
-                part,
-            )
+            try:
+                rows = self.db.execute(
+                    "SELECT key, content, finish_reason, refusal, usage FROM answers "
+                    f"WHERE key IN ({', '.join('?' * len(part))})",
+                    part,
+                ).fetchall()
+            except sqlite3.DatabaseError as error:
+                raise AgentsError(
+                    f"--cache {self.path}: could not read ({error})",
+                    hint="run again without --cache, or with a new --cache PATH; the results "
+                    "written so far are kept",
+                ) from None
             for key, content, finish_reason, refusal, usage in rows:
                 found[key] = Cached(content, finish_reason, refusal, orjson.loads(usage))
         replayed = [key for key in keys if key in found]

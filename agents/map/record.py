@@ -23,6 +23,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record
 from agents.errors import (
+    AgentsError,
     CallError,
     CapReached,
     MissingFields,
@@ -333,7 +334,7 @@ class Mapper:
                 try:
                     merged = self._accept(record, completion)
                     if self.cache and key and completion is not replayed and not shared:
-                        self.cache.keep(key, completion)  # only answers that were accepted
+                        self._keep(key, completion)  # only answers that were accepted
                 except Unusable as unusable:
                     unusable.answer = completion.content or completion.refusal
                     problem = unusable
@@ -364,6 +365,16 @@ class Mapper:
             if hold is not None and self.cost_cap is not None:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _keep(self, key: bytes, completion: Completion) -> None:
+        """Keep an accepted answer in the cache. A cache that cannot be written (a full disk)
+        must not cost the record its answer: it is said once, and nothing more is kept."""
+        assert self.cache is not None
+        try:
+            self.cache.keep(key, completion)
+        except AgentsError as error:
+            self.cache.mode = "read-only"
+            self.warn(f"{error.message}; no more answers are kept in it this run")
 
     def _accept(self, record: Record, completion: Completion) -> Record:
         """The output record of an answer; Unusable when it cannot be used."""
