@@ -227,6 +227,55 @@ def test_a_rerun_with_another_merge_or_field_sends_nothing(env: Path) -> None:
     assert [r["answer"] for r in second] == [r["result"] for r in first]
 
 
+def test_a_rerun_with_another_merge_or_writer_format_sends_nothing(env: Path) -> None:
+    """agents-map --cache | agents-write, again with --merge replace and a CSV writer: the
+    same content, and no request."""
+    import csv
+
+    import orjson
+    from conftest import jsonl, shell
+    from fake_llm import FakeLLM, Reply
+
+    (env / "in.jsonl").write_bytes(jsonl(*({"_id": n, "word": f"w{n}"} for n in range(25))))
+    cache = env / "answers.sqlite"
+    (env / "p.txt").write_text("Say {word}")
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        return Reply(orjson.dumps({"say": request["messages"][-1]["content"]}).decode())
+
+    with FakeLLM(script) as server:
+        pipeline = (
+            f"set -o pipefail; agents-map --base-url {server.url} -p p.txt --cache {cache} "
+            "--output-format json -q {merge} < in.jsonl | agents-write {target}"
+        )
+        assert shell(pipeline.format(merge="", target="a.jsonl"), cwd=env).returncode == 0
+        sent = len(server.requests)
+        again = shell(pipeline.format(merge="--merge replace", target="b.csv"), cwd=env)
+        assert again.returncode == 0, again.stderr
+        assert len(server.requests) == sent == 25
+    first = {r["_id"]: r["result"] for r in map(orjson.loads, (env / "a.jsonl").open("rb"))}
+    with (env / "b.csv").open() as rows:
+        second = {int(r["_id"]): orjson.loads(r["result"]) for r in csv.DictReader(rows)}
+    assert first == second and len(first) == 25
+
+
+def test_a_changed_schema_asks_again(env: Path) -> None:
+    import json
+
+    from fake_llm import FakeLLM, Reply
+    from test_map import words
+
+    cache = str(env / "answers.sqlite")
+    for name, kind in (("a.json", "integer"), ("b.json", "number")):
+        schema = {"type": "object", "properties": {"x": {"type": kind}}, "required": ["x"]}
+        (env / name).write_text(json.dumps(schema))
+    with FakeLLM(lambda request, number: Reply('{"x": 1}')) as server:
+        base = ["--cache", cache, "--output-format", "structured"]
+        for schema, sent in (("a.json", 6), ("a.json", 6), ("b.json", 12)):
+            assert mapped(server, *base, "--schema", str(env / schema), stdin=words(6))[0] == 0
+            assert len(server.requests) == sent
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -77,13 +77,13 @@ def test_without_a_cache_identical_requests_in_flight_share_one(tmp_path: Path) 
 
 def test_no_dedup_sends_every_request(tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    with FakeLLM(slow_echo(0.05)) as server:
+    with FakeLLM(slow_echo(0.01)) as server:
         result = run_map(
-            server, "--prompt", "Say {word}", "-j", "200", "--no-dedup", "--stats", str(stats),
-            stdin=repeated(200, 10), quiet=False,
+            server, "--prompt", "Say {word}", "-j", "64", "--no-dedup", "--stats", str(stats),
+            stdin=repeated(1000, 50), quiet=False,
         )  # fmt: skip
         assert result.status == 0
-        assert len(server.requests) == 200
+        assert len(server.requests) == 1000
     assert "Shared:" not in result.stderr
     assert orjson.loads(stats.read_bytes())["shared"] is None
 

@@ -153,7 +153,7 @@ def capped_run(url: str, jobs: int, cap: float, *extra: str) -> tuple[int, str]:
             "-m",
             "m",
             "--prompt",
-            "Summarise: {text}",
+            "Summarise {_id}: {text}",  # (distinct: identical requests would be shared)
             "--price",
             f"{PRICE},{PRICE}",
             "-j",
