@@ -306,6 +306,9 @@ class CuttingClient:
     def __init__(self, concurrency: Concurrency, failures: int, cut: bool) -> None:
         self.concurrency, self.failures, self.cut, self.calls = concurrency, failures, cut, 0
 
+    def open(self) -> None:
+        pass
+
     async def complete(self, body: dict[str, object]) -> Completion:
         self.calls += 1
         if self.calls <= self.failures:

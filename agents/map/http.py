@@ -262,6 +262,11 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
         self.succeeded = False
 
+    def open(self) -> None:
+        """Make the session, once: before a request takes its slot and rate budget, since
+        importing aiohttp would delay it past its place in the budget."""
+        _ = self.session
+
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:

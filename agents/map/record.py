@@ -493,9 +493,7 @@ class Mapper:
             )
 
     async def _request(self, messages: list[Message], hold: CostHold | None = None) -> Completion:
-        # The client's session (and aiohttp) is made before the first request takes its slot
-        # and budget, not in between: the import would delay it past its place in the budget.
-        self.client.session  # noqa: B018
+        self.client.open()  # (before the slot and the budget: see Client.open)
         while True:
             form = self.response_formats[0]
             body: dict[str, Any] = {
