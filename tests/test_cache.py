@@ -626,9 +626,10 @@ def test_a_cache_that_cannot_be_written_costs_no_record_its_answer(
     from agents.errors import AgentsError
     from agents.map import cache as cache_module
 
-    def full(self: Any, statement: str, rows: list[Any]) -> None:
+    def full(self: Any, statement: str, rows: list[Any]) -> int:
         if rows and statement.startswith("INSERT"):
             raise AgentsError(f"--cache {self.path}: could not write (database or disk is full)")
+        return 0
 
     monkeypatch.setattr(cache_module.ResponseCache, "_transaction", full)
     monkeypatch.setattr(cache_module, "PUTS_PER_WRITE", 2)
@@ -641,3 +642,102 @@ def test_a_cache_that_cannot_be_written_costs_no_record_its_answer(
     assert sorted(r["_id"] for r in result.records) == list(range(1, 21))
     assert not any("error_type" in r for r in result.records)
     assert result.stderr.count("disk is full); no more answers are kept in it this run") == 1
+
+
+def test_a_cache_on_a_full_disk_costs_no_record_its_answer(env: Path) -> None:
+    """A real full disk: a 256 kB tmpfs, long answers. SQLite rolls back by itself there."""
+    from fake_llm import FakeLLM, Reply
+    from test_map import run_map, words
+
+    mount = env / "small"
+    mount.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True
+    )
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        with FakeLLM(lambda request, number: Reply("x" * 20_000)) as server:
+            result = run_map(
+                server, "--prompt", "{word}", "-j", "8", "--cache", str(mount / "c.sqlite"),
+                stdin=words(200), quiet=False,
+            )  # fmt: skip
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+    assert result.status == 0, result.stderr
+    assert sorted(r["_id"] for r in result.records) == list(range(1, 201))
+    assert not any("error_type" in r for r in result.records)
+    assert "no more answers are kept in it this run" in result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_bad_cache_paths_are_refused_with_their_name(env: Path) -> None:
+    for path, says in (
+        (env, "Is a directory"),
+        (Path("/dev/null"), "not a file"),
+        (Path("/proc/nope.sqlite"), "cannot open it"),
+        (env / "data.jsonl.gz", "names data"),
+    ):
+        with pytest.raises(UsageError) as refused:
+            ResponseCache(path)
+        assert str(path) in refused.value.message and says in refused.value.message, path
+    stamped = env / "stamped.sqlite"
+    with sqlite3.connect(stamped) as db:
+        db.execute("PRAGMA user_version = 5")  # no tables, yet not a new file
+    with pytest.raises(UsageError):
+        ResponseCache(stamped)
+
+
+def test_refresh_replaces_what_was_kept_and_counts_what_it_wrote(env: Path) -> None:
+    from fake_llm import FakeLLM, Reply
+    from test_map import words
+
+    cache = str(env / "answers.sqlite")
+    answer = ["first"]
+    with FakeLLM(lambda request, number: Reply(answer[0])) as server:
+        assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
+        answer[0] = "second"
+        assert mapped(server, "--cache", cache, "--cache-mode", "refresh", stdin=words(5))[0] == 0
+        status, records, _ = mapped(server, "--cache", cache, stdin=words(5))
+        assert status == 0 and len(server.requests) == 10
+    assert {r["result"] for r in records} == {"second"}
+    store = ResponseCache(Path(cache))
+    assert store.info().entries == 5
+
+
+def test_a_bare_cache_flag_takes_agents_cache(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    monkeypatch.setenv("AGENTS_CACHE", str(env / "named.sqlite"))
+    with FakeLLM() as server:
+        assert mapped(server, "--cache", stdin=words(3))[0] == 0
+    assert (env / "named.sqlite").exists()
+    assert not (env / "xdg" / "agents" / "responses.sqlite").exists()
+
+
+def test_truncated_answers_are_never_kept_and_re_asks_count_in_the_savings(env: Path) -> None:
+    import orjson
+    from fake_llm import FakeLLM, Reply
+    from test_map import run_map
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if "cut" in request["messages"][0]["content"]:
+            return Reply("half an ans", finish_reason="length")
+        if len(request["messages"]) == 1:
+            return Reply("not json")  # (10 + 5 tokens)
+        return Reply('{"ok": 1}')  # the re-ask's 10 + 5
+
+    cache = str(env / "answers.sqlite")
+    stdin = b'{"_id": 1, "w": "cut"}\n'
+    with FakeLLM(script) as server:
+        args = ("--prompt", "{w}", "--cache", cache, "--accept-truncated")
+        assert run_map(server, *args, stdin=stdin).status == 0
+        assert run_map(server, "--prompt", "{w}", "--cache", cache, stdin=stdin).status == 3
+        assert len(server.requests) == 2  # the cut-off answer was not replayed as a failure
+        json_args = ("--prompt", "{w}", "--cache", cache, "--output-format", "json")
+        ok = b'{"_id": 2, "w": "fine"}\n'
+        assert run_map(server, *json_args, stdin=ok).status == 0
+        stats = env / "stats.json"
+        assert run_map(server, *json_args, "--stats", str(stats), stdin=ok).status == 0
+    assert orjson.loads(stats.read_bytes())["cache"]["saved_tokens"] == 30

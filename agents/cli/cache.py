@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import sqlite3
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 import orjson
 
 from agents.cli._run import Reporter, Streams
-from agents.errors import UsageError
+from agents.errors import AgentsError, UsageError
 from agents.map.cache import CacheInfo, ResponseCache, default_path
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?)\s*([smhdw]?)")
@@ -95,24 +96,36 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
         )
     cache = ResponseCache(path, create=False)
     try:
-        if args["action"] == "info":
-            info = cache.info()
-            if args["json"]:
-                streams.stdout.write(orjson.dumps(_document(info), option=orjson.OPT_INDENT_2))
-                streams.stdout.write(b"\n")
-            else:
-                streams.stdout.write("".join(f"{line}\n" for line in _lines(info)).encode())
-            return 0
-        before = cache.info()
-        removed = cache.prune(args["older_than"], args["max_size"])
-        after = cache.info()
-        reporter.say(
-            f"forgot {removed:,} of {before.entries:,} answers; {after.entries:,} kept, "
-            f"{_bytes(before.file_bytes)} -> {_bytes(after.file_bytes)} ({path})"
-        )
-        return 0
+        return _act(args, cache, path, streams, reporter)
+    except sqlite3.DatabaseError as error:
+        raise AgentsError(
+            f"{path}: cannot read the cache ({error})",
+            hint="remove the file to start afresh (the next agents-map --cache makes a new one)",
+        ) from None
     finally:
         cache.close()
+
+
+def _act(
+    args: dict[str, Any], cache: ResponseCache, path: Path, streams: Streams, reporter: Reporter
+) -> int:
+    """``info`` or ``prune`` on an open cache."""
+    if args["action"] == "info":
+        info = cache.info()
+        if args["json"]:
+            streams.stdout.write(orjson.dumps(_document(info), option=orjson.OPT_INDENT_2))
+            streams.stdout.write(b"\n")
+        else:
+            streams.stdout.write("".join(f"{line}\n" for line in _lines(info)).encode())
+        return 0
+    before = cache.info()
+    removed = cache.prune(args["older_than"], args["max_size"])
+    after = cache.info()
+    reporter.say(
+        f"forgot {removed:,} of {before.entries:,} answers; {after.entries:,} kept, "
+        f"{_bytes(before.file_bytes)} -> {_bytes(after.file_bytes)} ({path})"
+    )
+    return 0
 
 
 def _path(given: str | None) -> Path:

@@ -169,7 +169,8 @@ class ResponseCache:
         self.replayed: list[bytes] = []  # hits not yet counted in the file
         self.unsaved: dict[bytes, tuple[Cached, float]] = {}  # answers not yet in it, and when
         self.unsaved_since = 0.0
-        if path.suffix.lower() in DATA_SUFFIXES:
+        self.replace = False  # --cache-mode refresh: a new answer replaces the one kept
+        if DATA_SUFFIXES & {suffix.lower() for suffix in path.suffixes}:
             # `agents process --cache in.csv out.csv`: the optional PATH took the input.
             raise UsageError(
                 f"--cache {path}: that names data, not a cache; give the cache's path as "
@@ -181,7 +182,12 @@ class ResponseCache:
                 hint="agents-map --cache makes one; AGENTS_CACHE or a PATH names another",
             )
         folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise UsageError(
+                f"--cache {path}: cannot make its folder: {error.strerror}; {_HINT}"
+            ) from None
         kind = file_system_type(folder, mounts)
         if _on_network(kind):
             raise UsageError(
@@ -191,7 +197,16 @@ class ResponseCache:
                 "node)"
             )
         # Created by us, readable by the owner only, before SQLite opens it.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        except OSError as error:
+            raise UsageError(
+                f"--cache {path}: cannot open it for writing: {error.strerror}",
+                hint="a cache is written to on every run (its hits are counted), so it needs a "
+                "writable file on a local disk: give --cache another path",
+            ) from None
+        if not path.is_file():
+            raise UsageError(f"--cache {path}: not a file; {_HINT}")
         try:
             self.db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
             self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
@@ -203,7 +218,8 @@ class ResponseCache:
         db = self.db
         application = db.execute("PRAGMA application_id").fetchone()[0]
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        if application == 0 and not tables:  # new: make it ours
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if application == 0 and not tables and version == 0:  # new: make it ours
             db.execute("PRAGMA journal_mode = WAL")
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -276,12 +292,15 @@ class ResponseCache:
         return found
 
     def put(self, key: bytes, answer: Cached) -> None:
-        """Store a successful, complete answer (the first one stored under a key stands).
-        Answers are written a few at a time, and found meanwhile by this process."""
+        """Store a successful, complete answer (the first one stored under a key stands, unless
+        this run refreshes the cache). Answers are written a few at a time, and found meanwhile
+        by this process; ``stored`` counts those written."""
         if not self.unsaved:
             self.unsaved_since = time.monotonic()
-        self.unsaved.setdefault(key, (answer, time.time()))
-        self.stored += 1
+        if self.replace:
+            self.unsaved[key] = (answer, time.time())
+        else:
+            self.unsaved.setdefault(key, (answer, time.time()))
         if (
             len(self.unsaved) >= PUTS_PER_WRITE
             or time.monotonic() - self.unsaved_since >= PUT_DELAY
@@ -307,8 +326,8 @@ class ResponseCache:
             for key, (answer, when) in self.unsaved.items()
         ]
         self.unsaved.clear()
-        self._transaction(
-            "INSERT OR IGNORE INTO answers "
+        self.stored += self._transaction(
+            f"INSERT OR {'REPLACE' if self.replace else 'IGNORE'} INTO answers "
             "(key, content, finish_reason, refusal, usage, created, used) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             rows,
@@ -320,29 +339,37 @@ class ResponseCache:
         self.replayed.clear()
         self._transaction("UPDATE answers SET hits = hits + 1, used = ? WHERE key = ?", rows)
 
-    def _transaction(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
-        """``statement`` for each of ``rows``, in one short transaction."""
+    def _transaction(self, statement: str, rows: list[tuple[Any, ...]]) -> int:
+        """``statement`` for each of ``rows``, in one short transaction; the rows changed."""
         if not rows:
-            return
+            return 0
         self._write("BEGIN IMMEDIATE", ())
         try:
+            before = self.db.total_changes
             self.db.executemany(statement, rows)
             self.db.execute("COMMIT")
-        except sqlite3.OperationalError as error:
-            self.db.execute("ROLLBACK")
+        except sqlite3.DatabaseError as error:
+            self._roll_back()
             raise AgentsError(
                 f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
             ) from None
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._roll_back()
             raise
+        return self.db.total_changes - before
+
+    def _roll_back(self) -> None:
+        # SQLite has rolled back already after some errors (a full disk): then there is none
+        if self.db.in_transaction:
+            with contextlib.suppress(sqlite3.DatabaseError):
+                self.db.execute("ROLLBACK")
 
     def _write(self, statement: str, values: tuple[Any, ...]) -> None:
         """One statement in its own short transaction (autocommit), so that the writers that
         share the file wait for each other only that long."""
         try:
             self.db.execute(statement, values)
-        except sqlite3.OperationalError as error:
+        except sqlite3.DatabaseError as error:
             raise AgentsError(
                 f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
             ) from None
@@ -464,6 +491,9 @@ class CacheUse:
     saved: Usage = field(default_factory=Usage)  # the usage of the answers replayed
     recent: dict[bytes, None] = field(default_factory=dict)  # keys kept lately, oldest first
 
+    def __post_init__(self) -> None:
+        self.store.replace = self.mode == "refresh"
+
     def keys(self, settings: dict[str, Any]) -> RequestKeys:
         """The keys of requests made with ``settings`` (all of a request but its messages)."""
         return RequestKeys(self.model, settings, self.output, self.scope)
@@ -497,14 +527,15 @@ class CacheUse:
         that answer came is looked up again, so that it is not asked twice."""
         return key in self.recent
 
-    def keep(self, key: bytes, completion: Completion) -> None:
-        """Store an answer that was accepted (complete, and valid for this output)."""
+    def keep(self, key: bytes, completion: Completion, paid: Usage | None = None) -> None:
+        """Store an answer that was accepted (complete, and valid for this output), with what
+        the record paid for it (``paid``: its re-asks too; else the answer's own usage)."""
         if self.mode == "read-only":
             return
         self.recent[key] = None
         if len(self.recent) > RECENT_KEYS:
             del self.recent[next(iter(self.recent))]  # the oldest
-        usage = completion.usage
+        usage = paid if paid is not None else completion.usage
         self.store.put(
             key,
             Cached(

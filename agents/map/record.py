@@ -308,6 +308,7 @@ class Mapper:
                 if replayed is None and self.cache and self.cache.kept_lately(key):
                     replayed = self.cache.answer(key)  # answered since its batch was read
             held = False
+            paid = Usage()  # the record's answers paid for: the first and its re-asks
 
             async def send() -> tuple[Completion, int]:
                 nonlocal hold, held
@@ -331,10 +332,12 @@ class Mapper:
                         # retries it.
                         raise problem from None
                     attempts += used
+                    if not shared:
+                        paid.add(completion.usage)  # (what a hit on it will say it saved)
                 try:
                     merged = self._accept(record, completion)
                     if self.cache and key and completion is not replayed and not shared:
-                        self._keep(key, completion)  # only answers that were accepted
+                        self._keep(key, completion, paid)  # only answers accepted
                 except Unusable as unusable:
                     unusable.answer = completion.content or completion.refusal
                     problem = unusable
@@ -366,12 +369,16 @@ class Mapper:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _keep(self, key: bytes, completion: Completion) -> None:
-        """Keep an accepted answer in the cache. A cache that cannot be written (a full disk)
-        must not cost the record its answer: it is said once, and nothing more is kept."""
+    def _keep(self, key: bytes, completion: Completion, paid: Usage) -> None:
+        """Keep an accepted answer in the cache, with what the record paid for it. Never one
+        cut off at the token limit (taken by --accept-truncated, which is not in the key). A
+        cache that cannot be written (a full disk) must not cost the record its answer: it is
+        said once, and nothing more is kept."""
         assert self.cache is not None
+        if completion.finish_reason == "length":
+            return
         try:
-            self.cache.keep(key, completion)
+            self.cache.keep(key, completion, paid)
         except AgentsError as error:
             self.cache.mode = "read-only"
             self.warn(f"{error.message}; no more answers are kept in it this run")

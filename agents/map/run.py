@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import stat
 from collections.abc import Callable
@@ -82,7 +81,7 @@ async def run_job(
         telling, bad = _above_progress(progress, telling, bad)
         if is_terminal(stdout):  # results on the same screen: written above the progress
             stdout = cast(BinaryIO, ResultsAbove(stdout, progress))
-    cache = _cache(job)  # (refused before the output is opened: nothing to clean up)
+    cache = _cache(job, telling.warn)  # (refused before the output is opened: nothing to clean up)
     resumer = None
     if o.resume:
         from agents.done.resume import Resumer
@@ -185,8 +184,10 @@ async def run_job(
             resumer.close()
         await client.close()
         if cache is not None:
-            with contextlib.suppress(AgentsError):  # hit counts lost: no answer is
+            try:
                 cache.store.close()
+            except AgentsError as error:  # the last answers are not kept: the results are
+                telling.warn(f"{error.message}; the last answers are not kept in it")
 
 
 def _above_progress(
@@ -257,17 +258,21 @@ def event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def _cache(job: Job) -> CacheUse | None:
+def _cache(job: Job, warn: Callable[[str], None]) -> CacheUse | None:
     """The run's response cache, if it asked for one (``--cache`` with no path: the default)."""
     o = job.options
     if o.cache is None:
+        if o.cache_mode != "use" or o.cache_scope is not None:
+            warn("--cache-mode and --cache-scope do nothing without --cache (or AGENTS_CACHE)")
         return None
     from pathlib import Path
 
     from agents.map.cache import ResponseCache, default_path
     from agents.paths import model_identity
 
-    path = Path(o.cache).expanduser() if o.cache else default_path()
+    # a bare --cache: AGENTS_CACHE's, else the default
+    named = o.cache or os.environ.get("AGENTS_CACHE")
+    path = Path(named).expanduser() if named else default_path()
     return CacheUse(
         ResponseCache(path),
         o.cache_mode,
