@@ -278,5 +278,5 @@ def _cache(job: Job, warn: Callable[[str], None]) -> CacheUse | None:
         o.cache_mode,
         model_identity(job.shape.model),
         job.interpreter.output_format,
-        o.cache_scope,
+        o.cache_scope or None,  # (an empty scope is none)
     )
