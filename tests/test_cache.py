@@ -663,7 +663,8 @@ def test_a_cache_on_a_full_disk_costs_no_record_its_answer(env: Path) -> None:
                 stdin=words(200), quiet=False,
             )  # fmt: skip
     finally:
-        subprocess.run(["umount", str(mount)], check=False)
+        unmounted = subprocess.run(["umount", str(mount)], capture_output=True)
+    assert unmounted.returncode == 0, unmounted.stderr  # the cache file was closed
     assert result.status == 0, result.stderr
     assert sorted(r["_id"] for r in result.records) == list(range(1, 201))
     assert not any("error_type" in r for r in result.records)

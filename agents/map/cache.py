@@ -432,8 +432,10 @@ class ResponseCache:
         return removed
 
     def close(self) -> None:
-        self.flush()
-        self.db.close()
+        try:
+            self.flush()
+        finally:
+            self.db.close()
 
 
 #: What one stored answer takes, roughly: its columns' bytes and a row's overhead.
