@@ -742,3 +742,24 @@ def test_truncated_answers_are_never_kept_and_re_asks_count_in_the_savings(env: 
         stats = env / "stats.json"
         assert run_map(server, *json_args, "--stats", str(stats), stdin=ok).status == 0
     assert orjson.loads(stats.read_bytes())["cache"]["saved_tokens"] == 30
+
+
+def test_a_dry_run_counts_what_the_cache_answers_and_prices_the_rest(env: Path) -> None:
+    import orjson
+    from fake_llm import FakeLLM
+    from test_map import run_map, words
+
+    cache = env / "answers.sqlite"
+    args = ("--prompt", "{word}", "-m", "m", "--cache", str(cache), "--max-tokens", "10")
+    with FakeLLM() as server:
+        assert run_map(server, *args, stdin=words(6)).status == 0
+        dry = run_map(
+            server, *args, "--price", "1000,1000", "--dry-run", stdin=words(10), quiet=False
+        )
+        assert len(server.requests) == 6  # nothing sent
+    assert dry.status == 0, dry.stderr
+    lines = [orjson.loads(line) for line in dry.stdout.splitlines()]
+    assert [line.get("cached", False) for line in lines] == [True] * 6 + [False] * 4
+    assert f"Answered from the cache: 6 records ({cache})" in dry.stderr
+    assert "Estimated output tokens: up to 40" in dry.stderr  # the 4 misses only
+    assert ResponseCache(cache).info().hits == 0  # looking is not a hit

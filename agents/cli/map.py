@@ -127,6 +127,13 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
             o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume, dry=True
         )
         resumer.open()
+    from agents.map.run import dry_run_cache
+
+    cache = dry_run_cache(job, reporter.warning) if o.cache_mode != "refresh" else None
+    answered = None
+    if cache is not None:
+        keys = cache.keys({key: value for key, value in body.items() if key != "model"})
+        answered = lambda messages: cache.store.holds(keys.key(messages))  # noqa: E731
     estimate = dry_run(
         streams.stdin,
         streams.stdout,
@@ -137,8 +144,13 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
         o.max_tokens or o.max_completion_tokens,
         bad,
         skip=resumer.skip if resumer is not None else None,
+        answered=answered,
     )
     estimate.resumed = o.resume
+    if cache is not None:
+        estimate.cached = estimate.cached or 0
+        estimate.cache = str(cache.store.path)
+        cache.store.close()
     if not o.quiet:  # -q: the requests on stdout only (errors and warnings still show)
         for line in report(estimate, job.price, job.shape.model, o.rpm, o.tpm):
             reporter.say(line)

@@ -92,6 +92,16 @@ class Cached:
     usage: dict[str, int]
 
 
+def refuse_data_path(path: Path) -> None:
+    """A cache is never named as data: an optional --cache PATH that swallowed an input."""
+    if DATA_SUFFIXES & {suffix.lower() for suffix in path.suffixes}:
+        # `agents process --cache in.csv out.csv`: the optional PATH took the input.
+        raise UsageError(
+            f"--cache {path}: that names data, not a cache; give the cache's path as "
+            "--cache=PATH, or --cache last, after the input and output"
+        )
+
+
 def default_path() -> Path:
     """``$XDG_CACHE_HOME/agents/responses.sqlite``, else under ``~/.cache``."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -170,12 +180,7 @@ class ResponseCache:
         self.unsaved: dict[bytes, tuple[Cached, float]] = {}  # answers not yet in it, and when
         self.unsaved_since = 0.0
         self.replace = False  # --cache-mode refresh: a new answer replaces the one kept
-        if DATA_SUFFIXES & {suffix.lower() for suffix in path.suffixes}:
-            # `agents process --cache in.csv out.csv`: the optional PATH took the input.
-            raise UsageError(
-                f"--cache {path}: that names data, not a cache; give the cache's path as "
-                "--cache=PATH, or --cache last, after the input and output"
-            )
+        refuse_data_path(path)
         if not create and not path.exists():
             raise UsageError(
                 f"{path}: no cache there",
@@ -290,6 +295,11 @@ class ResponseCache:
         if len(self.replayed) >= HITS_PER_WRITE:
             self._count_hits()
         return found
+
+    def holds(self, key: bytes) -> bool:
+        """Whether an answer is stored under ``key`` (not counted as a hit: --dry-run)."""
+        row = self.db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone()
+        return row is not None or key in self.unsaved
 
     def put(self, key: bytes, answer: Cached) -> None:
         """Store a successful, complete answer (the first one stored under a key stands, unless
@@ -558,5 +568,6 @@ __all__ = [
     "ResponseCache",
     "default_path",
     "file_system_type",
+    "refuse_data_path",
     "request_key",
 ]

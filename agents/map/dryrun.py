@@ -21,6 +21,7 @@ from agents.formats.jsonl import batches
 from agents.map.limits import LIMIT_SHARE
 from agents.map.prompt import (
     CHARS_PER_TOKEN,
+    Message,
     Template,
     did_you_mean,
     estimate_tokens,
@@ -39,6 +40,8 @@ class Estimate:
     output_tokens: int | None = None
     done: int | None = None  # with --resume: records the output already holds (not counted)
     resumed: str | None = None  # the --resume output
+    cached: int | None = None  # with --cache: requests it answers (not counted)
+    cache: str | None = None  # the --cache file
 
 
 def dry_run(
@@ -51,8 +54,11 @@ def dry_run(
     max_output: int | None,
     bad: BadRowHandler,
     skip: Callable[[Record], bool] | None = None,
+    answered: Callable[[list[Message]], bool] | None = None,
 ) -> Estimate:
-    """``skip``: --resume's test of a record already done; those are neither shown nor counted."""
+    """``skip``: --resume's test of a record already done; those are neither shown nor counted.
+    ``answered``: --cache's test of a request it holds the answer to; those are shown, marked
+    ``"cached": true``, and cost nothing."""
     estimate = Estimate(done=0 if skip is not None else None)
     ids = IdAssigner()
     for record in _records(stdin, bad, ids):
@@ -73,12 +79,23 @@ def dry_run(
                 out.write(orjson.dumps({ID_KEY: record[ID_KEY], "missing_fields": missing}) + b"\n")
             continue
         messages = messages_for(template, system, record)
-        estimate.input_tokens += estimate_tokens(messages)
+        cached = answered is not None and answered(messages)
+        if cached:
+            estimate.cached = (estimate.cached or 0) + 1
+        else:
+            estimate.input_tokens += estimate_tokens(messages)
         if shown:
-            request = {**body, "messages": messages}
-            out.write(orjson.dumps({ID_KEY: record[ID_KEY], "request": request}) + b"\n")
+            line: dict[str, Any] = {
+                ID_KEY: record[ID_KEY],
+                "request": {**body, "messages": messages},
+            }
+            if cached:
+                line["cached"] = True
+            out.write(orjson.dumps(line) + b"\n")
     if max_output is not None:
-        estimate.output_tokens = max_output * (estimate.records - estimate.missing)
+        estimate.output_tokens = max_output * (
+            estimate.records - estimate.missing - (estimate.cached or 0)
+        )
     out.flush()
     return estimate
 
@@ -107,6 +124,12 @@ def report(
             f"Dry run: {records} to send ({estimate.done:,} already done in "
             f"{estimate.resumed}), nothing sent"
         ]
+    if estimate.cached is not None:
+        lines.append(
+            f"Answered from the cache: {estimate.cached:,} "
+            f"{'record' if estimate.cached == 1 else 'records'} ({estimate.cache}): not "
+            "counted below"
+        )
     if estimate.missing:
         lines.append(
             f"Missing fields: {estimate.missing:,} "
@@ -137,7 +160,7 @@ def _time_lines(estimate: Estimate, rpm: float | None, tpm: float | None) -> lis
     """How long the job takes at most under the limits given (the slower of the two)."""
     from agents.map.progress import duration
 
-    sent = estimate.records - estimate.missing
+    sent = estimate.records - estimate.missing - (estimate.cached or 0)
     minutes: list[tuple[float, str]] = []
     if rpm:
         minutes.append((sent / (rpm * LIMIT_SHARE), f"--rpm {rpm:g}"))

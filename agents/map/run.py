@@ -258,8 +258,9 @@ def event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def _cache(job: Job, warn: Callable[[str], None]) -> CacheUse | None:
-    """The run's response cache, if it asked for one (``--cache`` with no path: the default)."""
+def _cache(job: Job, warn: Callable[[str], None], *, create: bool = True) -> CacheUse | None:
+    """The run's response cache, if it asked for one (``--cache`` with no path: AGENTS_CACHE's,
+    else the default); without ``create`` (a dry run), None where no cache is yet."""
     o = job.options
     if o.cache is None:
         if o.cache_mode != "use" or o.cache_scope is not None:
@@ -267,16 +268,24 @@ def _cache(job: Job, warn: Callable[[str], None]) -> CacheUse | None:
         return None
     from pathlib import Path
 
-    from agents.map.cache import ResponseCache, default_path
+    from agents.map.cache import ResponseCache, default_path, refuse_data_path
     from agents.paths import model_identity
 
-    # a bare --cache: AGENTS_CACHE's, else the default
     named = o.cache or os.environ.get("AGENTS_CACHE")
     path = Path(named).expanduser() if named else default_path()
+    if not create:
+        refuse_data_path(path)
+        if not path.exists():
+            return None
     return CacheUse(
-        ResponseCache(path),
+        ResponseCache(path, create=create),
         o.cache_mode,
         model_identity(job.shape.model),
         job.interpreter.output_format,
         o.cache_scope or None,  # (an empty scope is none)
     )
+
+
+def dry_run_cache(job: Job, warn: Callable[[str], None]) -> CacheUse | None:
+    """The cache a dry run looks its requests up in (it makes none)."""
+    return _cache(job, warn, create=False)
