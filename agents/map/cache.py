@@ -222,14 +222,14 @@ class ResponseCache:
     def _prepare(self) -> None:
         db = self.db
         application = db.execute("PRAGMA application_id").fetchone()[0]
-        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if application == 0 and not tables and version == 0:  # new: make it ours
-            db.execute("PRAGMA journal_mode = WAL")
+        if application == 0:  # new, or foreign: decided under the write lock, in one look,
+            # since another process may be making it ours between two reads
             db.execute("BEGIN IMMEDIATE")
             try:
-                # Another process may have made it meanwhile: look again under the lock.
-                if db.execute("PRAGMA application_id").fetchone()[0] == 0:
+                application = db.execute("PRAGMA application_id").fetchone()[0]
+                tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+                stamped = db.execute("PRAGMA user_version").fetchone()[0]
+                if application == 0 and not tables and not stamped:  # new: make it ours
                     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     db.execute(
@@ -238,11 +238,11 @@ class ResponseCache:
                         "created REAL NOT NULL, used REAL NOT NULL, hits INTEGER NOT NULL "
                         "DEFAULT 0) WITHOUT ROWID"
                     )
+                    application = APPLICATION_ID
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                self._roll_back()
                 raise
-            application = APPLICATION_ID
         if application != APPLICATION_ID:
             raise UsageError(f"--cache {self.path}: this file is not an agents cache; {_HINT}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
