@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from agents.errors import UsageError
-from agents.map.cache import Cached, ResponseCache, file_system_type, request_key
+from agents.map.cache import ResponseCache, file_system_type, request_key
+from agents.map.http import Completion, Usage
 
 BASE: dict[str, Any] = {
     "model": "gpt-4o-mini",
@@ -26,7 +27,7 @@ BASE: dict[str, Any] = {
     "response_format": {"type": "json_object"},
 }
 
-ANSWER = Cached("hello", "stop", None, {"prompt": 9, "completion": 2, "cached": 0, "reasoning": 0})
+ANSWER = Completion("hello", "stop", None, Usage(prompt=9, completion=2))
 
 
 def key(**change: Any) -> bytes:
@@ -75,13 +76,41 @@ def test_an_answer_stored_is_found_again_by_another_process(tmp_path: Path) -> N
     cache = ResponseCache(path)
     assert cache.get(key()) is None
     cache.put(key(), ANSWER)
-    cache.put(key(), Cached("other", "stop", None, {}))  # the first one stored stands
+    cache.put(key(), Completion("other", "stop", None, Usage()))  # the first one stored stands
     cache.close()
     again = ResponseCache(path)
     assert again.get(key()) == ANSWER
     assert again.get(key(max_tokens=21)) is None
     assert (again.hits, again.stored) == (1, 0)
     again.close()
+
+
+def test_a_hit_refreshes_a_last_use_older_than_the_precision_and_no_other(tmp_path: Path) -> None:
+    from agents.map.cache import USE_PRECISION
+
+    path = tmp_path / "c.sqlite"
+    cache = ResponseCache(path)
+    for seed in range(3):
+        cache.put(key(seed=seed), ANSWER)
+    cache.flush()
+    long_ago = time.time() - USE_PRECISION - 60
+    cache.db.execute(
+        "UPDATE answers SET used = ?, created = ? WHERE key = ?", (long_ago, long_ago, key(seed=0))
+    )
+    recent = time.time() - USE_PRECISION / 2
+    cache.db.execute(
+        "UPDATE answers SET used = ?, created = ? WHERE key = ?", (recent, recent, key(seed=1))
+    )
+    cache.close()
+    for _ in range(2):  # two processes, one after the other: the hits add up in the file
+        again = ResponseCache(path)
+        assert len(again.get_many([key(seed=0), key(seed=1), key(seed=0), key(seed=9)])) == 2
+        assert again.hits == 3
+        again.close()
+    used = dict(ResponseCache(path).db.execute("SELECT key, used FROM answers").fetchall())
+    assert used[key(seed=0)] > time.time() - 60  # stale: refreshed
+    assert used[key(seed=1)] == recent  # used within the hour: not written again
+    assert ResponseCache(path).info().hits == 6
 
 
 def test_the_file_is_readable_by_its_owner_only(tmp_path: Path) -> None:
@@ -137,13 +166,14 @@ def test_a_cache_on_a_network_file_system_is_refused(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from pathlib import Path
-from agents.map.cache import Cached, ResponseCache
+from agents.map.cache import ResponseCache
+from agents.map.http import Completion, Usage
 cache = ResponseCache(Path(sys.argv[1]))
 first, count = int(sys.argv[2]), int(sys.argv[3])
 for n in range(first, first + count):
     key = f"k{n}".encode()
     if cache.get(key) is None:
-        cache.put(key, Cached(f"answer {n}", "stop", None, {"prompt": n, "completion": 1}))
+        cache.put(key, Completion(f"answer {n}", "stop", None, Usage(prompt=n, completion=1)))
 cache.close()
 print("done", flush=True)
 """
@@ -419,7 +449,7 @@ def filled(path: Path, count: int, age_of: Any = lambda n: 0.0) -> None:
     """``count`` answers, the n-th last used ``age_of(n)`` seconds ago, the first two hit."""
     cache = ResponseCache(path)
     for number in range(count):
-        cache.put(key(seed=number), Cached("x" * 1000, "stop", None, {"prompt": 1}))
+        cache.put(key(seed=number), Completion("x" * 1000, "stop", None, Usage(prompt=1)))
     for number in range(2):
         assert cache.get(key(seed=number)) is not None
     cache.flush()
@@ -440,11 +470,11 @@ def test_info_counts_entries_hits_and_ages(tmp_path: Path) -> None:
     status, out, _ = agents_cache("info", str(path), "--json")
     assert status == 0
     document = orjson.loads(out)
-    assert document["entries"] == 10 and document["hits"] == 2 and document["entries_hit"] == 2
+    assert document["entries"] == 10 and document["hits"] == 2
     assert document["content_bytes"] > 10_000 and document["file_bytes"] >= path.stat().st_size
     assert document["oldest"] < document["newest"]  # ISO 8601, UTC
     status, out, _ = agents_cache("info", str(path))
-    assert status == 0 and "answers:    10 (2 replayed at least once)" in out
+    assert status == 0 and "answers:    10\n" in out and "hits:       2\n" in out
     assert "9 days ago" in out
 
 
@@ -457,10 +487,10 @@ def test_info_reads_the_default_path_and_the_environment(
     assert status == 2 and "no cache there" in err and "agents-map --cache" in err
     assert not (tmp_path / "xdg" / "agents" / "responses.sqlite").exists()  # none made
     filled(tmp_path / "xdg" / "agents" / "responses.sqlite", 3)
-    assert "answers:    3 " in agents_cache("info")[1]
+    assert "answers:    3\n" in agents_cache("info")[1]
     monkeypatch.setenv("AGENTS_CACHE", str(tmp_path / "other.sqlite"))
     filled(tmp_path / "other.sqlite", 5)
-    assert "answers:    5 " in agents_cache("info")[1]
+    assert "answers:    5\n" in agents_cache("info")[1]
 
 
 def test_prune_by_age_forgets_what_was_not_used_lately(tmp_path: Path) -> None:
@@ -626,8 +656,8 @@ def test_a_cache_that_cannot_be_written_costs_no_record_its_answer(
     from agents.errors import AgentsError
     from agents.map import cache as cache_module
 
-    def full(self: Any, statement: str, rows: list[Any]) -> int:
-        if rows and statement.startswith("INSERT"):
+    def full(self: Any, *writes: tuple[str, list[Any]]) -> int:
+        if any(rows and statement.startswith("INSERT") for statement, rows in writes):
             raise AgentsError(f"--cache {self.path}: could not write (database or disk is full)")
         return 0
 

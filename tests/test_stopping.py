@@ -103,6 +103,26 @@ def test_nothing_new_is_sent_after_ctrl_c_and_the_rerun_sends_the_rest(tmp: Path
 
 # --max-cost --------------------------------------------------------------------------------
 
+
+def test_requests_that_fit_the_cap_exactly_fit_though_floats_add_up_past_it() -> None:
+    import asyncio
+
+    from agents.map.caps import CapReached, CostCap
+
+    async def spend() -> int:
+        cap, sent = CostCap(0.3), 0
+        try:
+            for _ in range(4):
+                worst = await cap.reserve(lambda: 0.1)
+                cap.settle(worst, 0.1)
+                sent += 1
+        except CapReached:
+            pass
+        return sent
+
+    assert 0.1 + 0.1 + 0.1 > 0.3  # (the rounding the cap must forgive)
+    assert asyncio.run(spend()) == 3
+
 PRICE = 10.0  # dollars per million tokens, both ways: a request of ~100 tokens costs ~$0.001
 
 

@@ -140,7 +140,6 @@ def _document(info: CacheInfo) -> dict[str, Any]:
         "path": info.path,
         "entries": info.entries,
         "hits": info.hits,
-        "entries_hit": info.entries_hit,
         "oldest": _when(info.oldest),
         "newest": _when(info.newest),
         "last_used": _when(info.last_used),
@@ -153,7 +152,7 @@ def _lines(info: CacheInfo) -> list[str]:
     now = time.time()
     return [
         f"path:       {info.path}",
-        f"answers:    {info.entries:,} ({info.entries_hit:,} replayed at least once)",
+        f"answers:    {info.entries:,}",
         f"hits:       {info.hits:,}",
         f"size:       {_bytes(info.file_bytes)} on disk, {_bytes(info.content_bytes)} of answers",
         f"oldest:     {_ago(info.oldest, now)}",

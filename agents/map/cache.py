@@ -36,7 +36,7 @@ from agents.map.prompt import Message
 APPLICATION_ID = 0x61676331
 
 #: The layout of the file; a file of another version is refused, not guessed at.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: How long a write waits for another process's transaction before failing.
 BUSY_SECONDS = 30.0
@@ -47,11 +47,16 @@ NETWORK_FILE_SYSTEMS = frozenset(
     {"nfs", "nfs4", "lustre", "cifs", "smb3", "smbfs", "afs", "ceph", "glusterfs", "9p"}
 )
 
-#: Hits counted in the file (their count, their last use) in one transaction, in the keys'
-#: order: a write per hit would cost more than the hit, and each write of a few rows spread
-#: over the file rewrites as many pages. A kill -9 loses at most this many counts, never an
-#: answer.
+#: Hits counted in the file (their number, the last uses refreshed) in one transaction, in the
+#: keys' order: a write per hit would cost more than the hit, and each write of a few rows
+#: spread over the file rewrites as many pages. A kill -9 loses at most this many counts, never
+#: an answer.
 HITS_PER_WRITE = 20_000
+
+#: An answer's last use (what `agents cache prune --older-than` goes by) is kept to within this
+#: many seconds: a hit on one used more lately writes nothing, so that a rerun soon after the
+#: first run (the common case) reads the file without rewriting a page of it for each hit.
+USE_PRECISION = 3600.0
 
 #: Answers kept are written this many at a time, or once the first of them waited this long
 #: (seconds) when the next comes: a transaction per answer costs a miss a third of its time.
@@ -80,16 +85,6 @@ _HINT = "give --cache another path, or remove the file to start afresh"
 
 #: Names a cache is never given: an input or output that an optional --cache PATH swallowed.
 DATA_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".yaml", ".yml"})
-
-
-@dataclass(frozen=True, slots=True)
-class Cached:
-    """A stored answer: what the request returned, and the usage it was paid for."""
-
-    content: str | None
-    finish_reason: str | None
-    refusal: str | None
-    usage: dict[str, int]
 
 
 def refuse_data_path(path: Path) -> None:
@@ -174,10 +169,12 @@ class ResponseCache:
 
     def __init__(self, path: Path, mounts: str | None = None, *, create: bool = True) -> None:
         self.path = path
-        self.hits = 0
+        self.hits = 0  # this process's
         self.stored = 0
-        self.replayed: list[bytes] = []  # hits not yet counted in the file
-        self.unsaved: dict[bytes, tuple[Cached, float]] = {}  # answers not yet in it, and when
+        self.uncounted = 0  # hits not yet counted in the file
+        self.stale: list[bytes] = []  # answers hit whose last use the file has not to the hour
+        # answers not yet in the file (each with the usage it was paid for), and when they came
+        self.unsaved: dict[bytes, tuple[Completion, float]] = {}
         self.unsaved_since = 0.0
         self.replace = False  # --cache-mode refresh: a new answer replaces the one kept
         refuse_data_path(path)
@@ -234,10 +231,13 @@ class ResponseCache:
                     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                     db.execute(
                         "CREATE TABLE answers (key BLOB PRIMARY KEY, content TEXT, "
-                        "finish_reason TEXT, refusal TEXT, usage TEXT NOT NULL, "
-                        "created REAL NOT NULL, used REAL NOT NULL, hits INTEGER NOT NULL "
-                        "DEFAULT 0) WITHOUT ROWID"
+                        "finish_reason TEXT, refusal TEXT, prompt_tokens INTEGER NOT NULL, "
+                        "completion_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL, "
+                        "reasoning_tokens INTEGER NOT NULL, created REAL NOT NULL, "
+                        "used REAL NOT NULL) WITHOUT ROWID"
                     )
+                    db.execute("CREATE TABLE totals (hits INTEGER NOT NULL)")
+                    db.execute("INSERT INTO totals VALUES (0)")
                     application = APPLICATION_ID
                 db.execute("COMMIT")
             except BaseException:
@@ -264,20 +264,24 @@ class ResponseCache:
         # all over the file (the memory is taken only as pages are read)
         db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
-    def get(self, key: bytes) -> Cached | None:
-        """The answer stored under ``key``, counted as a hit; None on a miss."""
+    def get(self, key: bytes) -> Completion | None:
+        """The answer stored under ``key`` (with the usage it was paid for), counted as a hit;
+        None on a miss."""
         return self.get_many([key]).get(key)
 
-    def get_many(self, keys: list[bytes]) -> dict[bytes, Cached]:
+    def get_many(self, keys: list[bytes]) -> dict[bytes, Completion]:
         """The answers stored under any of ``keys``, each counted as a hit: one query for a
         batch of records, as a query costs more than finding a key in it."""
         found = {key: self.unsaved[key][0] for key in keys if key in self.unsaved}
         asked = [key for key in keys if key not in found] if found else keys
+        stale_before = time.time() - USE_PRECISION
+        stale = self.stale
         for start in range(0, len(asked), KEYS_PER_QUERY):
             part = asked[start : start + KEYS_PER_QUERY]
             try:
                 rows = self.db.execute(
-                    "SELECT key, content, finish_reason, refusal, usage FROM answers "
+                    "SELECT key, content, finish_reason, refusal, prompt_tokens, "
+                    "completion_tokens, cached_tokens, reasoning_tokens, used FROM answers "
                     f"WHERE key IN ({', '.join('?' * len(part))})",
                     part,
                 ).fetchall()
@@ -287,12 +291,15 @@ class ResponseCache:
                     hint="run again without --cache, or with a new --cache PATH; the results "
                     "written so far are kept",
                 ) from None
-            for key, content, finish_reason, refusal, usage in rows:
-                found[key] = Cached(content, finish_reason, refusal, orjson.loads(usage))
-        replayed = [key for key in keys if key in found]
-        self.hits += len(replayed)
-        self.replayed.extend(replayed)
-        if len(self.replayed) >= HITS_PER_WRITE:
+            for row in rows:  # (key, content, finish_reason, refusal, usage..., used)
+                usage = Usage(row[4], row[5], row[6], row[7])
+                found[row[0]] = Completion(row[1], row[2], row[3], usage)
+                if row[8] < stale_before:
+                    stale.append(row[0])
+        hits = len(found) if len(found) == len(keys) else sum(key in found for key in keys)
+        self.hits += hits
+        self.uncounted += hits
+        if self.uncounted >= HITS_PER_WRITE:
             self._count_hits()
         return found
 
@@ -301,10 +308,10 @@ class ResponseCache:
         row = self.db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone()
         return row is not None or key in self.unsaved
 
-    def put(self, key: bytes, answer: Cached) -> None:
-        """Store a successful, complete answer (the first one stored under a key stands, unless
-        this run refreshes the cache). Answers are written a few at a time, and found meanwhile
-        by this process; ``stored`` counts those written."""
+    def put(self, key: bytes, answer: Completion) -> None:
+        """Store a successful, complete answer, its usage the one it was paid for (the first one
+        stored under a key stands, unless this run refreshes the cache). Answers are written a
+        few at a time, and found meanwhile by this process; ``stored`` counts those written."""
         if not self.unsaved:
             self.unsaved_since = time.monotonic()
         if self.replace:
@@ -329,34 +336,47 @@ class ResponseCache:
                 answer.content,
                 answer.finish_reason,
                 answer.refusal,
-                orjson.dumps(answer.usage).decode(),
+                answer.usage.prompt,
+                answer.usage.completion,
+                answer.usage.cached,
+                answer.usage.reasoning,
                 when,
                 when,
             )
             for key, (answer, when) in self.unsaved.items()
         ]
         self.unsaved.clear()
-        self.stored += self._transaction(
-            f"INSERT OR {'REPLACE' if self.replace else 'IGNORE'} INTO answers "
-            "(key, content, finish_reason, refusal, usage, created, used) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        if rows:
+            self.stored += self._transaction(
+                (
+                    f"INSERT OR {'REPLACE' if self.replace else 'IGNORE'} INTO answers "
+                    "(key, content, finish_reason, refusal, prompt_tokens, completion_tokens, "
+                    "cached_tokens, reasoning_tokens, created, used) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            )
 
     def _count_hits(self) -> None:
+        """Add this process's hits to the file's total, and refresh the stale last uses."""
+        if not self.uncounted:
+            return
         now = time.time()
-        rows = [(now, key) for key in sorted(self.replayed)]
-        self.replayed.clear()
-        self._transaction("UPDATE answers SET hits = hits + 1, used = ? WHERE key = ?", rows)
+        stale = [(now, key) for key in sorted(set(self.stale))]
+        hits, self.uncounted = self.uncounted, 0
+        self.stale.clear()
+        self._transaction(
+            ("UPDATE totals SET hits = hits + ?", [(hits,)]),
+            ("UPDATE answers SET used = ? WHERE key = ?", stale),
+        )
 
-    def _transaction(self, statement: str, rows: list[tuple[Any, ...]]) -> int:
-        """``statement`` for each of ``rows``, in one short transaction; the rows changed."""
-        if not rows:
-            return 0
+    def _transaction(self, *writes: tuple[str, list[tuple[Any, ...]]]) -> int:
+        """Each statement for each of its rows, in one short transaction; the rows changed."""
         self._write("BEGIN IMMEDIATE", ())
         try:
             before = self.db.total_changes
-            self.db.executemany(statement, rows)
+            for statement, rows in writes:
+                self.db.executemany(statement, rows)
             self.db.execute("COMMIT")
         except sqlite3.DatabaseError as error:
             self._roll_back()
@@ -387,15 +407,15 @@ class ResponseCache:
     def info(self) -> CacheInfo:
         """What the file holds (for ``agents cache info``)."""
         self.flush()
-        entries, hits, hit_once, oldest, newest, last_used, content = self.db.execute(
-            "SELECT count(*), ifnull(sum(hits), 0), ifnull(sum(hits > 0), 0), min(created), "
-            f"max(created), max(used), ifnull(sum({ROW_BYTES}), 0) FROM answers"
+        entries, oldest, newest, last_used, content = self.db.execute(
+            "SELECT count(*), min(created), max(created), max(used), "
+            f"ifnull(sum({ROW_BYTES}), 0) FROM answers"
         ).fetchone()
+        (hits,) = self.db.execute("SELECT hits FROM totals").fetchone()
         return CacheInfo(
             path=str(self.path),
             entries=entries,
             hits=hits,
-            entries_hit=hit_once,
             oldest=oldest,
             newest=newest,
             last_used=last_used,
@@ -451,7 +471,7 @@ class ResponseCache:
 #: What one stored answer takes, roughly: its columns' bytes and a row's overhead.
 ROW_BYTES = (
     "(length(key) + ifnull(length(content), 0) + ifnull(length(refusal), 0) "
-    "+ ifnull(length(finish_reason), 0) + length(usage) + 40)"
+    "+ ifnull(length(finish_reason), 0) + 56)"
 )
 
 
@@ -462,10 +482,9 @@ class CacheInfo:
     path: str
     entries: int
     hits: int  # hits over the file's life
-    entries_hit: int  # answers replayed at least once
     oldest: float | None  # when the oldest answer was kept
     newest: float | None
-    last_used: float | None
+    last_used: float | None  # (to within USE_PRECISION)
     content_bytes: int  # what the answers take, roughly
     file_bytes: int  # the file with its WAL
 
@@ -485,9 +504,6 @@ MODES = ("use", "refresh", "read-only")
 #: Keys of answers kept lately that are remembered (their keys only: flat memory), more than the
 #: records of a batch read at once, which are all looked up before the first is answered.
 RECENT_KEYS = 20_000
-
-#: The parts of a stored answer's usage, as :class:`Usage` names them.
-USAGE_FIELDS = ("prompt", "completion", "cached", "reasoning")
 
 
 @dataclass
@@ -518,17 +534,8 @@ class CacheUse:
         """The stored answers to replay among ``keys`` (none when this run refreshes)."""
         if self.mode == "refresh":
             return {}
-        replayed: dict[bytes, Completion] = {}
+        replayed = self.store.get_many(keys)
         saved = self.saved
-        for key, found in self.store.get_many(keys).items():
-            counts = found.usage
-            usage = Usage(
-                counts.get("prompt", 0),
-                counts.get("completion", 0),
-                counts.get("cached", 0),
-                counts.get("reasoning", 0),
-            )  # (USAGE_FIELDS, spelled out: this runs once a record)
-            replayed[key] = Completion(found.content, found.finish_reason, found.refusal, usage)
         for key in keys:  # a key asked twice is replayed twice
             if key in replayed:
                 saved.add(replayed[key].usage)
@@ -548,14 +555,9 @@ class CacheUse:
         if len(self.recent) > RECENT_KEYS:
             del self.recent[next(iter(self.recent))]  # the oldest
         usage = paid if paid is not None else completion.usage
+        kept = Usage(usage.prompt, usage.completion, usage.cached, usage.reasoning)  # a copy
         self.store.put(
-            key,
-            Cached(
-                completion.content,
-                completion.finish_reason,
-                completion.refusal,
-                {name: getattr(usage, name) for name in USAGE_FIELDS},
-            ),
+            key, Completion(completion.content, completion.finish_reason, completion.refusal, kept)
         )
 
 
@@ -563,7 +565,6 @@ __all__ = [
     "MODES",
     "CacheInfo",
     "CacheUse",
-    "Cached",
     "RequestKeys",
     "ResponseCache",
     "default_path",

@@ -53,6 +53,11 @@ class ErrorCap:
             )
 
 
+#: What a sum of prices may pass the cap by and still fit: float rounding, not money (three
+#: requests of $0.10 add up to $0.30000000000000004, which must fit a --max-cost 0.3).
+FIT_TOLERANCE = 1 + 1e-9
+
+
 class CostCap:
     """--max-cost: each request reserves its worst case before it is sent and gives back what it
     did not use when its answer arrives. A request that does not fit waits while others are in
@@ -75,7 +80,7 @@ class CostCap:
         while True:
             if alone() and self.outstanding:
                 pass
-            elif self.spent + self.reserved + (cost := worst()) <= self.limit:
+            elif self.spent + self.reserved + (cost := worst()) <= self.limit * FIT_TOLERANCE:
                 self.reserved += cost
                 self.outstanding += 1
                 return cost
