@@ -336,14 +336,82 @@ def test_refresh_asks_again_and_read_only_keeps_nothing(env: Path) -> None:
 
     cache = str(env / "answers.sqlite")
     with FakeLLM() as server:
-        assert mapped(server, "--cache", cache, "--cache-mode", "read-only", stdin=words(5))[0] == 0
-        assert len(server.requests) == 5
+        status, _, err = mapped(
+            server, "--cache", cache, "--cache-mode", "read-only", stdin=words(5)
+        )
+        assert status == 0 and len(server.requests) == 5
+        assert f"no cache at {cache} yet; every request is sent" in err
+        assert not Path(cache).exists()  # read-only makes no file either
         assert mapped(server, "--cache", cache, stdin=words(5))[0] == 0
         assert len(server.requests) == 10  # read-only kept nothing
         assert mapped(server, "--cache", cache, "--cache-mode", "refresh", stdin=words(5))[0] == 0
         assert len(server.requests) == 15  # refresh asked again
         assert mapped(server, "--cache", cache, "--cache-mode", "read-only", stdin=words(8))[0] == 0
         assert len(server.requests) == 18  # 5 hits, 3 misses sent
+
+
+def test_read_only_never_writes_the_file(env: Path) -> None:
+    import hashlib
+
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    from agents.map.cache import USE_PRECISION
+
+    cache = env / "answers.sqlite"
+    with FakeLLM() as server:
+        assert mapped(server, "--cache", str(cache), stdin=words(5))[0] == 0
+        with sqlite3.connect(cache) as db:  # last used long ago: a hit would write it
+            db.execute("UPDATE answers SET used = used - ?", (2 * USE_PRECISION,))
+        db.close()
+        ResponseCache(cache).close()  # (the WAL folded back: all is in the file)
+        before = hashlib.sha256(cache.read_bytes()).hexdigest()
+        status, records, err = mapped(
+            server, "--cache", str(cache), "--cache-mode", "read-only", stdin=words(8)
+        )
+        assert status == 0, err
+        assert [r["_id"] for r in records if "error" not in r] == list(range(1, 9))
+        assert len(server.requests) == 8  # 5 hits, 3 misses sent
+    assert hashlib.sha256(cache.read_bytes()).hexdigest() == before
+    info = ResponseCache(cache).info()
+    assert info.hits == 0 and info.entries == 5  # nothing counted, nothing kept
+
+
+def test_read_only_reads_a_cache_in_a_folder_it_cannot_write() -> None:
+    """A team's cache, shared read-only: SQLite cannot make the WAL's shared-memory file
+    beside it. Run as another user when the tests run as root (whom permissions do not stop)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="agents-ro-"))
+    try:
+        path = folder / "team.sqlite"
+        writer = ResponseCache(path)
+        writer.put(key(), ANSWER)
+        writer.close()
+        path.chmod(0o444)
+        folder.chmod(0o555)
+        child = os.fork()
+        if child == 0:  # (everything it needs is imported already)
+            code = 1
+            try:
+                if os.getuid() == 0:
+                    os.setgid(65534)
+                    os.setuid(65534)  # nobody
+                with pytest.raises(UsageError):  # (what a writer is told)
+                    ResponseCache(path)
+                reader = ResponseCache(path, writable=False)
+                found = reader.get(key())
+                reader.close()
+                code = 0 if found == ANSWER and reader.hits == 1 else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(child, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert sorted(p.name for p in folder.iterdir()) == ["team.sqlite"]
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
 
 
 def test_the_default_path_and_the_environment(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -429,6 +497,17 @@ def test_a_data_file_taken_for_the_cache_is_refused_untouched(env: Path) -> None
         assert "--cache=PATH" in refused.value.message
     assert data.read_text() == "_id,word\n1,a\n"
     assert not (env / "missing.jsonl").exists()
+    # and on the command line, before a missing OUTPUT is blamed
+    from conftest import BIN
+
+    out = env / "out.csv"
+    result = subprocess.run(
+        [str(BIN / "agents"), "process", "--cache", str(data), str(out), "--prompt", "{word}"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert f"{data}: that names data" in result.stderr and "--cache=PATH" in result.stderr
+    assert "OUTPUT" not in result.stderr and not out.exists()
 
 
 # agents cache info|prune -------------------------------------------------------------------

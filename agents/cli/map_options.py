@@ -228,6 +228,7 @@ def add_map_options(parser: Parser) -> None:
         "--cache",
         nargs="?",
         const="",
+        type=_cache_path,
         metavar="PATH",
         help="answer requests already asked from a SQLite cache of answers, and keep new "
         "ones there (PATH: default $XDG_CACHE_HOME/agents/responses.sqlite; also "
@@ -333,3 +334,21 @@ def add_map_options(parser: Parser) -> None:
         metavar="FILE",
         help="write the log to FILE instead of stderr (default: stderr)",
     )
+
+
+def _cache_path(text: str) -> str:
+    """--cache's optional PATH, refused at once when it names data: `agents process --cache
+    in.csv out.csv` would otherwise end in a missing OUTPUT, naming the wrong mistake."""
+    import argparse
+    from pathlib import Path
+
+    from agents.errors import UsageError
+    from agents.map.cache import refuse_data_path
+
+    try:
+        refuse_data_path(Path(text))
+    except UsageError as refused:
+        raise argparse.ArgumentTypeError(
+            refused.message.replace(f"--cache {text}: ", f"{text}: ", 1)
+        ) from None
+    return text

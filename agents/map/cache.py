@@ -22,6 +22,7 @@ import hashlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,8 +168,19 @@ def _on_network(kind: str | None) -> bool:
 class ResponseCache:
     """One cache file, opened for this process."""
 
-    def __init__(self, path: Path, mounts: str | None = None, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        path: Path,
+        mounts: str | None = None,
+        *,
+        create: bool = True,
+        writable: bool = True,
+    ) -> None:
+        """Open (and, with ``create``, make) the cache at ``path``. Not ``writable``
+        (--cache-mode read-only): the file is only read, never made or written, not even its
+        hits, so it may be one the user cannot write (a team's, in a read-only folder)."""
         self.path = path
+        self.writable = writable
         self.hits = 0  # this process's
         self.stored = 0
         self.uncounted = 0  # hits not yet counted in the file
@@ -178,14 +190,15 @@ class ResponseCache:
         self.unsaved_since = 0.0
         self.replace = False  # --cache-mode refresh: a new answer replaces the one kept
         refuse_data_path(path)
-        if not create and not path.exists():
+        if (not create or not writable) and not path.exists():
             raise UsageError(
                 f"{path}: no cache there",
                 hint="agents-map --cache makes one; AGENTS_CACHE or a PATH names another",
             )
         folder = path.parent
         try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if writable:
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as error:
             raise UsageError(
                 f"--cache {path}: cannot make its folder: {error.strerror}; {_HINT}"
@@ -200,26 +213,48 @@ class ResponseCache:
             )
         # Created by us, readable by the owner only, before SQLite opens it.
         try:
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+            if writable:
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as error:
             raise UsageError(
                 f"--cache {path}: cannot open it for writing: {error.strerror}",
                 hint="a cache is written to on every run (its hits are counted), so it needs a "
-                "writable file on a local disk: give --cache another path",
+                "writable file on a local disk: give --cache another path, or use this one "
+                "with --cache-mode read-only",
             ) from None
         if not path.is_file():
             raise UsageError(f"--cache {path}: not a file; {_HINT}")
         try:
-            self.db = sqlite3.connect(path, timeout=BUSY_SECONDS, isolation_level=None)
-            self.db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+            self.db = self._connect_read_only() if not writable else self._connect()
             self._prepare()
         except sqlite3.DatabaseError as error:
             raise UsageError(f"--cache {path}: not a usable cache ({error}); {_HINT}") from None
 
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
+        db.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+        return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """The file opened for reading only. A WAL file needs its shared-memory file, which
+        SQLite cannot make in a folder we cannot write: then the file is read as it stands
+        (``immutable``), as nobody who could change it has it open (or its -shm would be
+        there)."""
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=BUSY_SECONDS, isolation_level=None)
+        try:
+            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError:
+            db.close()
+            db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
+        return db
+
     def _prepare(self) -> None:
         db = self.db
         application = db.execute("PRAGMA application_id").fetchone()[0]
-        if application == 0:  # new, or foreign: decided under the write lock, in one look,
+        if (
+            application == 0 and self.writable
+        ):  # new, or foreign: decided under the write lock, in one look,
             # since another process may be making it ours between two reads
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -251,6 +286,11 @@ class ResponseCache:
                 f"--cache {self.path}: a cache of another version ({version}, this agents "
                 f"reads {SCHEMA_VERSION}); {_HINT}"
             )
+        # and keep more of it in memory than SQLite's 2 MB: the lookups of a rerun read pages
+        # all over the file (the memory is taken only as pages are read)
+        db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
+        if not self.writable:
+            return
         db.execute("PRAGMA journal_mode = WAL")
         # In WAL mode NORMAL never corrupts the file; a power cut may lose the last answers
         # kept, which a cache can afford (FULL syncs every write: half the speed of a miss).
@@ -260,9 +300,6 @@ class ResponseCache:
         # each page once for many writes, and keep it from growing past that.
         db.execute(f"PRAGMA wal_autocheckpoint = {CHECKPOINT_PAGES}")
         db.execute(f"PRAGMA journal_size_limit = {CHECKPOINT_PAGES * 4096}")
-        # and keep more of it in memory than SQLite's 2 MB: the lookups of a rerun read pages
-        # all over the file (the memory is taken only as pages are read)
-        db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
     def get(self, key: bytes) -> Completion | None:
         """The answer stored under ``key`` (with the usage it was paid for), counted as a hit;
@@ -326,6 +363,8 @@ class ResponseCache:
 
     def flush(self) -> None:
         """Write the answers and the hit counts not yet in the file."""
+        if not self.writable:
+            return
         self._save()
         self._count_hits()
 
@@ -358,8 +397,11 @@ class ResponseCache:
             )
 
     def _count_hits(self) -> None:
-        """Add this process's hits to the file's total, and refresh the stale last uses."""
-        if not self.uncounted:
+        """Add this process's hits to the file's total, and refresh the stale last uses (not in
+        a file opened read-only)."""
+        if not self.uncounted or not self.writable:
+            self.uncounted = 0
+            self.stale.clear()
             return
         now = time.time()
         stale = [(now, key) for key in sorted(set(self.stale))]

@@ -273,12 +273,15 @@ def _cache(job: Job, warn: Callable[[str], None], *, create: bool = True) -> Cac
 
     named = o.cache or os.environ.get("AGENTS_CACHE")
     path = Path(named).expanduser() if named else default_path()
-    if not create:
+    read_only = o.cache_mode == "read-only"  # (the file is only read: it is not made either)
+    if not create or read_only:
         refuse_data_path(path)
         if not path.exists():
+            if create:
+                warn(f"--cache-mode read-only: no cache at {path} yet; every request is sent")
             return None
     return CacheUse(
-        ResponseCache(path, create=create),
+        ResponseCache(path, create=create, writable=not read_only),
         o.cache_mode,
         model_identity(job.shape.model),
         job.interpreter.output_format,
