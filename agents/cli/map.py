@@ -49,9 +49,25 @@ def _map(
         bad_lines.append(error.message)
         reporter.warning(f"{error.message} (skipped)", error.hint)
 
+    from agents.cli.batch import check_batch_options
+
+    check_batch_options(job, reporter)
     if o.dry_run:
-        status = show_dry_run(job, streams, reporter, bad)
+        if o.batch:
+            from agents.cli.batch import show_batch_dry_run
+
+            status = show_batch_dry_run(job, streams, reporter, bad)
+        else:
+            status = show_dry_run(job, streams, reporter, bad)
         return int(ExitStatus.PARTIAL) if bad_lines and not status else status
+    if o.batch:
+        from agents.cli.batch import map_batch
+
+        with side_outputs(job, PROG) as errors_out:
+            status = map_batch(job, streams, reporter, bad, errors_out)
+        if bad_lines and status == ExitStatus.OK:
+            return int(ExitStatus.PARTIAL)
+        return status
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
         # -q: errors and warnings only, so no "resuming ..." or "skipped ..." notes either

@@ -254,6 +254,47 @@ def add_map_options(parser: Parser) -> None:
         help="send identical requests in flight at once each on its own (at temperature > 0: "
         "independent samples) (default: they share one request and its answer)",
     )
+    batch = parser.add_argument_group("batch mode (see BATCH MODE in agents-map(1))")
+    batch.add_argument(
+        "--batch",
+        action="store_true",
+        default=None,
+        help="send the job through the provider's Batch API: half the price, answers within "
+        "24 h; the same command run again collects what was submitted (default: online)",
+    )
+    batch.add_argument(
+        "--batch-detach",
+        action="store_true",
+        default=None,
+        help="with --batch: submit, print the batch IDs and exit 4; the same command run later "
+        "collects the results",
+    )
+    batch.add_argument(
+        "--batch-cancel",
+        action="store_true",
+        default=None,
+        help="with --batch: cancel the job's batches still running, and exit 4; the same "
+        "command without it collects what they did and submits the rest again",
+    )
+    batch.add_argument(
+        "--batch-retry",
+        choices=("batch", "online"),
+        help="where lines that expired, were cancelled or failed in a way a retry can fix are "
+        "sent again: in a new batch, or online at the online price (default: batch)",
+    )
+    batch.add_argument(
+        "--batch-poll",
+        type=float,
+        metavar="SECONDS",
+        help="the longest wait between two looks at the pending batches; the first is 1 s, "
+        "each later one half again as long (default: 60)",
+    )
+    batch.add_argument(
+        "--batch-keep-files",
+        action="store_true",
+        default=None,
+        help="keep the uploaded input files on the server (default: deleted once their batch ends)",
+    )
     output = parser.add_argument_group("output")
     output.add_argument(
         "--output-format",

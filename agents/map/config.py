@@ -45,7 +45,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "price": Key("price", "price"),
     },
     "processing": {
-        "mode": Key("mode", "str", choices=("async", "sequential")),
+        "mode": Key("mode", "str", choices=("async", "sequential", "batch")),
         "concurrency": Key("jobs", "int"),
         "batch_size": Key("batch_size", "int"),
         "keep_order": Key("keep_order", "bool"),
@@ -67,6 +67,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "cache_mode": Key("cache_mode", "str", choices=("use", "refresh", "read-only")),
         "cache_scope": Key("cache_scope", "str"),
         "dedup": Key("dedup", "bool"),
+        "batch_retry": Key("batch_retry", "str", choices=("batch", "online")),
+        "batch_poll": Key("batch_poll", "number"),
+        "batch_keep_files": Key("batch_keep_files", "bool"),
     },
     "output": {
         "format": Key("output_format", "str", choices=("text", "json", "structured")),
@@ -99,7 +102,7 @@ def option_names() -> set[str]:
     Python API takes them: every key of the file but the design document's other spellings."""
     names = {key.dest for table in SECTIONS.values() for key in table.values()}
     names |= {key.dest for key in PROMPT_KEYS.values()}
-    return names - {"mode", "batch_size"}
+    return (names - {"mode", "batch_size"}) | {"batch", "batch_detach", "batch_cancel"}
 
 
 def all_keys() -> list[str]:
@@ -163,6 +166,10 @@ def _design_spellings(path: str, options: dict[str, Any]) -> dict[str, Any]:
                 "they are the same setting; keep processing.concurrency",
             )
         options["jobs"] = jobs = batch_size
+    if mode == "batch":  # the provider's Batch API; batch_size is then ignored, with a warning
+        options["batch"] = True
+        if batch_size is not None:
+            options["batch_size_ignored"] = True
     if mode == "sequential":
         if jobs is not None and jobs != 1:
             raise UsageError(

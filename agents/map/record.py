@@ -281,7 +281,7 @@ class Mapper:
             replayed = found.get(key)
             if replayed is not None:
                 try:
-                    prepared.append(self._accept(record, replayed))
+                    prepared.append(self.accept(record, replayed))
                     continue
                 except Unusable:
                     pass  # (re-asked as when it was first answered)
@@ -335,7 +335,7 @@ class Mapper:
                     if not shared:
                         paid.add(completion.usage)  # (what a hit on it will say it saved)
                 try:
-                    merged = self._accept(record, completion)
+                    merged = self.accept(record, completion)
                     if self.cache and key and completion is not replayed and not shared:
                         self._keep(key, completion, paid)  # only answers accepted
                 except Unusable as unusable:
@@ -383,7 +383,7 @@ class Mapper:
             self.cache.mode = "read-only"
             self.warn(f"{error.message}; no more answers are kept in it this run")
 
-    def _accept(self, record: Record, completion: Completion) -> Record:
+    def accept(self, record: Record, completion: Completion) -> Record:
         """The output record of an answer; Unusable when it cannot be used."""
         result = self.interpreter.interpret(self._content(completion))
         return self.merger.merge(record, result)

@@ -1,0 +1,787 @@
+"""agents-map --batch: the job sent through the provider's Batch API, at the batch price.
+
+A run reads its whole input, then works through the job's *parts* (see :mod:`agents.batch.state`):
+
+1. records not in a part yet are written into new parts (at most 50,000 requests and 200 MB
+   each, and what fits under --max-cost), each a file of request lines whose ``custom_id`` is
+   the record's ID;
+2. each part is uploaded and created as a batch (with ``metadata`` naming the job and the part,
+   so a crash between the two never creates a second one: a rerun finds it on the server);
+3. the batches are polled with a growing interval until each ends; then its output and error
+   files are downloaded and joined back to the records by ``custom_id``;
+4. each record's answer goes through the online mode's checks, merge and error records, and is
+   written to stdout. Lines that failed in a way a retry can fix (expired, cancelled, a 429 or
+   5xx, an answer to re-ask) go into a new part, or online with --batch-retry online.
+
+The folder is kept until every part is written out: a rerun of the same command (after a crash,
+a Ctrl-C or --batch-detach) collects what was submitted instead of submitting it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shlex
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from agents.batch.api import BatchAPI
+from agents.batch.state import ENDED, BatchState, Part, PartWriter, job_key, state_home
+from agents.contract.codec import encode
+from agents.contract.error_record import error_record
+from agents.contract.ids import ID_KEY, Record, canonical_id
+from agents.errors import MissingFields, Retryable, Unusable
+from agents.formats._options import BadRowHandler, raise_bad
+from agents.formats.jsonl import parse_lines, whole_lines
+from agents.map.answer import reask_message
+from agents.map.http import Client, Usage, _completion, _http_error
+from agents.map.job import Job
+from agents.map.prompt import Message, estimate_tokens, messages_for, missing_fields_message
+from agents.map.record import DEFAULT_OUTPUT_ESTIMATE, REASK_TOKENS, Mapper
+from agents.map.run import Telling
+from agents.map.usage import Price
+from agents.map.window import IdAssigner
+
+#: OpenAI's limits on one batch: requests, and bytes of its input file (less a margin).
+MAX_REQUESTS = 50_000
+MAX_BYTES = 200 * 1000 * 1000 - (1 << 20)
+
+#: The first wait between two looks at the pending batches (seconds); it grows by half each
+#: time up to --batch-poll.
+FIRST_POLL = 1.0
+
+#: Set to names of points (after-upload, after-create, while-polling, after-emit) a test wants
+#: this process killed at, as by a crash, to prove the next run submits nothing twice.
+CRASH_POINTS = "AGENTS_BATCH_CRASH"
+
+
+@dataclass
+class BatchOutcome:
+    """How a batch run ended, for the exit status, the summary and --stats."""
+
+    written: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    usage: Usage = field(default_factory=Usage)
+    requests: int = 0  # lines sent in batches by this run
+    batches: dict[str, dict[str, Any]] = field(default_factory=dict)  # by ID: what --stats says
+    capped: str | None = None  # --max-cost left records unsubmitted
+    detached: list[str] = field(default_factory=list)  # --batch-detach: the batches pending
+    cancelled: list[str] = field(default_factory=list)  # --batch-cancel
+    broken_pipe: bool = False
+    online_requests: int = 0  # --batch-retry online: requests sent online, and their usage
+    online_usage: Usage = field(default_factory=Usage)
+    duplicates: int = 0
+    waited: float = 0.0
+
+
+def request_body(job: Job, messages: list[Message]) -> dict[str, Any]:
+    """The body of a record's request: the online mode's, exactly."""
+    body: dict[str, Any] = {"model": job.shape.model, "messages": messages, **job.shape.params}
+    if job.response_formats[0] is not None:
+        body["response_format"] = job.response_formats[0]
+    return body
+
+
+def request_line(job: Job, record_id: str, messages: list[Message]) -> bytes:
+    """A line of a batch's input file."""
+    line = {
+        "custom_id": record_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": request_body(job, messages),
+    }
+    return orjson.dumps(line) + b"\n"
+
+
+@dataclass
+class Again:
+    """A record to send again (a new batch, or online), with the messages to send."""
+
+    entry: dict[str, Any]
+
+
+def crash_point(name: str) -> None:
+    if name in os.environ.get(CRASH_POINTS, "").split(","):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def batch_price(price: Price | None) -> Price | None:
+    """The batch rate: half the online one (OpenAI's Batch API discount)."""
+    if price is None:
+        return None
+    cached = price.cached_input / 2 if price.cached_input is not None else None
+    return Price(price.input / 2, price.output / 2, cached)
+
+
+class BatchJob:
+    """One run of a batch job: its state, its server, and what it writes."""
+
+    def __init__(
+        self,
+        job: Job,
+        stdout: BinaryIO,
+        telling: Telling,
+        sleep: Callable[[float], None],
+        errors_out: BinaryIO | None,
+    ) -> None:
+        self.job = job
+        self.o = job.options
+        self.stdout = stdout
+        self.errors_out = errors_out
+        self.telling = telling
+        self.sleep = sleep
+        self.api = BatchAPI(job.endpoint, sleep)
+        self.outcome = BatchOutcome()
+        self.price = batch_price(job.price)
+        # The online mode's checks, merge and error records (its client is never opened).
+        self.mapper = Mapper(Client(job.endpoint, 1), **job.mapper_args)
+        self.resumer: Any = None
+        self.state: BatchState
+        self.key = ""
+        self.started = time.monotonic()
+
+    def worst_cost(self, messages: list[Message]) -> float:
+        """What a request may cost at most, at the batch price (as --max-cost reserves)."""
+        if self.price is None:
+            return 0.0
+        usage = Usage(prompt=estimate_tokens(messages), completion=self.mapper.output_allowance)
+        return self.price.cost(usage)
+
+    # writing results --------------------------------------------------------------------------
+
+    def write(self, record: Record, succeeded: bool) -> None:
+        target = self.stdout if succeeded or self.errors_out is None else self.errors_out
+        try:
+            target.write(encode(record))
+        except BrokenPipeError:
+            self.outcome.broken_pipe = True
+            raise
+        if succeeded:
+            self.outcome.written += 1
+        else:
+            self.outcome.failed += 1
+            kind = str(record.get("error_type", "error"))
+            self.outcome.errors[kind] = self.outcome.errors.get(kind, 0) + 1
+
+    def flush(self) -> None:
+        self.stdout.flush()
+        if self.errors_out is not None:
+            self.errors_out.flush()
+
+    def done_already(self, record_id: str) -> bool:
+        """Whether --resume's output holds this ID already (so it is not written again)."""
+        if self.resumer is None:
+            return False
+        done = self.resumer.done
+        return record_id in done.succeeded or (self.o.keep_failed and record_id in done.failed)
+
+    def say(self, message: str) -> None:
+        if not self.o.quiet:
+            self.telling.info(message)
+
+
+# Reading the input ----------------------------------------------------------------------------
+
+
+def spool_input(
+    batch: BatchJob, stdin: BinaryIO, folder: Path, bad: BadRowHandler
+) -> tuple[Path, str]:
+    """The records to do, one JSON line each, in a file in ``folder``, and the SHA-256 of the
+    input as read (what keys the job without --resume)."""
+    o = batch.o
+    digest = hashlib.sha256()
+    ids = IdAssigner()
+    seen: set[str] = set()
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    handle, name = tempfile.mkstemp(prefix="input-", suffix=".jsonl", dir=folder)
+    count, number = 0, 1
+    with os.fdopen(handle, "wb") as spool:
+        for lines in whole_lines(stdin):
+            for line in lines:
+                digest.update(line + b"\n")
+            records = parse_lines(lines, "<stdin>", number, bad)
+            number += len(lines)
+            for parsed in records:
+                if o.limit is not None and count >= o.limit:
+                    break
+                record = ids.ensure(parsed)
+                if batch.resumer is not None and batch.resumer.skip(record):
+                    continue
+                key = canonical_id(record[ID_KEY])
+                if key in seen:  # one request line per custom_id: the first record stands
+                    batch.outcome.duplicates += 1
+                    continue
+                seen.add(key)
+                spool.write(orjson.dumps(record) + b"\n")
+                count += 1
+    if ids.hashed:
+        batch.telling.warn(
+            f"{ids.hashed} {'record' if ids.hashed == 1 else 'records'} had no _id; each got one "
+            "from a hash of its content",
+            "read the data through agents-read, which gives every record an ID",
+        )
+    if batch.outcome.duplicates:
+        batch.telling.warn(
+            f"{batch.outcome.duplicates} records repeat an ID that came earlier; only the "
+            "first record of each ID is sent"
+        )
+    return Path(name), digest.hexdigest()
+
+
+def job_folder(batch: BatchJob, input_hash: str) -> Path:
+    """The job's folder: keyed by what the requests are (the fingerprint, the request's
+    settings, the server), and by the output under --resume (whose records change between
+    runs as they are done), else by the input."""
+    job = batch.job
+    settings = {key: value for key, value in request_body(job, []).items() if key != "messages"}
+    where: dict[str, Any] = (
+        {"output": os.path.realpath(batch.o.resume)} if batch.o.resume else {"input": input_hash}
+    )
+    batch.key = job_key(
+        {
+            "fingerprint": job.fingerprint,
+            "request": settings,
+            "server": job.endpoint.base_url.rstrip("/"),
+            **where,
+        }
+    )
+    return state_home() / batch.key
+
+
+# Planning parts -------------------------------------------------------------------------------
+
+
+def plan(batch: BatchJob, spool: Path) -> None:
+    """New parts for the records no part holds yet, within the limits of a batch and what is
+    left under --max-cost."""
+    state = batch.state
+    held = state.ids()
+    budget = _budget_left(batch)
+    writer: PartWriter | None = None
+    left = 0
+    with spool.open("rb") as lines:
+        for line in lines:
+            record = orjson.loads(line)
+            record_id = canonical_id(record[ID_KEY])
+            if record_id in held:
+                continue
+            try:
+                messages = messages_for(batch.job.template, batch.job.system, record)
+            except MissingFields as missing:
+                message = missing_fields_message(missing.names, record)
+                batch.write(
+                    error_record(record[ID_KEY], message, "missing_fields", 0, record), False
+                )
+                continue
+            worst = batch.worst_cost(messages)
+            if budget is not None:
+                if worst > budget:
+                    left += 1
+                    continue
+                budget -= worst
+            request = request_line(batch.job, record_id, messages)
+            if writer is not None and (
+                writer.count >= MAX_REQUESTS or writer.size + len(request) > MAX_BYTES
+            ):
+                _planned(state, writer, None)
+                writer = None
+            if writer is None:
+                writer = PartWriter(state, state.next_number())
+                state.parts[writer.number] = Part(writer.number, 0, 0)  # (its number is taken)
+            entry = {"id": record_id, "record": record, "messages": messages, "attempts": 0}
+            writer.add({**entry, "worst": worst, "reasks": 0}, request)
+    if writer is not None:
+        _planned(state, writer, None)
+    batch.flush()
+    if left:
+        batch.outcome.capped = (
+            f"--max-cost ${batch.o.max_cost:g}: {left:,} records were not submitted (what they "
+            "could cost does not fit under the cap)"
+        )
+
+
+def _planned(state: BatchState, writer: PartWriter, retries: int | None) -> None:
+    writer.close()
+    if not writer.count:
+        writer.discard()
+        state.parts.pop(writer.number, None)
+        return
+    state.note(
+        {
+            "part": writer.number,
+            "count": writer.count,
+            "bytes": writer.size,
+            "from": retries,
+            "at": time.time(),
+        }
+    )
+    state.parts[writer.number] = Part(
+        writer.number, writer.count, writer.size, retries, planned_at=time.time()
+    )
+
+
+def _budget_left(batch: BatchJob) -> float | None:
+    """What --max-cost leaves for new parts: the cap less what every part kept may cost."""
+    if batch.o.max_cost is None:
+        return None
+    committed = 0.0
+    for part in batch.state.parts.values():
+        if not part.forgotten:
+            committed += sum(entry.get("worst", 0.0) for entry in batch.state.records(part.number))
+    return float(batch.o.max_cost) * (1 + 1e-9) - committed
+
+
+# Submitting -----------------------------------------------------------------------------------
+
+
+def submit(batch: BatchJob) -> None:
+    """Upload and create every part planned and not created yet."""
+    state = batch.state
+    for part in sorted(state.parts.values(), key=lambda p: p.number):
+        if part.batch is not None or part.forgotten or part.ended:
+            continue
+        if part.file is None:
+            part.file = batch.api.upload(state.path(part.number, "requests"))
+            state.note({"part": part.number, "file": part.file})
+            crash_point("after-upload")
+        else:  # it was uploaded; a crash may have come after the batch was made
+            found = _created_before(batch, part)
+            if found is not None:
+                part.batch = found
+                state.note({"part": part.number, "batch": found})
+                continue
+        created = batch.api.create(
+            part.file, {"agents_job": batch.key, "agents_part": str(part.number)}
+        )
+        crash_point("after-create")
+        part.batch = str(created["id"])
+        state.note({"part": part.number, "batch": part.batch})
+        batch.outcome.requests += part.count
+        batch.say(f"submitted {part.batch}: {part.count:,} requests ({_size(part.size)})")
+
+
+def _created_before(batch: BatchJob, part: Part) -> str | None:
+    """The batch a crashed run made for ``part``, found by its metadata among the batches
+    made since the part was planned."""
+    for listed in batch.api.listed(since=part.planned_at - 3600):
+        metadata = listed.get("metadata") or {}
+        if metadata.get("agents_job") == batch.key and metadata.get("agents_part") == str(
+            part.number
+        ):
+            return str(listed["id"])
+    return None
+
+
+# Polling and collecting -----------------------------------------------------------------------
+
+
+def collect(batch: BatchJob) -> None:
+    """Poll the pending batches until every part is written out (retries included)."""
+    state = batch.state
+    longest = float(batch.o.batch_poll)
+    first = wait = min(FIRST_POLL, longest)
+    while True:
+        _write_out_ended(batch)
+        submit(batch)  # (retry parts planned just now)
+        pending = [p for p in state.parts.values() if p.batch and not p.ended and not p.forgotten]
+        if not pending:
+            return
+        changed = False
+        for part in sorted(pending, key=lambda p: p.number):
+            assert part.batch is not None
+            document = batch.api.retrieve(part.batch)
+            changed |= _show(batch, part, document)
+            status = str(document.get("status"))
+            if status in ENDED:
+                _ended(batch, part, document)
+                changed = True
+        crash_point("while-polling")
+        if any(p.batch and not p.ended for p in state.parts.values() if not p.forgotten):
+            if changed:
+                wait = first
+            batch.sleep(wait)
+            batch.outcome.waited += wait
+            wait = min(wait * 1.5, longest)
+
+
+def _show(batch: BatchJob, part: Part, document: dict[str, Any]) -> bool:
+    """Say a batch's status and counts on stderr when they changed; whether they did."""
+    assert part.batch is not None
+    counts = document.get("request_counts") or {}
+    status = str(document.get("status"))
+    requests = {name: int(counts.get(name) or 0) for name in ("total", "completed", "failed")}
+    entry: dict[str, Any] = {
+        "id": part.batch,
+        "part": part.number,
+        "status": status,
+        "requests": requests,
+    }
+    before = batch.outcome.batches.get(part.batch)
+    entry["waited_seconds"] = round(time.monotonic() - batch.started, 1)
+    batch.outcome.batches[part.batch] = entry
+    if before is not None and (before["status"], before["requests"]) == (status, requests):
+        return False
+    from agents.map.progress import duration
+
+    batch.say(
+        f"{part.batch}: {status.replace('_', ' ')}, {requests['completed']:,} of "
+        f"{requests['total'] or part.count:,} done, {requests['failed']:,} failed "
+        f"(waited {duration(time.monotonic() - batch.started)})"
+    )
+    return True
+
+
+def _ended(batch: BatchJob, part: Part, document: dict[str, Any]) -> None:
+    """Download what an ended batch produced, then note that it ended."""
+    state = batch.state
+    output, errors = document.get("output_file_id"), document.get("error_file_id")
+    for file_id, kind in ((output, "output"), (errors, "errors")):
+        if file_id:
+            batch.api.download(str(file_id), state.path(part.number, kind))
+    if document.get("status") == "failed":
+        reasons = (document.get("errors") or {}).get("data") or []
+        said = "; ".join(str(r.get("message")) for r in reasons if isinstance(r, dict))
+        batch.telling.warn(f"{part.batch} failed as a whole: {said or 'no reason given'}")
+    counts = document.get("request_counts") or {}
+    state.note(
+        {
+            "part": part.number,
+            "ended": document.get("status"),
+            "counts": counts,
+            "output": output,
+            "errors": errors,
+        }
+    )
+    part.ended, part.counts, part.output, part.errors = (
+        str(document.get("status")),
+        counts,
+        output,
+        errors,
+    )
+    if not batch.o.batch_keep_files and part.file:  # (the provider keeps it until deleted)
+        batch.api.delete(part.file)
+    state.drop_files(part.number, "requests")
+
+
+def _write_out_ended(batch: BatchJob) -> None:
+    for part in sorted(batch.state.parts.values(), key=lambda p: p.number):
+        if part.ended and not part.emitted and not part.forgotten:
+            write_out(batch, part)
+
+
+def _results(state: BatchState, number: int) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for kind in ("output", "errors"):
+        path = state.path(number, kind)
+        if path.exists():
+            with path.open("rb") as lines:
+                for line in lines:
+                    if line.strip():
+                        entry = orjson.loads(line)
+                        found[str(entry.get("custom_id"))] = entry
+    return found
+
+
+def write_out(batch: BatchJob, part: Part) -> None:
+    """Each record of an ended part: its output record, or into a retry part."""
+    state = batch.state
+    results = _results(state, part.number)
+    again: list[dict[str, Any]] = []
+    for entry in state.records(part.number):
+        record_id = entry["id"]
+        if batch.done_already(record_id):
+            continue
+        outcome = _outcome(batch, entry, results.get(record_id), part.ended or "")
+        if isinstance(outcome, Again):
+            again.append(outcome.entry)
+        else:
+            batch.write(*outcome)
+    batch.flush()
+    if again:
+        if batch.o.batch_retry == "online":
+            retry_online(batch, again)
+        elif not any(p.retries == part.number for p in state.parts.values()):
+            writer = PartWriter(state, state.next_number())
+            state.parts[writer.number] = Part(writer.number, 0, 0)
+            for entry in again:
+                writer.add(entry, request_line(batch.job, entry["id"], entry["messages"]))
+            _planned(state, writer, part.number)
+    state.note({"part": part.number, "emitted": True})
+    part.emitted = True
+    crash_point("after-emit")
+
+
+def _outcome(
+    batch: BatchJob, entry: dict[str, Any], line: dict[str, Any] | None, status: str
+) -> tuple[Record, bool] | Again:
+    """A record's output record and whether it succeeded, or what to send again."""
+    o = batch.o
+    record: Record = entry["record"]
+    attempts = int(entry.get("attempts", 0)) + 1
+    record_id = record[ID_KEY]
+
+    def again(kind: str, message: str) -> tuple[Record, bool] | Again:
+        """Sent again while --max-retries allows, else its error record."""
+        if attempts <= o.max_retries:
+            return Again({**entry, "attempts": attempts})
+        return error_record(record_id, message, kind, attempts, record), False
+
+    if line is None:  # not run: the batch expired, was cancelled or failed as a whole
+        return again(f"batch_{status}", f"not run: its batch {status}")
+    response = line.get("response")
+    if not isinstance(response, dict):
+        error = line.get("error") or {}
+        code = str(error.get("code") or f"batch_{status}")
+        return again(code, f"not run: {error.get('message') or code}")
+    body = response.get("body")
+    status_code = int(response.get("status_code") or 0)
+    if status_code != 200:
+        failure = _http_error(status_code, orjson.dumps(body), {}, batch.job.endpoint.redact)
+        if isinstance(failure, Retryable):
+            return again(failure.error_type, failure.message)
+        return error_record(record_id, failure.message, failure.error_type, attempts, record), False
+    try:
+        completion = _completion(body)
+    except Retryable as failure:
+        return again(failure.error_type, failure.message)
+    batch.outcome.usage.add(completion.usage)
+    try:
+        return batch.mapper.accept(record, completion), True
+    except Unusable as problem:
+        answer = completion.content or completion.refusal
+        if problem.reask and int(entry.get("reasks", 0)) < o.max_reasks:
+            messages = [
+                *entry["messages"],
+                {"role": "assistant", "content": completion.content or ""},
+                {
+                    "role": "user",
+                    "content": reask_message(problem, batch.job.interpreter.output_format),
+                },
+            ]
+            worst = batch.worst_cost(messages) + (
+                batch.price.cost(Usage(prompt=REASK_TOKENS)) if batch.price else 0.0
+            )
+            return Again(
+                {
+                    **entry,
+                    "messages": messages,
+                    "reasks": int(entry.get("reasks", 0)) + 1,
+                    "attempts": attempts,
+                    "worst": worst,
+                }
+            )
+        return error_record(
+            record_id, problem.message, problem.error_type, attempts, record, answer
+        ), False
+
+
+def retry_online(batch: BatchJob, entries: list[dict[str, Any]]) -> None:
+    """--batch-retry online: the lines a batch did not answer, sent as the online mode does
+    (at the online price), their results written with the others."""
+    import asyncio
+
+    from agents.map.run import event_loop, run_job
+
+    batch.say(f"retrying {len(entries):,} records online (--batch-retry online)")
+    stdin = io.BytesIO(b"".join(orjson.dumps(entry["record"]) + b"\n" for entry in entries))
+    online = batch.job
+    saved = online.options.resume
+    online.options.resume = None  # (these IDs are not in the output yet: nothing to skip)
+    try:
+        outcome, mapper = event_loop().run_until_complete(
+            run_job(
+                online,
+                stdin,
+                batch.stdout,
+                telling=Telling(batch.telling.warn, batch.telling.info, None),
+                sleep=asyncio.sleep,
+                errors_out=batch.errors_out,
+            )
+        )
+    finally:
+        online.options.resume = saved
+    batch.outcome.online_requests += mapper.counters.requests
+    batch.outcome.online_usage.add(mapper.counters.usage)
+    batch.outcome.written += outcome.written
+    batch.outcome.failed += outcome.failed
+    for kind, count in outcome.errors.items():
+        batch.outcome.errors[kind] = batch.outcome.errors.get(kind, 0) + count
+
+
+# Forgetting -----------------------------------------------------------------------------------
+
+
+def forget(batch: BatchJob, part: Part) -> None:
+    """A part written out for good: its files deleted on the server and here."""
+    for file_id in (part.output, part.errors, None if batch.o.batch_keep_files else part.file):
+        if file_id:
+            batch.api.delete(file_id)
+    batch.state.note({"part": part.number, "forgotten": True})
+    part.forgotten = True
+    batch.state.drop_files(part.number, "records", "requests", "output", "errors")
+
+
+def forget_durable(batch: BatchJob) -> None:
+    """Under --resume: the parts written out whose every ID the output now holds."""
+    if batch.resumer is None:
+        return
+    done = batch.resumer.done
+    for part in list(batch.state.parts.values()):
+        if part.emitted and not part.forgotten:
+            ids = {entry["id"] for entry in batch.state.records(part.number)}
+            if all(i in done.succeeded or i in done.failed for i in ids):
+                forget(batch, part)
+
+
+def pending_batches(state: BatchState) -> list[str]:
+    return [
+        p.batch
+        for p in sorted(state.parts.values(), key=lambda p: p.number)
+        if p.batch and not p.ended and not p.forgotten
+    ]
+
+
+def collect_command() -> str:
+    argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv else ["agents-map"]
+    return shlex.join(argv)
+
+
+# The run --------------------------------------------------------------------------------------
+
+
+def run_batch(
+    job: Job,
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    *,
+    telling: Telling | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    errors_out: BinaryIO | None = None,
+    bad: BadRowHandler = raise_bad,
+) -> BatchOutcome:
+    """The whole of a batch job (see the module's docstring)."""
+    o = job.options
+    telling = telling or Telling()
+    batch = BatchJob(job, stdout, telling, sleep, errors_out)
+    if o.resume:
+        from agents.done.resume import Resumer
+
+        batch.resumer = Resumer(
+            o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
+        )
+        batch.resumer.open()
+    try:
+        spool, input_hash = spool_input(batch, stdin, state_home(), bad)
+        try:
+            batch.state = BatchState(job_folder(batch, input_hash))
+            forget_durable(batch)
+            if o.batch_cancel:
+                for batch_id in pending_batches(batch.state):
+                    batch.api.cancel(batch_id)
+                    batch.outcome.cancelled.append(batch_id)
+                return batch.outcome
+            plan(batch, spool)
+        finally:
+            spool.unlink(missing_ok=True)
+        try:
+            submit(batch)
+            if o.batch_detach:
+                batch.outcome.detached = pending_batches(batch.state)
+                _write_out_ended(batch)
+                return batch.outcome
+            collect(batch)
+        except KeyboardInterrupt:
+            waiting = pending_batches(batch.state)
+            if waiting:
+                telling.info(
+                    f"{len(waiting)} {'batch is' if len(waiting) == 1 else 'batches are'} left "
+                    f"running on the server: {', '.join(waiting)}"
+                )
+                telling.info(f"collect them: {collect_command()}")
+                telling.info(f"or cancel them: {collect_command()} --batch-cancel")
+            raise
+        everything = all(p.emitted or p.forgotten for p in batch.state.parts.values())
+        if everything and batch.outcome.capped is None and not o.resume:
+            for part in list(batch.state.parts.values()):
+                if not part.forgotten:
+                    forget(batch, part)
+            batch.state.remove()
+        return batch.outcome
+    finally:
+        if batch.resumer is not None:
+            batch.resumer.close()
+
+
+def _size(count: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}"
+    return f"{count} bytes"
+
+
+def dry_run_batches(
+    job: Job, stdin: BinaryIO, stdout: BinaryIO, bad: BadRowHandler
+) -> tuple[list[str], int]:
+    """--dry-run --batch: the request lines on stdout; the lines of the summary (what would be
+    submitted), and how many records lack a field."""
+    o = job.options
+    price = batch_price(job.price)
+    allowance = int(o.max_tokens or o.max_completion_tokens or DEFAULT_OUTPUT_ESTIMATE)
+    parts: list[tuple[int, int]] = []
+    count = size = missing = 0
+    usage = Usage()
+    ids = IdAssigner()
+    for records in _records(stdin, bad):
+        for parsed in records:
+            if o.limit is not None and count + missing >= o.limit:
+                break
+            record = ids.ensure(parsed)
+            try:
+                messages = messages_for(job.template, job.system, record)
+            except MissingFields:
+                missing += 1
+                continue
+            line = request_line(job, canonical_id(record[ID_KEY]), messages)
+            stdout.write(line)
+            if count >= MAX_REQUESTS or size + len(line) > MAX_BYTES:
+                parts.append((count, size))
+                count = size = 0
+            count += 1
+            size += len(line)
+            usage.add(Usage(prompt=estimate_tokens(messages), completion=allowance))
+    if count:
+        parts.append((count, size))
+    stdout.flush()
+    total = sum(c for c, _ in parts)
+    sizes = ", ".join(f"{c:,} requests ({_size(s)})" for c, s in parts)
+    lines = [
+        f"Would submit {total:,} requests in {len(parts)} "
+        f"{'batch' if len(parts) == 1 else 'batches'}" + (f": {sizes}" if parts else ""),
+        f"Estimated tokens: {usage.prompt:,} input, at most {usage.completion:,} output",
+    ]
+    if price is not None:
+        lines.append(f"Estimated cost: at most ${price.cost(usage):,.4f} at the batch price")
+    else:
+        lines.append(
+            f"Estimated cost: unknown (no price for {job.shape.model}; give --price IN,OUT)"
+        )
+    if missing:
+        lines.append(f"{missing:,} records lack a field the prompt names (error records)")
+    return lines, missing
+
+
+def _records(stdin: BinaryIO, bad: BadRowHandler) -> Iterator[list[Record]]:
+    number = 1
+    for lines in whole_lines(stdin):
+        yield parse_lines(lines, "<stdin>", number, bad)
+        number += len(lines)

@@ -1,0 +1,202 @@
+"""What a batch job has done, kept in a folder so that a crash, a Ctrl-C or a detached run
+never leads to a second submission: ``$XDG_STATE_HOME/agents/batches/KEY/``.
+
+The job is cut into *parts*, each one batch on the server. A part's files are written (and
+synced) before its line in the journal says it exists, and each step of its life is one more
+journal line, written after the step happened:
+
+* ``{"part": N, "count": C, "bytes": B, "from": P}`` planned: ``part-N.records.jsonl`` (each
+  record with the messages to send and its attempts so far) and ``part-N.requests.jsonl`` (the
+  input file to upload) are complete; ``from`` names the part whose failed lines it retries;
+* ``{"part": N, "file": ID}`` uploaded; ``{"part": N, "batch": ID}`` created on the server;
+* ``{"part": N, "ended": STATUS, "counts": {...}}`` ended, and its output and error files are
+  downloaded beside the others;
+* ``{"part": N, "emitted": true}`` its results written to stdout, its failed lines planned
+  again; ``{"part": N, "forgotten": true}`` its files deleted, here and on the server.
+
+A crash between "uploaded" and "created" is the one step the journal cannot tell: the batch
+may exist. Each batch is created with ``metadata`` naming the job and the part, so a rerun
+looks for it on the server before creating it again (:func:`agents.batch.run` does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from agents.errors import AgentsError
+
+#: States of a batch after which it changes no more.
+ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+def state_home() -> Path:
+    """``$XDG_STATE_HOME/agents/batches``, else under ``~/.local/state``."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(base) / "agents" / "batches"
+
+
+def job_key(parts: dict[str, Any]) -> str:
+    """The folder's name: a hash of what makes the job this job (see the caller)."""
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
+
+
+@dataclass
+class Part:
+    number: int
+    count: int
+    size: int
+    retries: int | None = None  # the part whose failed lines this one sends again
+    file: str | None = None
+    batch: str | None = None
+    ended: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    output: str | None = None  # the server's output and error files
+    errors: str | None = None
+    emitted: bool = False
+    forgotten: bool = False
+    planned_at: float = 0.0
+
+
+class BatchState:
+    """A job's folder and journal, read back whole when it is opened."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.parts: dict[int, Part] = {}
+        self.input_done = False  # every record of the input is in a part (or was done)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as error:
+            raise AgentsError(
+                f"{folder}: cannot make the batch job's folder: {error.strerror}",
+                "set XDG_STATE_HOME to a folder you can write",
+            ) from None
+        self.journal = folder / "journal.jsonl"
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            lines = self.journal.read_bytes().splitlines()
+        except FileNotFoundError:
+            return
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a line cut by a crash: its step is done again
+            if not isinstance(entry, dict):
+                continue
+            if "input" in entry:
+                self.input_done = True
+                continue
+            number = entry.get("part")
+            if not isinstance(number, int):
+                continue
+            if "count" in entry:
+                self.parts[number] = Part(
+                    number,
+                    entry["count"],
+                    entry.get("bytes", 0),
+                    entry.get("from"),
+                    planned_at=entry.get("at", 0.0),
+                )
+                continue
+            part = self.parts.get(number)
+            if part is None:
+                continue
+            if "file" in entry:
+                part.file = entry["file"]
+            if "batch" in entry:
+                part.batch = entry["batch"]
+            if "ended" in entry:
+                part.ended = entry["ended"]
+                part.counts = entry.get("counts") or {}
+                part.output = entry.get("output")
+                part.errors = entry.get("errors")
+            if entry.get("emitted"):
+                part.emitted = True
+            if entry.get("forgotten"):
+                part.forgotten = True
+
+    def note(self, entry: dict[str, Any]) -> None:
+        """One journal line, synced before the next step: that step happened."""
+        fd = os.open(self.journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, orjson.dumps(entry) + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    # files of a part --------------------------------------------------------------------------
+
+    def path(self, number: int, kind: str) -> Path:
+        """``part-N.KIND.jsonl``: records, requests, output, errors."""
+        return self.folder / f"part-{number}.{kind}.jsonl"
+
+    def records(self, number: int) -> Iterator[dict[str, Any]]:
+        """A part's records as planned, in the order they were read."""
+        with self.path(number, "records").open("rb") as lines:
+            for line in lines:
+                yield orjson.loads(line)
+
+    def ids(self) -> set[str]:
+        """The IDs of every record in a part that is not forgotten."""
+        held: set[str] = set()
+        for part in self.parts.values():
+            if not part.forgotten and part.retries is None:
+                held.update(str(entry["id"]) for entry in self.records(part.number))
+        return held
+
+    def next_number(self) -> int:
+        return max(self.parts, default=0) + 1
+
+    def drop_files(self, number: int, *kinds: str) -> None:
+        for kind in kinds:
+            with contextlib.suppress(FileNotFoundError):
+                self.path(number, kind).unlink()
+
+    def remove(self) -> None:
+        """The whole folder: the job is over and nothing in it is needed again."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    # a part being written ---------------------------------------------------------------------
+
+
+class PartWriter:
+    """Writes a part's two files, record by record; :meth:`close` syncs them."""
+
+    def __init__(self, state: BatchState, number: int) -> None:
+        self.state = state
+        self.number = number
+        self.count = 0
+        self.size = 0
+        self.records = state.path(number, "records").open("wb")
+        self.requests = state.path(number, "requests").open("wb")
+
+    def add(self, entry: dict[str, Any], request: bytes) -> None:
+        self.records.write(orjson.dumps(entry) + b"\n")
+        self.requests.write(request)
+        self.count += 1
+        self.size += len(request)
+
+    def close(self) -> None:
+        for stream in (self.records, self.requests):
+            stream.flush()
+            os.fsync(stream.fileno())
+            stream.close()
+
+    def discard(self) -> None:
+        for stream in (self.records, self.requests):
+            stream.close()
+        self.state.drop_files(self.number, "records", "requests")
