@@ -107,6 +107,8 @@ class FakeBatchAPI:
         self.submitted: list[str] = []  # every custom_id of every batch created
         self.online: list[dict[str, Any]] = []  # requests to /v1/chat/completions
         self.uploads = 0
+        self.file_count = 0
+        self.files_seen: list[bytes] = []  # every file uploaded, in order (kept when deleted)
         self.lock = threading.Lock()
         self.random = random.Random(7)
         self.loop = asyncio.new_event_loop()
@@ -157,7 +159,8 @@ class FakeBatchAPI:
         content = upload.file.read()  # type: ignore[union-attr]
         with self.lock:
             self.uploads += 1
-            file_id = f"file-{len(self.files) + 1}"
+            self.files_seen.append(content)
+            file_id = self._file_id()
             self.files[file_id] = (purpose, content)
         return web.json_response(
             {
@@ -308,8 +311,12 @@ class FakeBatchAPI:
             "failed": len(batch.lines) - len(outputs),
         }
 
+    def _file_id(self) -> str:
+        self.file_count += 1  # (never reused, as a count of the files left would be)
+        return f"file-{self.file_count}"
+
     def _store(self, lines: list[dict[str, Any]]) -> str:
-        file_id = f"file-{len(self.files) + 1}"
+        file_id = self._file_id()
         self.files[file_id] = ("batch_output", b"".join(orjson.dumps(x) + b"\n" for x in lines))
         return file_id
 

@@ -149,6 +149,7 @@ class BatchJob:
         self.state: BatchState
         self.key = ""
         self.started = time.monotonic()
+        self.written_parts: set[int] = set()  # the parts this run wrote out
 
     def worst_cost(self, messages: list[Message]) -> float:
         """What a request may cost at most, at the batch price (as --max-cost reserves)."""
@@ -474,8 +475,11 @@ def _ended(batch: BatchJob, part: Part, document: dict[str, Any]) -> None:
 
 
 def _write_out_ended(batch: BatchJob) -> None:
+    """Write out the parts that ended and that this run has not written: also those an earlier
+    run wrote, whose output may be lost (a killed writer); under --resume, the IDs the output
+    holds are passed over."""
     for part in sorted(batch.state.parts.values(), key=lambda p: p.number):
-        if part.ended and not part.emitted and not part.forgotten:
+        if part.ended and not part.forgotten and part.number not in batch.written_parts:
             write_out(batch, part)
 
 
@@ -516,8 +520,10 @@ def write_out(batch: BatchJob, part: Part) -> None:
             for entry in again:
                 writer.add(entry, request_line(batch.job, entry["id"], entry["messages"]))
             _planned(state, writer, part.number)
-    state.note({"part": part.number, "emitted": True})
-    part.emitted = True
+    batch.written_parts.add(part.number)
+    if not part.emitted:
+        state.note({"part": part.number, "emitted": True})
+        part.emitted = True
     crash_point("after-emit")
 
 

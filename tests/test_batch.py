@@ -1,0 +1,294 @@
+"""agents-map --batch (issue 17) against a fake Batch API (tests/fake_batch.py): no local server
+offers one, so these runs are the only proof of batch mode here. They run the real command in a
+real process, so crashes are real (a SIGKILL at a named point, through AGENTS_BATCH_CRASH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import BIN, jsonl
+from fake_batch import FakeBatchAPI, completion, echo
+
+PROMPT = "Say {word}"
+
+
+def words(count: int, start: int = 1) -> bytes:
+    return jsonl(*({"_id": n, "word": f"w{n}"} for n in range(start, start + count)))
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "state"
+    monkeypatch.setenv("XDG_STATE_HOME", str(folder))
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    monkeypatch.delenv("AGENTS_BATCH_CRASH", raising=False)
+    return folder
+
+
+def batch_map(
+    api: FakeBatchAPI, *args: str, stdin: bytes, crash: str | None = None, prompt: str = PROMPT
+) -> subprocess.CompletedProcess[bytes]:
+    env = dict(os.environ)
+    if crash:
+        env["AGENTS_BATCH_CRASH"] = crash
+    command = [
+        str(BIN / "agents-map"), "--batch", "--base-url", api.url, "-m", "gpt-4o-mini",
+        "--prompt", prompt, "--batch-poll", "0.01", *args,
+    ]  # fmt: skip
+    return subprocess.run(command, input=stdin, capture_output=True, env=env, timeout=120)
+
+
+def records(done: subprocess.CompletedProcess[bytes]) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in done.stdout.splitlines() if line.strip()]
+
+
+def by_id(found: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+    return {record["_id"]: record for record in found}
+
+
+def test_results_match_the_online_mode_up_to_order(state: Path) -> None:
+    from fake_llm import FakeLLM
+
+    with FakeBatchAPI() as api:
+        done = batch_map(api, stdin=words(40))
+    assert done.returncode == 0, done.stderr.decode()
+    with FakeLLM() as server:
+        online = subprocess.run(
+            [str(BIN / "agents-map"), "--base-url", server.url, "-m", "gpt-4o-mini",
+             "--prompt", PROMPT, "-q"],
+            input=words(40), capture_output=True, check=True,
+        )  # fmt: skip
+    ours, theirs = records(done), records(online)
+    assert [r["_id"] for r in ours] == list(range(1, 41))  # input order, though lines came shuffled
+    assert sorted(ours, key=lambda r: r["_id"]) == sorted(theirs, key=lambda r: r["_id"])
+    assert sorted(api.submitted, key=int) == [str(n) for n in range(1, 41)]
+    # the request lines are the online requests, exactly
+    line = orjson.loads(api.files_seen[0].splitlines()[0])
+    assert line["custom_id"] == "1" and line["url"] == "/v1/chat/completions"
+    assert line["body"] == {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": "Say w1"}],
+    }
+    stderr = done.stderr.decode()
+    assert "submitted batch_1: 40 requests" in stderr and "completed, 40 of 40 done" in stderr
+    # cleaned up: the input, output files deleted on the server, and the job's folder here
+    assert not api.files and not list((state / "agents" / "batches").iterdir())
+
+
+def test_lines_that_fail_become_error_records_of_their_type(state: Path) -> None:
+    def answer(body: dict[str, Any], custom_id: str) -> tuple[int, dict[str, Any]]:
+        if custom_id in ("3", "7"):
+            return 400, {"error": {"message": "bad request: no such parameter", "type": "x"}}
+        return echo(body, custom_id)
+
+    with FakeBatchAPI(answer) as api:
+        done = batch_map(api, stdin=words(10))
+    assert done.returncode == 3, done.stderr.decode()
+    found = by_id(records(done))
+    assert sorted(found) == list(range(1, 11))
+    assert found[3]["error_type"] == "bad_request" and "no such parameter" in found[3]["error"]
+    assert found[3]["item"] == {"_id": 3, "word": "w3"}
+    assert found[4]["result"] == "answer: Say w4"
+    assert Counter(api.submitted) == Counter(str(n) for n in range(1, 11))  # 400: not retried
+
+
+@pytest.mark.parametrize("fate", ["failed", "expired"])
+def test_a_failed_or_expired_batch_is_retried_in_a_new_one(state: Path, fate: str) -> None:
+    with FakeBatchAPI(fate=lambda number: fate if number == 1 else "completed") as api:
+        done = batch_map(api, stdin=words(10))
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(by_id(records(done))) == list(range(1, 11))
+    assert len(api.batches) == 2
+    first, second = (api.batches[f"batch_{n}"] for n in (1, 2))
+    retried = {line["custom_id"] for line in second.lines}
+    if fate == "failed":  # nothing of it ran: all of it again
+        assert retried == {str(n) for n in range(1, 11)}
+        assert "failed as a whole: Enqueued token limit reached" in done.stderr.decode()
+    else:  # half ran: the other half again
+        assert retried == {line["custom_id"] for line in first.lines[5:]}
+
+
+def test_retries_stop_at_max_retries_with_the_error_type(state: Path) -> None:
+    with FakeBatchAPI(fate=lambda number: "expired", expired_share=0.5) as api:
+        done = batch_map(api, "--max-retries", "1", stdin=words(4))
+    assert done.returncode == 3
+    found = by_id(records(done))
+    assert sum("result" in r for r in found.values()) == 3  # 2 in the first, 1 in the retry
+    failed = [r for r in found.values() if "error" in r]
+    assert len(failed) == 1 and failed[0]["error_type"] == "batch_expired"
+    assert failed[0]["attempts"] == 2
+
+
+def test_an_input_over_50000_requests_is_split(state: Path) -> None:
+    with FakeBatchAPI(steps=1) as api:
+        done = batch_map(api, "-q", stdin=words(50_001))
+    assert done.returncode == 0, done.stderr.decode()
+    assert [len(b.lines) for b in api.batches.values()] == [50_000, 1]
+    assert len(done.stdout.splitlines()) == 50_001
+
+
+@pytest.mark.parametrize("point", ["after-upload", "after-create", "while-polling", "after-emit"])
+def test_a_crash_at_any_step_then_the_same_command_submits_nothing_twice(
+    state: Path, point: str
+) -> None:
+    with FakeBatchAPI() as api:
+        crashed = batch_map(api, stdin=words(12), crash=point)
+        assert crashed.returncode == -signal.SIGKILL
+        again = batch_map(api, stdin=words(12))
+        assert again.returncode == 0, again.stderr.decode()
+        assert len(api.batches) == 1
+        assert Counter(api.submitted) == Counter(str(n) for n in range(1, 13))  # each once
+        assert sorted(by_id(records(again))) == list(range(1, 13))
+        if point == "after-create":
+            assert api.uploads == 1  # found on the server by its metadata, not made again
+
+
+def test_detach_then_collect(state: Path) -> None:
+    with FakeBatchAPI() as api:
+        detached = batch_map(api, "--batch-detach", stdin=words(6))
+        assert detached.returncode == 4, detached.stderr.decode()
+        assert "batch_1" in detached.stderr.decode() and not detached.stdout
+        collected = batch_map(api, stdin=words(6))
+        assert collected.returncode == 0, collected.stderr.decode()
+        assert sorted(by_id(records(collected))) == list(range(1, 7))
+        assert len(api.batches) == 1 and len(api.submitted) == 6
+
+
+def test_max_cost_submits_what_fits_and_a_higher_cap_the_rest(state: Path) -> None:
+    # $1,000 a million tokens both ways, half in batch: "Say wN" is 5 tokens, plus 20 answer
+    # tokens allowed: 25 tokens, $0.0125 at the batch price: three fit under $0.04.
+    price = ["--price", "1000,1000", "--max-tokens", "20"]
+    with FakeBatchAPI() as api:
+        capped = batch_map(api, *price, "--max-cost", "0.04", stdin=words(5))
+        assert capped.returncode == 4, capped.stderr.decode()
+        assert (
+            len(records(capped)) == 3 and "2 records were not submitted" in capped.stderr.decode()
+        )
+        rest = batch_map(api, *price, "--max-cost", "1", stdin=words(5))
+        assert rest.returncode == 0, rest.stderr.decode()
+        assert sorted(by_id(records(capped) + records(rest))) == list(range(1, 6))
+        assert Counter(api.submitted) == Counter(str(n) for n in range(1, 6))
+
+
+def test_dry_run_shows_the_batches_and_the_cost_at_the_batch_price(state: Path) -> None:
+    with FakeBatchAPI() as api:
+        done = batch_map(api, "--dry-run", "--price", "2,8", stdin=words(3))
+        assert done.returncode == 0, done.stderr.decode()
+        assert not api.batches and not api.files
+    lines = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert [line["custom_id"] for line in lines] == ["1", "2", "3"]
+    stderr = done.stderr.decode()
+    assert "Would submit 3 requests in 1 batch" in stderr and "at the batch price" in stderr
+
+
+def test_a_server_without_the_batch_api_gets_a_clear_error(state: Path) -> None:
+    with FakeBatchAPI(batches_route=False) as api:
+        done = batch_map(api, stdin=words(3))
+    assert done.returncode == 2
+    assert "no Batch API" in done.stderr.decode() and "without --batch" in done.stderr.decode()
+
+
+def test_batch_retry_online_answers_the_expired_lines_online(state: Path) -> None:
+    with FakeBatchAPI(fate=lambda number: "expired", expired_share=0.5) as api:
+        done = batch_map(api, "--batch-retry", "online", stdin=words(8))
+    assert done.returncode == 0, done.stderr.decode()
+    assert sorted(by_id(records(done))) == list(range(1, 9))
+    assert len(api.batches) == 1 and len(api.online) == 4
+
+
+def test_an_answer_that_does_not_parse_is_reasked_in_a_new_batch(state: Path) -> None:
+    def answer(body: dict[str, Any], custom_id: str) -> tuple[int, dict[str, Any]]:
+        if len(body["messages"]) == 1 and custom_id == "2":
+            return 200, completion("not json at all")
+        return 200, completion('{"ok": true}')
+
+    with FakeBatchAPI(answer) as api:
+        done = batch_map(api, "--output-format", "json", stdin=words(3))
+    assert done.returncode == 0, done.stderr.decode()
+    assert by_id(records(done))[2]["result"] == {"ok": True}
+    reasked = api.batches["batch_2"].lines
+    assert [line["custom_id"] for line in reasked] == ["2"]
+    assert [m["role"] for m in reasked[0]["body"]["messages"]] == ["user", "assistant", "user"]
+
+
+def test_resume_through_agents_write_pays_for_nothing_again(state: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    source = tmp_path / "in.jsonl"
+    source.write_bytes(words(10))
+    with FakeBatchAPI() as api:
+        pipeline = (
+            f"{BIN}/agents-map --batch --base-url {api.url} -m gpt-4o-mini --prompt '{PROMPT}' "
+            f"--batch-poll 0.01 --resume {out} < {source} | {BIN}/agents-write --append {out}"
+        )
+        # the writer is killed as the results arrive: nothing of them is kept
+        killed = subprocess.run(
+            f"set -o pipefail; {pipeline.replace(f'| {BIN}/agents-write --append {out}', '| head -c 0')}",
+            shell=True, executable="/bin/bash", capture_output=True, timeout=60,
+        )  # fmt: skip
+        assert killed.returncode != 0
+        assert not out.exists()
+        for _ in range(2):
+            done = subprocess.run(pipeline, shell=True, capture_output=True, timeout=60)
+            assert done.returncode == 0, done.stderr.decode()
+        assert sorted(r["_id"] for r in map(orjson.loads, out.read_bytes().splitlines())) == list(
+            range(1, 11)
+        )
+        assert Counter(api.submitted) == Counter(str(n) for n in range(1, 11))  # paid once
+        # the second rerun found every ID in the output: the batch was forgotten, its files
+        # deleted on the server
+        assert not api.files
+
+
+def test_ctrl_c_while_waiting_leaves_the_batches_and_says_how_to_collect_or_cancel(
+    state: Path,
+) -> None:
+    with FakeBatchAPI(steps=10_000) as api:
+        command = [
+            str(BIN / "agents-map"), "--batch", "--base-url", api.url, "-m", "gpt-4o-mini",
+            "--prompt", PROMPT, "--batch-poll", "0.05",
+        ]  # fmt: skip
+        source = state.parent / "in.jsonl"
+        source.write_bytes(words(4))
+        with source.open("rb") as stdin:
+            process = subprocess.Popen(
+                command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+        deadline = time.monotonic() + 30
+        while not api.batches and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130
+        said = stderr.decode()
+        assert "left running on the server: batch_1" in said
+        assert "--batch-cancel" in said
+        cancelled = batch_map(api, "--batch-cancel", stdin=words(4))
+        assert cancelled.returncode == 4 and "cancelled batch_1" in cancelled.stderr.decode()
+        api.steps = 3
+        again = batch_map(api, stdin=words(4))  # collects what the cancelled one did, and the rest
+        assert again.returncode == 0, again.stderr.decode()
+        assert sorted(by_id(records(again))) == [1, 2, 3, 4]
+        assert api.batches["batch_1"].status == "cancelled"
+
+
+def test_processing_mode_batch_in_a_job_file(state: Path, tmp_path: Path) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text("processing:\n  mode: batch\n  batch_size: 5\nprompt: 'Say {word}'\n")
+    with FakeBatchAPI() as api:
+        done = subprocess.run(
+            [str(BIN / "agents-map"), "--config", str(job), "--base-url", api.url,
+             "-m", "gpt-4o-mini", "--batch-poll", "0.01"],
+            input=words(3), capture_output=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(api.batches) == 1 and len(records(done)) == 3
+    assert "processing.batch_size: not used in batch mode" in done.stderr.decode()
