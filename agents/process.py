@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from agents.contract.codec import encode
 from agents.contract.error_record import is_error_record
@@ -39,6 +39,9 @@ from agents.map.job import Job
 from agents.map.record import Mapper, Sleep
 from agents.map.run import Telling, event_loop, run_job
 from agents.map.window import Outcome
+
+if TYPE_CHECKING:
+    from agents.batch.run import BatchOutcome
 
 WORK_SUFFIX = ".agents-work.jsonl"
 SETTINGS_SUFFIX = ".agents-process.json"
@@ -68,6 +71,13 @@ class Processed:
     mapper: Mapper
 
 
+@dataclass
+class BatchProcessed:
+    """What --batch did (agents.batch.run)."""
+
+    outcome: BatchOutcome
+
+
 def output_location(output: str) -> Location:
     location = resolve(output, None)
     if location.path == "-":
@@ -86,7 +96,7 @@ def process(
     bad: BadRowHandler = raise_bad,
     errors_out: BinaryIO | None = None,
     when_locked: Callable[[], None] | None = None,
-) -> Processed:
+) -> Processed | BatchProcessed:
     """Run the job over the source into the work file (resuming what it holds); with
     ``errors_out``, error records go there instead (agents-map --errors)."""
     work = resolve(work_file(output), "jsonl")
@@ -111,6 +121,10 @@ def process(
             target.abort()
             raise
         target.commit()
+        if isinstance(result, BatchProcessed):
+            from agents.batch.run import forget_written
+
+            forget_written(job)  # its results are in the work file: the batches are done with
         return result
     finally:
         lock.release()
@@ -126,7 +140,7 @@ def _run(
     sleep: Sleep,
     bad: BadRowHandler,
     errors_out: BinaryIO | None,
-) -> Processed:
+) -> Processed | BatchProcessed:
     records_read, records_write = os.pipe()
     results_read, results_write = os.pipe()
     failures: list[BaseException] = []
@@ -137,26 +151,35 @@ def _run(
             os.fdopen(records_read, "rb") as records_in,
             os.fdopen(results_write, "wb") as results_out,
         ):
-            loop = event_loop()
-            try:
-                outcome, mapper = loop.run_until_complete(
-                    run_job(
-                        job,
-                        records_in,
-                        results_out,
-                        telling=telling,
-                        sleep=sleep,
-                        errors_out=errors_out,
-                    )
+            result: Processed | BatchProcessed
+            if job.options.batch:
+                from agents.batch.run import run_batch
+
+                result = BatchProcessed(
+                    run_batch(job, records_in, results_out, telling=telling, errors_out=errors_out)
                 )
-            finally:
-                loop.close()
+            else:
+                loop = event_loop()
+                try:
+                    outcome, mapper = loop.run_until_complete(
+                        run_job(
+                            job,
+                            records_in,
+                            results_out,
+                            telling=telling,
+                            sleep=sleep,
+                            errors_out=errors_out,
+                        )
+                    )
+                finally:
+                    loop.close()
+                result = Processed(outcome, mapper)
     finally:
         feeder.join()
         writer.join()
     if failures:
         raise failures[0]
-    return Processed(outcome, mapper)
+    return result
 
 
 def _thread(

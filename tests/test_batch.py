@@ -292,3 +292,27 @@ def test_processing_mode_batch_in_a_job_file(state: Path, tmp_path: Path) -> Non
     assert done.returncode == 0, done.stderr.decode()
     assert len(api.batches) == 1 and len(records(done)) == 3
     assert "processing.batch_size: not used in batch mode" in done.stderr.decode()
+
+
+def test_agents_process_batch_writes_the_output_and_forgets_the_batches(
+    state: Path, tmp_path: Path
+) -> None:
+    source, out = tmp_path / "words.csv", tmp_path / "out.csv"
+    source.write_text("word\nhola\nadiós\n")
+    with FakeBatchAPI() as api:
+        command = [
+            str(BIN / "agents"), "process", str(source), str(out), "--batch", "--base-url",
+            api.url, "-m", "gpt-4o-mini", "--prompt", PROMPT, "--batch-poll", "0.01",
+        ]  # fmt: skip
+        detached = subprocess.run([*command, "--batch-detach"], capture_output=True, timeout=60)
+        assert detached.returncode == 4, detached.stderr.decode()
+        assert not out.exists()
+        done = subprocess.run(command, capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        assert out.read_text().splitlines() == [
+            "_id,word,result", "1,hola,answer: Say hola", "2,adiós,answer: Say adiós",
+        ]  # fmt: skip
+        assert len(api.batches) == 1 and not api.files  # output files deleted once kept
+        assert not list((state / "agents" / "batches").iterdir())
+        again = subprocess.run(command, capture_output=True, timeout=60)
+        assert again.returncode == 0 and len(api.batches) == 1  # nothing left to do

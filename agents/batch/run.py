@@ -649,6 +649,29 @@ def forget_durable(batch: BatchJob) -> None:
                 forget(batch, part)
 
 
+def forget_written(job: Job) -> None:
+    """Once the output holds a resumed batch job's results for good (agents process commits
+    its work file): the parts it holds are forgotten, and the folder once none is left."""
+    o = job.options
+    if not o.batch or not o.resume:
+        return
+    from agents.done.resume import Resumer
+
+    batch = BatchJob(job, io.BytesIO(), Telling(), time.sleep, None)
+    folder = job_folder(batch, "")
+    if not folder.exists():
+        return
+    batch.resumer = Resumer(o.resume, job.fingerprint, keep_failed=o.keep_failed, dry=True)
+    batch.resumer.open()
+    try:
+        batch.state = BatchState(folder)
+        forget_durable(batch)
+        if all(part.forgotten for part in batch.state.parts.values()):
+            batch.state.remove()
+    finally:
+        batch.resumer.close()
+
+
 def pending_batches(state: BatchState) -> list[str]:
     return [
         p.batch

@@ -31,6 +31,7 @@ from agents.map.job import Job, build, merge
 from agents.map.record import Sleep
 from agents.map.run import Telling
 from agents.process import (
+    BatchProcessed,
     Source,
     load_settings,
     output_location,
@@ -170,6 +171,9 @@ def _process(
     recorded = {key: value for key, value in args.items() if key not in ("input", "output")}
     map_flags = {**recorded, "resume": work_file(output)}
     job = build(merge(map_flags, map_flags.pop("config")))
+    from agents.cli.batch import check_batch_options
+
+    check_batch_options(job, reporter)
     if job.options.dry_run:
         return _dry_run(job, source, streams, reporter)
     for once in ("force_resume", "dry_run"):  # choices for this run, not for every resume
@@ -187,7 +191,13 @@ def _process(
             errors_out=errors_out,
             when_locked=lambda: save_settings(output, {"arguments": settings}),
         )
-    status = finish(job, done.outcome, done.mapper, reporter, time.monotonic() - started)
+    seconds = time.monotonic() - started
+    if isinstance(done, BatchProcessed):
+        from agents.cli.batch import finish_batch
+
+        status = finish_batch(job, done.outcome, reporter, seconds)
+    else:
+        status = finish(job, done.outcome, done.mapper, reporter, seconds)
     if status in (ExitStatus.OK, ExitStatus.PARTIAL):
         written, failed = render(output, WriteOptions(table=output.table, field=job.options.field))
         if not job.options.quiet:
@@ -218,6 +228,10 @@ def _dry_run(job: Job, source: Source, streams: Streams, reporter: Reporter) -> 
     def bad(error: DataError) -> None:
         reporter.warning(f"{error.message} (skipped)")
 
+    if job.options.batch:
+        from agents.cli.batch import show_batch_dry_run
+
+        return show_batch_dry_run(job, quiet, reporter, bad)
     return show_dry_run(job, quiet, reporter, bad)
 
 

@@ -67,9 +67,14 @@ def map_batch(
         errors_out=errors_out,
         bad=bad,
     )
+    return finish_batch(job, outcome, reporter, time.monotonic() - started)
+
+
+def finish_batch(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: float) -> int:
+    """The closing lines, --stats and the exit status of a batch run."""
     if outcome.broken_pipe:
         raise BrokenPipeError
-    stats_written = _write_stats(job, outcome, reporter, time.monotonic() - started)
+    stats_written = _write_stats(job, outcome, reporter, seconds)
     status = _closing(job, outcome, reporter)
     if not stats_written and status in (ExitStatus.OK, ExitStatus.PARTIAL):
         return int(ExitStatus.FAILURE)
