@@ -17,6 +17,7 @@ import threading
 from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import islice
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -31,6 +32,9 @@ from agents.formats.read import read_records as _read
 from agents.map.job import Job
 from agents.map.run import Telling, event_loop, run_job
 from agents.map.window import Outcome
+
+if TYPE_CHECKING:
+    from agents.batch.run import BatchOutcome
 
 __all__ = ["Job", "WriteSummary", "amap_records", "map_records", "read_records", "write_records"]
 
@@ -174,6 +178,7 @@ class _Runner:
         self.inputs, self.feed_end = os.pipe()
         self.results, self.results_end = os.pipe()
         self.outcome: Outcome | None = None
+        self.batch: BatchOutcome | None = None  # batch=True: the provider's Batch API
         self.error: BaseException | None = None
         self.threads = [
             threading.Thread(target=self._feed, daemon=True),
@@ -199,6 +204,11 @@ class _Runner:
         telling = Telling(lambda message, hint=None: warnings.append(message))
         try:
             with os.fdopen(self.inputs, "rb") as stdin, os.fdopen(self.results_end, "wb") as out:
+                if self.job.options.batch:
+                    from agents.batch.run import run_batch
+
+                    self.batch = run_batch(self.job, stdin, out, telling=telling)
+                    return
                 loop = event_loop()
                 try:
                     self.outcome, _ = loop.run_until_complete(
@@ -218,6 +228,11 @@ class _Runner:
             thread.join()
         if self.error is not None:
             raise self.error
+        if self.batch is not None and (self.batch.capped or self.batch.detached):
+            running = ", ".join(self.batch.detached)
+            raise CapReached(
+                self.batch.capped or f"submitted; running: {running}; call again to collect"
+            )
         outcome = self.outcome
         if outcome is not None and outcome.fatal:
             raise AgentsError(outcome.fatal)

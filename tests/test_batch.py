@@ -316,3 +316,16 @@ def test_agents_process_batch_writes_the_output_and_forgets_the_batches(
         assert not list((state / "agents" / "batches").iterdir())
         again = subprocess.run(command, capture_output=True, timeout=60)
         assert again.returncode == 0 and len(api.batches) == 1  # nothing left to do
+
+
+def test_the_python_api_runs_a_batch_job(state: Path) -> None:
+    from agents.api import map_records
+    from agents.map.job import Job
+
+    with FakeBatchAPI() as api:
+        job = Job.create(
+            prompt=PROMPT, model="gpt-4o-mini", base_url=api.url, batch=True, batch_poll=0.01
+        )
+        found = list(map_records([{"_id": 1, "word": "a"}, {"_id": 2, "word": "b"}], job))
+    assert [r["result"] for r in found] == ["answer: Say a", "answer: Say b"]
+    assert len(api.batches) == 1

@@ -267,14 +267,14 @@ def add_map_options(parser: Parser) -> None:
         action="store_true",
         default=None,
         help="with --batch: submit, print the batch IDs and exit 4; the same command run later "
-        "collects the results",
+        "collects the results (default: off, wait for them)",
     )
     batch.add_argument(
         "--batch-cancel",
         action="store_true",
         default=None,
         help="with --batch: cancel the job's batches still running, and exit 4; the same "
-        "command without it collects what they did and submits the rest again",
+        "command without it collects what they did and submits the rest again (default: off)",
     )
     batch.add_argument(
         "--batch-retry",
