@@ -329,3 +329,30 @@ def test_the_python_api_runs_a_batch_job(state: Path) -> None:
         found = list(map_records([{"_id": 1, "word": "a"}, {"_id": 2, "word": "b"}], job))
     assert [r["result"] for r in found] == ["answer: Say a", "answer: Say b"]
     assert len(api.batches) == 1
+
+
+def test_a_second_run_of_the_same_job_at_once_is_refused(state: Path) -> None:
+    with FakeBatchAPI(steps=10_000) as api:
+        source = state.parent / "in.jsonl"
+        source.write_bytes(words(3))
+        command = [
+            str(BIN / "agents-map"), "--batch", "--base-url", api.url, "-m", "gpt-4o-mini",
+            "--prompt", PROMPT, "--batch-poll", "0.05",
+        ]  # fmt: skip
+        with source.open("rb") as stdin:
+            first = subprocess.Popen(
+                command, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while not api.batches and time.monotonic() < deadline:
+                time.sleep(0.05)
+            second = batch_map(api, stdin=words(3))
+            assert second.returncode == 2
+            assert f"another agents-map (PID {first.pid}) is running this batch job" in (
+                second.stderr.decode()
+            )
+            assert len(api.batches) == 1
+        finally:
+            first.send_signal(signal.SIGINT)
+            first.communicate(timeout=30)

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agents.formats",),
     ("agents.done",),
     ("agents.map", "agents.local"),
+    ("agents.batch",),
     ("agents.api", "agents.process"),
     ("agents",),
     ("agents.cli",),

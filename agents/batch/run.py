@@ -668,6 +668,7 @@ def forget_written(job: Job) -> None:
         forget_durable(batch)
         if all(part.forgotten for part in batch.state.parts.values()):
             batch.state.remove()
+        batch.state.close()
     finally:
         batch.resumer.close()
 
@@ -712,43 +713,51 @@ def run_batch(
     try:
         spool, input_hash = spool_input(batch, stdin, state_home(), bad)
         try:
-            batch.state = BatchState(job_folder(batch, input_hash))
-            forget_durable(batch)
-            if o.batch_cancel:
-                for batch_id in pending_batches(batch.state):
-                    batch.api.cancel(batch_id)
-                    batch.outcome.cancelled.append(batch_id)
-                return batch.outcome
-            plan(batch, spool)
+            batch.state = BatchState(job_folder(batch, input_hash))  # (locked: see there)
+            try:
+                return _run(batch, spool)
+            finally:
+                batch.state.close()
         finally:
             spool.unlink(missing_ok=True)
-        try:
-            submit(batch)
-            if o.batch_detach:
-                batch.outcome.detached = pending_batches(batch.state)
-                _write_out_ended(batch)
-                return batch.outcome
-            collect(batch)
-        except KeyboardInterrupt:
-            waiting = pending_batches(batch.state)
-            if waiting:
-                telling.info(
-                    f"{len(waiting)} {'batch is' if len(waiting) == 1 else 'batches are'} left "
-                    f"running on the server: {', '.join(waiting)}"
-                )
-                telling.info(f"collect them: {collect_command()}")
-                telling.info(f"or cancel them: {collect_command()} --batch-cancel")
-            raise
-        everything = all(p.emitted or p.forgotten for p in batch.state.parts.values())
-        if everything and batch.outcome.capped is None and not o.resume:
-            for part in list(batch.state.parts.values()):
-                if not part.forgotten:
-                    forget(batch, part)
-            batch.state.remove()
-        return batch.outcome
     finally:
         if batch.resumer is not None:
             batch.resumer.close()
+
+
+def _run(batch: BatchJob, spool: Path) -> BatchOutcome:
+    o = batch.o
+    forget_durable(batch)
+    if o.batch_cancel:
+        for batch_id in pending_batches(batch.state):
+            batch.api.cancel(batch_id)
+            batch.outcome.cancelled.append(batch_id)
+        return batch.outcome
+    plan(batch, spool)
+    try:
+        submit(batch)
+        if o.batch_detach:
+            batch.outcome.detached = pending_batches(batch.state)
+            _write_out_ended(batch)
+            return batch.outcome
+        collect(batch)
+    except KeyboardInterrupt:
+        waiting = pending_batches(batch.state)
+        if waiting:
+            batch.telling.info(
+                f"{len(waiting)} {'batch is' if len(waiting) == 1 else 'batches are'} left "
+                f"running on the server: {', '.join(waiting)}"
+            )
+            batch.telling.info(f"collect them: {collect_command()}")
+            batch.telling.info(f"or cancel them: {collect_command()} --batch-cancel")
+        raise
+    everything = all(p.emitted or p.forgotten for p in batch.state.parts.values())
+    if everything and batch.outcome.capped is None and not o.resume:
+        for part in list(batch.state.parts.values()):
+            if not part.forgotten:
+                forget(batch, part)
+        batch.state.remove()
+    return batch.outcome
 
 
 def _size(count: int) -> str:

@@ -22,6 +22,7 @@ looks for it on the server before creating it again (:func:`agents.batch.run` do
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -32,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from agents.errors import AgentsError
+from agents.errors import AgentsError, UsageError
 
 #: States of a batch after which it changes no more.
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
@@ -83,7 +84,30 @@ class BatchState:
                 "set XDG_STATE_HOME to a folder you can write",
             ) from None
         self.journal = folder / "journal.jsonl"
+        self._lock()
         self._read()
+
+    def _lock(self) -> None:
+        """Held while this process works on the job (the kernel lets go when it dies): two
+        runs of one job at once would each submit what the other has not noted yet."""
+        fd = os.open(self.folder / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UsageError(
+                f"another agents-map (PID {holder}) is running this batch job",
+                "wait for it to end: it collects the same batches; run the command again "
+                "afterwards if it was stopped",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.lock_fd = fd
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.lock_fd)
 
     def _read(self) -> None:
         try:

@@ -176,7 +176,8 @@ def _process(
     check_batch_options(job, reporter)
     if job.options.dry_run:
         return _dry_run(job, source, streams, reporter)
-    for once in ("force_resume", "dry_run"):  # choices for this run, not for every resume
+    # choices for this run, not for every resume
+    for once in ("force_resume", "dry_run", "batch_detach", "batch_cancel"):
         settings.pop(once, None)
     telling = Telling(reporter.warning, reporter.info, streams.stderr)
     started = time.monotonic()

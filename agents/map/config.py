@@ -67,6 +67,9 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "cache_mode": Key("cache_mode", "str", choices=("use", "refresh", "read-only")),
         "cache_scope": Key("cache_scope", "str"),
         "dedup": Key("dedup", "bool"),
+        "batch": Key("batch", "bool"),
+        "batch_detach": Key("batch_detach", "bool"),
+        "batch_cancel": Key("batch_cancel", "bool"),
         "batch_retry": Key("batch_retry", "str", choices=("batch", "online")),
         "batch_poll": Key("batch_poll", "number"),
         "batch_keep_files": Key("batch_keep_files", "bool"),
@@ -102,7 +105,7 @@ def option_names() -> set[str]:
     Python API takes them: every key of the file but the design document's other spellings."""
     names = {key.dest for table in SECTIONS.values() for key in table.values()}
     names |= {key.dest for key in PROMPT_KEYS.values()}
-    return (names - {"mode", "batch_size"}) | {"batch", "batch_detach", "batch_cancel"}
+    return names - {"mode", "batch_size"}
 
 
 def all_keys() -> list[str]:
