@@ -79,8 +79,31 @@ def test_results_match_the_online_mode_up_to_order(state: Path) -> None:
     }
     stderr = done.stderr.decode()
     assert "submitted batch_1: 40 requests" in stderr and "completed, 40 of 40 done" in stderr
-    # cleaned up: the input, output files deleted on the server, and the job's folder here
-    assert not api.files and not list((state / "agents" / "batches").iterdir())
+    assert not api.files  # the input, output files deleted on the server once kept here
+
+
+def test_a_finished_job_run_again_writes_its_results_again_without_a_request(
+    state: Path,
+) -> None:
+    """The reader of the first run's results may have lost them (a full disk): the job's
+    folder keeps them a week; then it is removed."""
+    from agents.batch.state import KEEP_FINISHED_SECONDS, remove_finished
+
+    with FakeBatchAPI() as api:
+        first = batch_map(api, stdin=words(5))
+        calls = len(api.batches), api.uploads
+        again = batch_map(api, stdin=words(5))
+        assert again.returncode == 0, again.stderr.decode()
+        assert records(again) == records(first)
+        assert (len(api.batches), api.uploads) == calls
+    home = state / "agents" / "batches"
+    (folder,) = home.iterdir()
+    remove_finished(home, now=time.time() + KEEP_FINISHED_SECONDS / 2)
+    assert folder.exists()
+    journal = folder / "journal.jsonl"
+    os.utime(journal, (time.time() - KEEP_FINISHED_SECONDS - 10,) * 2)
+    remove_finished(home, now=time.time() + KEEP_FINISHED_SECONDS + 60)
+    assert not folder.exists()
 
 
 def test_lines_that_fail_become_error_records_of_their_type(state: Path) -> None:

@@ -35,7 +35,15 @@ from typing import Any, BinaryIO
 import orjson
 
 from agents.batch.api import BatchAPI
-from agents.batch.state import ENDED, BatchState, Part, PartWriter, job_key, state_home
+from agents.batch.state import (
+    ENDED,
+    BatchState,
+    Part,
+    PartWriter,
+    job_key,
+    remove_finished,
+    state_home,
+)
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, canonical_id
@@ -469,8 +477,11 @@ def _ended(batch: BatchJob, part: Part, document: dict[str, Any]) -> None:
         output,
         errors,
     )
-    if not batch.o.batch_keep_files and part.file:  # (the provider keeps it until deleted)
-        batch.api.delete(part.file)
+    # The results are on this disk now (synced, and noted): the server's copies have no more
+    # use, and the provider keeps every file until it is deleted.
+    for file_id in (output, errors, None if batch.o.batch_keep_files else part.file):
+        if file_id:
+            batch.api.delete(str(file_id))
     state.drop_files(part.number, "requests")
 
 
@@ -628,10 +639,8 @@ def retry_online(batch: BatchJob, entries: list[dict[str, Any]]) -> None:
 
 
 def forget(batch: BatchJob, part: Part) -> None:
-    """A part written out for good: its files deleted on the server and here."""
-    for file_id in (part.output, part.errors, None if batch.o.batch_keep_files else part.file):
-        if file_id:
-            batch.api.delete(file_id)
+    """A part whose results the output holds for good: its files here deleted (the server's
+    were when it ended)."""
     batch.state.note({"part": part.number, "forgotten": True})
     part.forgotten = True
     batch.state.drop_files(part.number, "records", "requests", "output", "errors")
@@ -710,6 +719,7 @@ def run_batch(
             o.resume, job.fingerprint, keep_failed=o.keep_failed, force=o.force_resume
         )
         batch.resumer.open()
+    remove_finished(state_home())
     try:
         spool, input_hash = spool_input(batch, stdin, state_home(), bad)
         try:
@@ -752,11 +762,10 @@ def _run(batch: BatchJob, spool: Path) -> BatchOutcome:
             batch.telling.info(f"or cancel them: {collect_command()} --batch-cancel")
         raise
     everything = all(p.emitted or p.forgotten for p in batch.state.parts.values())
-    if everything and batch.outcome.capped is None and not o.resume:
-        for part in list(batch.state.parts.values()):
-            if not part.forgotten:
-                forget(batch, part)
-        batch.state.remove()
+    if everything and batch.outcome.capped is None and not batch.state.finished:
+        # Kept a while all the same: if what read the results lost them (a full disk, a
+        # killed writer), the same command writes them again without a request.
+        batch.state.note({"finished": time.time()})
     return batch.outcome
 
 

@@ -26,6 +26,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,34 @@ from agents.errors import AgentsError, UsageError
 
 #: States of a batch after which it changes no more.
 ENDED = frozenset({"completed", "failed", "expired", "cancelled"})
+
+
+#: How long the folder of a job whose results were all written out is kept: a rerun of the
+#: same command within it writes them again from the copies here, without a request.
+KEEP_FINISHED_SECONDS = 7 * 86400.0
+
+
+def remove_finished(home: Path, now: float | None = None) -> None:
+    """Remove the folders of jobs finished more than KEEP_FINISHED_SECONDS ago (not one in
+    use: its lock is taken first)."""
+    now = time.time() if now is None else now
+    try:
+        folders = list(home.iterdir())
+    except OSError:
+        return
+    for folder in folders:
+        journal = folder / "journal.jsonl"
+        try:
+            if now - journal.stat().st_mtime < KEEP_FINISHED_SECONDS:
+                continue
+            state = BatchState(folder)
+        except (OSError, UsageError):
+            continue  # in use, or not ours to judge
+        try:
+            if state.finished and now - state.finished >= KEEP_FINISHED_SECONDS:
+                state.remove()
+        finally:
+            state.close()
 
 
 def state_home() -> Path:
@@ -75,7 +104,7 @@ class BatchState:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.parts: dict[int, Part] = {}
-        self.input_done = False  # every record of the input is in a part (or was done)
+        self.finished = 0.0  # when every result was written out (0: not yet)
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as error:
@@ -121,8 +150,8 @@ class BatchState:
                 continue  # a line cut by a crash: its step is done again
             if not isinstance(entry, dict):
                 continue
-            if "input" in entry:
-                self.input_done = True
+            if "finished" in entry:
+                self.finished = float(entry["finished"])
                 continue
             number = entry.get("part")
             if not isinstance(number, int):
