@@ -6,8 +6,6 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-import orjson
-
 from agents.batch.run import BatchOutcome, batch_price, collect_command, run_batch
 from agents.cli._run import Reporter, Streams
 from agents.errors import ExitStatus, UsageError
@@ -109,13 +107,9 @@ def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: f
             "requests": outcome.online_requests,
             "cost_usd": round(price.cost(outcome.online_usage), 6) if price else None,
         }
-    try:
-        with open(o.stats, "wb") as stream:
-            stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-    except OSError as error:
-        reporter.error(f"--stats {o.stats}: cannot write: {error.strerror}")
-        return False
-    return True
+    from agents.cli.map import save_stats
+
+    return save_stats(o.stats, document, reporter)
 
 
 def _closing(job: Job, outcome: BatchOutcome, reporter: Reporter) -> int:

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import orjson
 
@@ -214,12 +214,18 @@ def write_stats(
             document["cache"] = cache_stats(mapper.cache, job.price)
         # requests not sent because an identical one was in flight (null: --no-dedup)
         document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
-        try:
-            with open(o.stats, "wb") as stream:
-                stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-        except OSError as error:
-            reporter.error(f"--stats {o.stats}: cannot write: {error.strerror}")
-            return False
+        return save_stats(o.stats, document, reporter)
+    return True
+
+
+def save_stats(path: str, document: dict[str, Any], reporter: Reporter) -> bool:
+    """--stats PATH written; False (said on stderr) when it cannot be."""
+    try:
+        with open(path, "wb") as stream:
+            stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as error:
+        reporter.error(f"--stats {path}: cannot write: {error.strerror}")
+        return False
     return True
 
 
