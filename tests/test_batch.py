@@ -112,9 +112,19 @@ def test_lines_that_fail_become_error_records_of_their_type(state: Path) -> None
             return 400, {"error": {"message": "bad request: no such parameter", "type": "x"}}
         return echo(body, custom_id)
 
+    stats = state.parent / "stats.json"
     with FakeBatchAPI(answer) as api:
-        done = batch_map(api, stdin=words(10))
+        done = batch_map(api, "--stats", str(stats), "--price", "2,8", stdin=words(10))
     assert done.returncode == 3, done.stderr.decode()
+    document = orjson.loads(stats.read_bytes())
+    assert (document["mode"], document["succeeded"], document["failed"]) == ("batch", 8, 2)
+    assert document["errors"] == {"bad_request": 2} and document["requests"] == 10
+    (only,) = document["batches"]
+    assert only["status"] == "completed" and only["requests"] == {
+        "total": 10, "completed": 8, "failed": 2,
+    }  # fmt: skip
+    # 8 answers of 10 + 5 tokens at half of $2 and $8 a million
+    assert document["cost_usd"] == pytest.approx(8 * (10 * 1 + 5 * 4) / 1e6)
     found = by_id(records(done))
     assert sorted(found) == list(range(1, 11))
     assert found[3]["error_type"] == "bad_request" and "no such parameter" in found[3]["error"]
