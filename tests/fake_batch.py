@@ -94,6 +94,8 @@ class FakeBatchAPI:
         shuffle: bool = True,
         expired_share: float = 0.5,
         batches_route: bool = True,
+        create_lost: int = 0,
+        output_lines: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     ) -> None:
         self.answer = answer
         self.fate = fate
@@ -101,6 +103,9 @@ class FakeBatchAPI:
         self.shuffle = shuffle
         self.expired_share = expired_share  # of an expired batch's lines, the share done
         self.batches_route = batches_route  # False: a server without the Batch API (404)
+        # the first ``create_lost`` creates make the batch, then answer 502 (a lost answer)
+        self.create_lost = create_lost
+        self.output_lines = output_lines  # rewrites an output file's lines (faulty providers)
         self.files: dict[str, tuple[str, bytes]] = {}  # id: (purpose, content)
         self.deleted: list[str] = []
         self.batches: dict[str, Batch] = {}
@@ -208,6 +213,9 @@ class FakeBatchAPI:
             batch.counts["total"] = len(lines)
             self.batches[batch.id] = batch
             self.submitted.extend(line["custom_id"] for line in lines)
+            lost = number <= self.create_lost
+        if lost:
+            return web.json_response({"error": {"message": "upstream timeout"}}, status=502)
         return web.json_response(batch.document())
 
     async def _list(self, http: web.Request) -> web.Response:
@@ -300,6 +308,8 @@ class FakeBatchAPI:
         if self.shuffle:  # order is not guaranteed: the client joins on custom_id
             self.random.shuffle(outputs)
             self.random.shuffle(errors)
+        if self.output_lines is not None:
+            outputs = self.output_lines(outputs)
         if outputs:
             batch.output_file_id = self._store(outputs)
         if errors:

@@ -389,3 +389,75 @@ def test_a_second_run_of_the_same_job_at_once_is_refused(state: Path) -> None:
         finally:
             first.send_signal(signal.SIGINT)
             first.communicate(timeout=30)
+
+
+def test_a_lost_answer_to_create_is_found_by_its_metadata_not_created_again(state: Path) -> None:
+    with FakeBatchAPI(create_lost=1) as api:
+        done = batch_map(api, stdin=words(4))
+    assert done.returncode == 0, done.stderr.decode()
+    assert len(api.batches) == 1 and len(api.submitted) == 4
+    assert sorted(by_id(records(done))) == [1, 2, 3, 4]
+
+
+def test_records_that_repeat_an_id_are_each_answered_as_online(state: Path) -> None:
+    rows = [{"_id": 7, "word": "a"}, {"_id": "7", "word": "b"}, {"_id": 8, "word": "c"}]
+    rows.append({"_id": 8, "word": "d"})
+    with FakeBatchAPI() as api:
+        done = batch_map(api, stdin=jsonl(*rows))
+        assert done.returncode == 0, done.stderr.decode()
+        assert [r["result"] for r in records(done)] == [f"answer: Say {w}" for w in "abcd"]
+        assert sorted(api.submitted) == ["7", "7#2", "8", "8#2"]
+        again = batch_map(api, stdin=jsonl(*rows))  # the same job: written again, not sent
+        assert records(again) == records(done) and len(api.batches) == 1
+
+
+def test_the_same_records_in_another_order_are_the_same_job(state: Path) -> None:
+    with FakeBatchAPI(steps=10_000) as api:
+        detached = batch_map(api, "--batch-detach", stdin=words(6))
+        assert detached.returncode == 4
+        said = detached.stderr.decode()
+        assert "--batch-detach" not in said.split("same input: ", 1)[1]  # the command to run
+        api.steps = 0
+        shuffled = b"".join(reversed(words(6).splitlines(keepends=True)))
+        collected = batch_map(api, "--batch-detach", stdin=shuffled)  # still collects
+        assert collected.returncode == 0, collected.stderr.decode()
+        assert sorted(by_id(records(collected))) == list(range(1, 7))
+        assert len(api.batches) == 1
+
+
+def test_a_provider_file_with_a_repeated_or_missing_line_is_said_and_retried(
+    state: Path,
+) -> None:
+    def faulty(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any(line["custom_id"] == "2" for line in lines) and len(lines) > 1:
+            twice = dict(lines[0], response={**lines[0]["response"], "body": completion("NO")})
+            return [line for line in lines if line["custom_id"] != "2"] + [twice]
+        return lines
+
+    with FakeBatchAPI(output_lines=faulty, shuffle=False) as api:
+        done = batch_map(api, stdin=words(3))
+    assert done.returncode == 0, done.stderr.decode()
+    assert "1 repeated custom_id (the first line of each is used)" in done.stderr.decode()
+    found = by_id(records(done))
+    assert all(found[n]["result"] == f"answer: Say w{n}" for n in (1, 2, 3))
+    assert [line["custom_id"] for line in api.batches["batch_2"].lines] == ["2"]
+
+
+def test_without_a_batch_api_nothing_is_uploaded(state: Path) -> None:
+    with FakeBatchAPI(batches_route=False) as api:
+        done = batch_map(api, stdin=words(3))
+    assert done.returncode == 2 and api.uploads == 0
+
+
+def test_online_retries_count_in_the_tokens_and_the_cost(state: Path) -> None:
+    stats = state.parent / "stats.json"
+    with FakeBatchAPI(fate=lambda number: "failed") as api:
+        done = batch_map(
+            api, "--batch-retry", "online", "--price", "2,8", "--stats", str(stats),
+            stdin=words(4),
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    document = orjson.loads(stats.read_bytes())
+    assert document["requests"] == 8 and document["tokens"]["input"] == 40  # 4 online answers
+    assert document["cost_usd"] == pytest.approx(4 * (10 * 2 + 5 * 8) / 1e6)
+    assert "online retries at the online price" in done.stderr.decode()

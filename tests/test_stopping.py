@@ -123,6 +123,7 @@ def test_requests_that_fit_the_cap_exactly_fit_though_floats_add_up_past_it() ->
     assert 0.1 + 0.1 + 0.1 > 0.3  # (the rounding the cap must forgive)
     assert asyncio.run(spend()) == 3
 
+
 PRICE = 10.0  # dollars per million tokens, both ways: a request of ~100 tokens costs ~$0.001
 
 

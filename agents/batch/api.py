@@ -97,6 +97,9 @@ class BatchAPI:
     # batches ----------------------------------------------------------------------------------
 
     def create(self, file_id: str, metadata: dict[str, str]) -> dict[str, Any]:
+        """Create a batch, in one attempt: a failure that may have come after the server made
+        it (a 5xx, a dropped connection) raises :class:`Unsure`, and the caller looks for it
+        by its metadata before creating it again."""
         body = orjson.dumps(
             {
                 "input_file_id": file_id,
@@ -107,8 +110,13 @@ class BatchAPI:
         )
         return self._json(
             "POST", "/batches", lambda: [body], {"Content-Type": "application/json"},
-            what="create a batch",
+            what="create a batch", attempts=1,
         )  # fmt: skip
+
+    def check(self) -> None:
+        """That the server has a Batch API (:class:`NoBatchAPI` if not), before anything is
+        uploaded."""
+        self._json("GET", "/batches?limit=1", None, {}, what="list the batches")
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         return self._json("GET", f"/batches/{batch_id}", None, {}, what=f"look up {batch_id}")
@@ -146,9 +154,10 @@ class BatchAPI:
         headers: dict[str, str],
         *,
         what: str,
+        attempts: int = ATTEMPTS,
     ) -> dict[str, Any]:
         result: list[Any] = []
-        self._call(method, path, body, headers, what, lambda r: result.append(r.read()))
+        self._call(method, path, body, headers, what, lambda r: result.append(r.read()), attempts)
         try:
             document = orjson.loads(result[0])
         except orjson.JSONDecodeError:
@@ -165,13 +174,14 @@ class BatchAPI:
         headers: dict[str, str],
         what: str,
         read: Callable[[Any], None],
+        attempts: int = ATTEMPTS,
     ) -> None:
         endpoint = self.endpoint
         headers = {**endpoint.headers, **headers}
         if endpoint.api_key:
             headers["Authorization"] = f"Bearer {endpoint.api_key}"
         wait = FIRST_WAIT
-        for attempt in range(1, ATTEMPTS + 1):
+        for attempt in range(1, attempts + 1):
             request = urllib.request.Request(
                 self.base + path,
                 data=body() if body is not None else None,
@@ -204,14 +214,21 @@ class BatchAPI:
             except (urllib.error.URLError, OSError) as error:
                 reason = getattr(error, "reason", error)
                 failure = endpoint.redact(str(reason) or type(error).__name__)
-            if attempt == ATTEMPTS:
-                raise AgentsError(
-                    f"{self.base}: could not {what} after {ATTEMPTS} attempts: {failure}",
+            if attempt == attempts:
+                raise Unsure(
+                    f"{self.base}: could not {what}"
+                    + (f" after {attempts} attempts" if attempts > 1 else "")
+                    + f": {failure}",
                     "the batches submitted are kept: run the same command again to carry on",
                 )
             self.sleep(wait)
             wait *= 2
         raise AssertionError("unreachable")  # pragma: no cover
+
+
+class Unsure(AgentsError):
+    """A call that failed in a way that passes (a 5xx, 429, a dropped connection): it may
+    have been carried out all the same."""
 
 
 class _Missing(AgentsError):

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from agents.batch.api import BatchAPI
+from agents.batch.api import ATTEMPTS, FIRST_WAIT, BatchAPI, Unsure
 from agents.batch.state import (
     ENDED,
     BatchState,
@@ -47,10 +47,11 @@ from agents.batch.state import (
 from agents.contract.codec import encode
 from agents.contract.error_record import error_record
 from agents.contract.ids import ID_KEY, Record, canonical_id
-from agents.errors import MissingFields, Retryable, Unusable
+from agents.errors import MissingFields, Retryable, Terminated, Unusable
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.formats.jsonl import parse_lines, whole_lines
 from agents.map.answer import reask_message
+from agents.map.caps import FIT_TOLERANCE
 from agents.map.http import Client, Usage, _completion, _http_error
 from agents.map.job import Job
 from agents.map.prompt import Message, estimate_tokens, messages_for, missing_fields_message
@@ -91,6 +92,22 @@ class BatchOutcome:
     duplicates: int = 0
     waited: float = 0.0
 
+    def total_usage(self) -> Usage:
+        """The tokens of the batches and of the lines retried online."""
+        total = Usage()
+        total.add(self.usage)
+        total.add(self.online_usage)
+        return total
+
+    def cost(self, price: Price | None) -> float | None:
+        """What the run cost: the batches at the batch price, the online retries at the
+        online one (None without a price)."""
+        if price is None:
+            return None
+        discounted = batch_price(price)
+        assert discounted is not None
+        return discounted.cost(self.usage) + price.cost(self.online_usage)
+
 
 def request_body(job: Job, messages: list[Message]) -> dict[str, Any]:
     """The body of a record's request: the online mode's, exactly."""
@@ -113,9 +130,13 @@ def request_line(job: Job, record_id: str, messages: list[Message]) -> bytes:
 
 @dataclass
 class Again:
-    """A record to send again (a new batch, or online), with the messages to send."""
+    """A record to send again (a new batch, or online), with the messages to send, and the
+    failure it had (its error record, if it cannot be sent again)."""
 
     entry: dict[str, Any]
+    error_type: str
+    message: str
+    answer: str | None = None
 
 
 def crash_point(name: str) -> None:
@@ -158,6 +179,11 @@ class BatchJob:
         self.key = ""
         self.started = time.monotonic()
         self.written_parts: set[int] = set()  # the parts this run wrote out
+        self.checked = False  # whether the server was seen to have a Batch API
+        # What --max-cost leaves for what this run submits (the worst cost of each request,
+        # as the online mode reserves it; a float sum may pass the cap by rounding only).
+        cap = self.o.max_cost
+        self.budget = float(cap) * FIT_TOLERANCE if cap is not None else None
 
     def worst_cost(self, messages: list[Message]) -> float:
         """What a request may cost at most, at the batch price (as --max-cost reserves)."""
@@ -205,10 +231,14 @@ class BatchJob:
 def spool_input(
     batch: BatchJob, stdin: BinaryIO, folder: Path, bad: BadRowHandler
 ) -> tuple[Path, str]:
-    """The records to do, one JSON line each, in a file in ``folder``, and the SHA-256 of the
-    input as read (what keys the job without --resume)."""
+    """The records to do, each with its ``custom_id`` (``[custom_id, record]`` a line), in a
+    file in ``folder``; and a hash of the input's lines in any order (what keys the job without
+    --resume: the same records sorted otherwise are the same job).
+
+    A record's custom_id is its ID; records that repeat an ID (kept by the online mode too,
+    unless --resume drops them) get ``ID#2``, ``ID#3``..., as custom_ids must differ."""
     o = batch.o
-    digest = hashlib.sha256()
+    line_hashes: list[bytes] = []
     ids = IdAssigner()
     seen: set[str] = set()
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -216,8 +246,7 @@ def spool_input(
     count, number = 0, 1
     with os.fdopen(handle, "wb") as spool:
         for lines in whole_lines(stdin):
-            for line in lines:
-                digest.update(line + b"\n")
+            line_hashes.extend(hashlib.blake2b(line, digest_size=16).digest() for line in lines)
             records = parse_lines(lines, "<stdin>", number, bad)
             number += len(lines)
             for parsed in records:
@@ -226,12 +255,13 @@ def spool_input(
                 record = ids.ensure(parsed)
                 if batch.resumer is not None and batch.resumer.skip(record):
                     continue
-                key = canonical_id(record[ID_KEY])
-                if key in seen:  # one request line per custom_id: the first record stands
-                    batch.outcome.duplicates += 1
-                    continue
-                seen.add(key)
-                spool.write(orjson.dumps(record) + b"\n")
+                key = custom_id = canonical_id(record[ID_KEY])
+                repeat = 1
+                while custom_id in seen:
+                    repeat += 1
+                    custom_id = f"{key}#{repeat}"
+                seen.add(custom_id)
+                spool.write(orjson.dumps([custom_id, record]) + b"\n")
                 count += 1
     if ids.hashed:
         batch.telling.warn(
@@ -239,12 +269,12 @@ def spool_input(
             "from a hash of its content",
             "read the data through agents-read, which gives every record an ID",
         )
-    if batch.outcome.duplicates:
-        batch.telling.warn(
-            f"{batch.outcome.duplicates} records repeat an ID that came earlier; only the "
-            "first record of each ID is sent"
-        )
-    return Path(name), digest.hexdigest()
+    resumer = batch.resumer
+    if resumer is not None and resumer.duplicates.count:
+        batch.telling.warn(resumer.duplicates.describe("only the first record of each ID is sent"))
+        batch.outcome.duplicates = resumer.duplicates.count
+    line_hashes.sort()
+    return Path(name), hashlib.sha256(b"".join(line_hashes)).hexdigest()
 
 
 def job_folder(batch: BatchJob, input_hash: str) -> Path:
@@ -275,13 +305,11 @@ def plan(batch: BatchJob, spool: Path) -> None:
     left under --max-cost."""
     state = batch.state
     held = state.ids()
-    budget = _budget_left(batch)
     writer: PartWriter | None = None
     left = 0
     with spool.open("rb") as lines:
         for line in lines:
-            record = orjson.loads(line)
-            record_id = canonical_id(record[ID_KEY])
+            record_id, record = orjson.loads(line)
             if record_id in held:
                 continue
             try:
@@ -293,11 +321,11 @@ def plan(batch: BatchJob, spool: Path) -> None:
                 )
                 continue
             worst = batch.worst_cost(messages)
-            if budget is not None:
-                if worst > budget:
+            if batch.budget is not None:
+                if worst > batch.budget:
                     left += 1
                     continue
-                budget -= worst
+                batch.budget -= worst
             request = request_line(batch.job, record_id, messages)
             if writer is not None and (
                 writer.count >= MAX_REQUESTS or writer.size + len(request) > MAX_BYTES
@@ -339,26 +367,21 @@ def _planned(state: BatchState, writer: PartWriter, retries: int | None) -> None
     )
 
 
-def _budget_left(batch: BatchJob) -> float | None:
-    """What --max-cost leaves for new parts: the cap less what every part kept may cost."""
-    if batch.o.max_cost is None:
-        return None
-    committed = 0.0
-    for part in batch.state.parts.values():
-        if not part.forgotten:
-            committed += sum(entry.get("worst", 0.0) for entry in batch.state.records(part.number))
-    return float(batch.o.max_cost) * (1 + 1e-9) - committed
-
-
 # Submitting -----------------------------------------------------------------------------------
 
 
 def submit(batch: BatchJob) -> None:
     """Upload and create every part planned and not created yet."""
     state = batch.state
-    for part in sorted(state.parts.values(), key=lambda p: p.number):
-        if part.batch is not None or part.forgotten or part.ended:
-            continue
+    todo = [
+        part
+        for part in sorted(state.parts.values(), key=lambda p: p.number)
+        if part.batch is None and not part.forgotten and not part.ended
+    ]
+    if todo and not batch.checked:
+        batch.api.check()  # (a server without the Batch API is told before any upload)
+        batch.checked = True
+    for part in todo:
         if part.file is None:
             part.file = batch.api.upload(state.path(part.number, "requests"))
             state.note({"part": part.number, "file": part.file})
@@ -369,14 +392,35 @@ def submit(batch: BatchJob) -> None:
                 part.batch = found
                 state.note({"part": part.number, "batch": found})
                 continue
-        created = batch.api.create(
-            part.file, {"agents_job": batch.key, "agents_part": str(part.number)}
-        )
+        part.batch = _create(batch, part, part.file)
         crash_point("after-create")
-        part.batch = str(created["id"])
         state.note({"part": part.number, "batch": part.batch})
         batch.outcome.requests += part.count
-        batch.say(f"submitted {part.batch}: {part.count:,} requests ({_size(part.size)})")
+        batch.say(
+            f"submitted {part.batch}: {part.count:,} request{'s' if part.count != 1 else ''} "
+            f"({_size(part.size)})"
+        )
+
+
+def _create(batch: BatchJob, part: Part, file_id: str) -> str:
+    """The part's batch, created once: after a failure that may have come after the server
+    made it, the batch is looked for by its metadata before it is created again."""
+    wait = FIRST_WAIT
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            created = batch.api.create(
+                file_id, {"agents_job": batch.key, "agents_part": str(part.number)}
+            )
+            return str(created["id"])
+        except Unsure:
+            if attempt == ATTEMPTS:
+                raise
+        batch.sleep(wait)
+        wait *= 2
+        found = _created_before(batch, part)
+        if found is not None:
+            return found
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _created_before(batch: BatchJob, part: Part) -> str | None:
@@ -394,17 +438,21 @@ def _created_before(batch: BatchJob, part: Part) -> str | None:
 # Polling and collecting -----------------------------------------------------------------------
 
 
-def collect(batch: BatchJob) -> None:
-    """Poll the pending batches until every part is written out (retries included)."""
+def collect(batch: BatchJob, *, once: bool = False) -> None:
+    """Poll the pending batches until every part is written out (retries included); ``once``
+    (--batch-detach): look at each once, write out those that ended, submit their retries,
+    and return."""
     state = batch.state
     longest = float(batch.o.batch_poll)
     first = wait = min(FIRST_POLL, longest)
+    looked = False
     while True:
         _write_out_ended(batch)
         submit(batch)  # (retry parts planned just now)
         pending = [p for p in state.parts.values() if p.batch and not p.ended and not p.forgotten]
-        if not pending:
+        if not pending or (once and looked):
             return
+        looked = True
         changed = False
         for part in sorted(pending, key=lambda p: p.number):
             assert part.batch is not None
@@ -415,6 +463,8 @@ def collect(batch: BatchJob) -> None:
                 _ended(batch, part, document)
                 changed = True
         crash_point("while-polling")
+        if once:
+            continue
         if any(p.batch and not p.ended for p in state.parts.values() if not p.forgotten):
             if changed:
                 wait = first
@@ -494,43 +544,62 @@ def _write_out_ended(batch: BatchJob) -> None:
             write_out(batch, part)
 
 
-def _results(state: BatchState, number: int) -> dict[str, dict[str, Any]]:
+def _results(batch: BatchJob, part: Part) -> dict[str, dict[str, Any]]:
+    """The lines of a part's output and error files by custom_id (the first of a repeated
+    one; one that names no request of the part is said and passed over)."""
     found: dict[str, dict[str, Any]] = {}
+    repeated = unknown = 0
     for kind in ("output", "errors"):
-        path = state.path(number, kind)
+        path = batch.state.path(part.number, kind)
         if path.exists():
             with path.open("rb") as lines:
                 for line in lines:
                     if line.strip():
                         entry = orjson.loads(line)
-                        found[str(entry.get("custom_id"))] = entry
+                        key = str(entry.get("custom_id"))
+                        if key in found:
+                            repeated += 1
+                        else:
+                            found[key] = entry
+    asked = {entry["id"] for entry in batch.state.records(part.number)}
+    unknown = len(found.keys() - asked)
+    if (repeated or unknown) and part.number not in batch.written_parts:
+        batch.telling.warn(
+            f"{part.batch}: the provider's files hold "
+            + " and ".join(
+                text
+                for count, text in (
+                    (repeated, f"{repeated} repeated custom_id (the first line of each is used)"),
+                    (unknown, f"{unknown} custom_id this job did not send (passed over)"),
+                )
+                if count
+            )
+        )
     return found
 
 
 def write_out(batch: BatchJob, part: Part) -> None:
-    """Each record of an ended part: its output record, or into a retry part."""
+    """Each record of an ended part: its output record, or into a retry part. An earlier run
+    may have written the part already (its output may be lost): it is written again, its
+    retries planned once, and its tokens counted once."""
     state = batch.state
-    results = _results(state, part.number)
-    again: list[dict[str, Any]] = []
+    results = _results(batch, part)
+    fresh = not part.emitted
+    again: list[Again] = []
     for entry in state.records(part.number):
-        record_id = entry["id"]
-        if batch.done_already(record_id):
+        if batch.done_already(canonical_id(entry["record"][ID_KEY])):
             continue
-        outcome = _outcome(batch, entry, results.get(record_id), part.ended or "")
+        outcome = _outcome(batch, entry, results.get(entry["id"]), part.ended or "", fresh)
         if isinstance(outcome, Again):
-            again.append(outcome.entry)
+            again.append(outcome)
         else:
             batch.write(*outcome)
-    batch.flush()
     if again:
         if batch.o.batch_retry == "online":
-            retry_online(batch, again)
-        elif not any(p.retries == part.number for p in state.parts.values()):
-            writer = PartWriter(state, state.next_number())
-            state.parts[writer.number] = Part(writer.number, 0, 0)
-            for entry in again:
-                writer.add(entry, request_line(batch.job, entry["id"], entry["messages"]))
-            _planned(state, writer, part.number)
+            retry_online(batch, [retry.entry for retry in again])
+        else:
+            _retry_in_a_batch(batch, part, again)
+    batch.flush()
     batch.written_parts.add(part.number)
     if not part.emitted:
         state.note({"part": part.number, "emitted": True})
@@ -538,8 +607,56 @@ def write_out(batch: BatchJob, part: Part) -> None:
     crash_point("after-emit")
 
 
+def _retry_in_a_batch(batch: BatchJob, part: Part, again: list[Again]) -> None:
+    """A part of the records to send again, planned once (what --max-cost leaves room for);
+    those that are not in it are written as the error they had."""
+    state = batch.state
+    planned = next((p for p in state.parts.values() if p.retries == part.number), None)
+    if planned is not None:  # planned by an earlier run (or earlier in this one)
+        inside = (
+            {entry["id"] for entry in state.records(planned.number)}
+            if not planned.forgotten
+            else {retry.entry["id"] for retry in again}
+        )
+        left = [retry for retry in again if retry.entry["id"] not in inside]
+    else:
+        writer = PartWriter(state, state.next_number())
+        state.parts[writer.number] = Part(writer.number, 0, 0)
+        left = []
+        for retry in again:
+            worst = float(retry.entry.get("worst", 0.0))
+            if batch.budget is not None and worst > batch.budget:
+                left.append(retry)
+                continue
+            if batch.budget is not None:
+                batch.budget -= worst
+            writer.add(
+                retry.entry, request_line(batch.job, retry.entry["id"], retry.entry["messages"])
+            )
+        _planned(state, writer, part.number)
+        if left:
+            batch.outcome.capped = (
+                f"--max-cost ${batch.o.max_cost:g}: {len(left):,} records were not sent again "
+                "(what they could cost does not fit under the cap)"
+            )
+    for retry in left:
+        entry = retry.entry
+        record = entry["record"]
+        attempts = int(entry.get("attempts", 0))
+        batch.write(
+            error_record(
+                record[ID_KEY], retry.message, retry.error_type, attempts, record, retry.answer
+            ),
+            False,
+        )
+
+
 def _outcome(
-    batch: BatchJob, entry: dict[str, Any], line: dict[str, Any] | None, status: str
+    batch: BatchJob,
+    entry: dict[str, Any],
+    line: dict[str, Any] | None,
+    status: str,
+    count_usage: bool = True,
 ) -> tuple[Record, bool] | Again:
     """A record's output record and whether it succeeded, or what to send again."""
     o = batch.o
@@ -550,10 +667,14 @@ def _outcome(
     def again(kind: str, message: str) -> tuple[Record, bool] | Again:
         """Sent again while --max-retries allows, else its error record."""
         if attempts <= o.max_retries:
-            return Again({**entry, "attempts": attempts})
+            return Again({**entry, "attempts": attempts}, kind, message)
         return error_record(record_id, message, kind, attempts, record), False
 
-    if line is None:  # not run: the batch expired, was cancelled or failed as a whole
+    if line is None:
+        if status == "completed":  # (a provider's fault, or a file cut short)
+            return again(
+                "missing_result", "the batch ended without a line for this request in its files"
+            )
         return again(f"batch_{status}", f"not run: its batch {status}")
     response = line.get("response")
     if not isinstance(response, dict):
@@ -571,7 +692,8 @@ def _outcome(
         completion = _completion(body)
     except Retryable as failure:
         return again(failure.error_type, failure.message)
-    batch.outcome.usage.add(completion.usage)
+    if count_usage:
+        batch.outcome.usage.add(completion.usage)
     try:
         return batch.mapper.accept(record, completion), True
     except Unusable as problem:
@@ -595,7 +717,10 @@ def _outcome(
                     "reasks": int(entry.get("reasks", 0)) + 1,
                     "attempts": attempts,
                     "worst": worst,
-                }
+                },
+                problem.error_type,
+                problem.message,
+                answer,
             )
         return error_record(
             record_id, problem.message, problem.error_type, attempts, record, answer
@@ -653,7 +778,7 @@ def forget_durable(batch: BatchJob) -> None:
     done = batch.resumer.done
     for part in list(batch.state.parts.values()):
         if part.emitted and not part.forgotten:
-            ids = {entry["id"] for entry in batch.state.records(part.number)}
+            ids = {canonical_id(e["record"][ID_KEY]) for e in batch.state.records(part.number)}
             if all(i in done.succeeded or i in done.failed for i in ids):
                 forget(batch, part)
 
@@ -690,9 +815,12 @@ def pending_batches(state: BatchState) -> list[str]:
     ]
 
 
-def collect_command() -> str:
+def collect_command(*extra: str) -> str:
+    """This command as it was run, less what stops it from collecting (--batch-detach,
+    --batch-cancel), plus ``extra``. The input is not part of it: it must be the same."""
     argv = [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv else ["agents-map"]
-    return shlex.join(argv)
+    kept = [arg for arg in argv if arg not in ("--batch-detach", "--batch-cancel")]
+    return shlex.join([*kept, *extra])
 
 
 # The run --------------------------------------------------------------------------------------
@@ -746,20 +874,22 @@ def _run(batch: BatchJob, spool: Path) -> BatchOutcome:
     plan(batch, spool)
     try:
         submit(batch)
+        collect(batch, once=bool(o.batch_detach))
         if o.batch_detach:
             batch.outcome.detached = pending_batches(batch.state)
-            _write_out_ended(batch)
-            return batch.outcome
-        collect(batch)
-    except KeyboardInterrupt:
+            if batch.outcome.detached:
+                return batch.outcome
+    except (KeyboardInterrupt, Terminated):
         waiting = pending_batches(batch.state)
         if waiting:
             batch.telling.info(
                 f"{len(waiting)} {'batch is' if len(waiting) == 1 else 'batches are'} left "
                 f"running on the server: {', '.join(waiting)}"
             )
-            batch.telling.info(f"collect them: {collect_command()}")
-            batch.telling.info(f"or cancel them: {collect_command()} --batch-cancel")
+            batch.telling.info(
+                f"collect them with the same command on the same input: {collect_command()}"
+            )
+            batch.telling.info(f"or cancel them: {collect_command('--batch-cancel')}")
         raise
     everything = all(p.emitted or p.forgotten for p in batch.state.parts.values())
     if everything and batch.outcome.capped is None and not batch.state.finished:

@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from typing import BinaryIO
 
-from agents.batch.run import BatchOutcome, batch_price, collect_command, run_batch
+from agents.batch.run import BatchOutcome, collect_command, run_batch
 from agents.cli._run import Reporter, Streams
 from agents.errors import ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
@@ -86,18 +86,20 @@ def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: f
     if not o.stats:
         return True
     document = stats_document(
-        usage=outcome.usage,
-        price=batch_price(job.price),
+        usage=outcome.total_usage(),
+        price=None,
         model=job.shape.model,
         succeeded=outcome.written,
         failed=outcome.failed,
         errors=outcome.errors,
         retries={},
-        requests=outcome.requests,
+        requests=outcome.requests + outcome.online_requests,
         latencies=[],
         seconds=seconds,
         stopped="max_cost" if outcome.capped else ("detached" if outcome.detached else None),
     )
+    cost = outcome.cost(job.price)
+    document["cost_usd"] = round(cost, 6) if cost is not None else None
     document["mode"] = "batch"
     document["batches"] = list(outcome.batches.values())
     document["waited_seconds"] = round(outcome.waited, 1)
@@ -116,10 +118,17 @@ def _closing(job: Job, outcome: BatchOutcome, reporter: Reporter) -> int:
     from agents.map.usage import summary_lines
 
     o = job.options
-    usage = outcome.usage
+    usage = outcome.total_usage()
     if not o.quiet and usage.prompt + usage.completion:
-        for line in summary_lines(usage, batch_price(job.price), job.shape.model):
-            reporter.say(line + (" at the batch price" if line.startswith("Estimated") else ""))
+        tokens, unpriced = summary_lines(usage, None, job.shape.model)
+        reporter.say(tokens)
+        cost = outcome.cost(job.price)
+        online = " (online retries at the online price)" if outcome.online_requests else ""
+        reporter.say(
+            f"Estimated cost: ${cost:,.4f} at the batch price{online}"
+            if cost is not None
+            else unpriced
+        )
     if o.batch_cancel:
         if outcome.cancelled:
             reporter.info(
@@ -135,7 +144,10 @@ def _closing(job: Job, outcome: BatchOutcome, reporter: Reporter) -> int:
             f"{'batch is' if len(outcome.detached) == 1 else 'batches are'} running: "
             f"{', '.join(outcome.detached)}"
         )
-        reporter.info(f"collect the results later with the same command: {collect_command()}")
+        reporter.info(
+            f"collect the results later with the same command, on the same input: "
+            f"{collect_command()}"
+        )
         return int(ExitStatus.CAPPED)
     if outcome.capped is not None:
         reporter.info(f"stopped at a cap: {outcome.capped}")
