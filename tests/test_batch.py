@@ -461,3 +461,13 @@ def test_online_retries_count_in_the_tokens_and_the_cost(state: Path) -> None:
     assert document["requests"] == 8 and document["tokens"]["input"] == 40  # 4 online answers
     assert document["cost_usd"] == pytest.approx(4 * (10 * 2 + 5 * 8) / 1e6)
     assert "online retries at the online price" in done.stderr.decode()
+
+
+def test_a_changed_input_says_the_batches_of_the_old_one_still_run(state: Path) -> None:
+    with FakeBatchAPI(steps=10_000) as api:
+        assert batch_map(api, "--batch-detach", stdin=words(3)).returncode == 4
+        api.steps = 0
+        changed = batch_map(api, "--batch-detach", stdin=words(4))  # one record more
+        said = changed.stderr.decode()
+        assert "batches of this job on another input are still running (batch_1)" in said
+        assert batch_map(api, stdin=words(3)).returncode == 0  # the old input collects its own

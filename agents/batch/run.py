@@ -41,6 +41,7 @@ from agents.batch.state import (
     Part,
     PartWriter,
     job_key,
+    pending_elsewhere,
     remove_finished,
     state_home,
 )
@@ -177,6 +178,7 @@ class BatchJob:
         self.resumer: Any = None
         self.state: BatchState
         self.key = ""
+        self.identity = ""
         self.started = time.monotonic()
         self.written_parts: set[int] = set()  # the parts this run wrote out
         self.checked = False  # whether the server was seen to have a Batch API
@@ -286,14 +288,13 @@ def job_folder(batch: BatchJob, input_hash: str) -> Path:
     where: dict[str, Any] = (
         {"output": os.path.realpath(batch.o.resume)} if batch.o.resume else {"input": input_hash}
     )
-    batch.key = job_key(
-        {
-            "fingerprint": job.fingerprint,
-            "request": settings,
-            "server": job.endpoint.base_url.rstrip("/"),
-            **where,
-        }
-    )
+    what = {
+        "fingerprint": job.fingerprint,
+        "request": settings,
+        "server": job.endpoint.base_url.rstrip("/"),
+    }
+    batch.identity = job_key(what)  # (the same job on any input)
+    batch.key = job_key({**what, **where})
     return state_home() / batch.key
 
 
@@ -865,6 +866,15 @@ def run_batch(
 
 def _run(batch: BatchJob, spool: Path) -> BatchOutcome:
     o = batch.o
+    batch.state.name_job(batch.identity)
+    elsewhere = pending_elsewhere(state_home(), batch.state.folder, batch.identity)
+    if elsewhere:
+        batch.telling.warn(
+            f"batches of this job on another input are still running ({', '.join(elsewhere)}); "
+            "this run does not use them",
+            "the command run on the input they were given collects them, or, with "
+            "--batch-cancel added, cancels them",
+        )
     forget_durable(batch)
     if o.batch_cancel:
         for batch_id in pending_batches(batch.state):

@@ -68,6 +68,31 @@ def remove_finished(home: Path, now: float | None = None) -> None:
             state.close()
 
 
+def pending_elsewhere(home: Path, ours: Path, identity: str) -> list[str]:
+    """The batches still running of other folders of the same job (another input): read
+    without their lock, as a hint."""
+    running: list[str] = []
+    try:
+        folders = [folder for folder in home.iterdir() if folder != ours]
+    except OSError:
+        return running
+    for folder in folders:
+        try:
+            lines = (folder / "journal.jsonl").read_bytes().splitlines()
+        except OSError:
+            continue
+        entries = []
+        for line in lines:
+            with contextlib.suppress(orjson.JSONDecodeError):
+                entries.append(orjson.loads(line))
+        if not any(isinstance(e, dict) and e.get("job") == identity for e in entries):
+            continue
+        created = {e["part"]: e["batch"] for e in entries if isinstance(e, dict) and "batch" in e}
+        ended = {e["part"] for e in entries if isinstance(e, dict) and "ended" in e}
+        running.extend(batch for part, batch in created.items() if part not in ended)
+    return running
+
+
 def state_home() -> Path:
     """``$XDG_STATE_HOME/agents/batches``, else under ``~/.local/state``."""
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(
@@ -105,6 +130,7 @@ class BatchState:
         self.folder = folder
         self.parts: dict[int, Part] = {}
         self.finished = 0.0  # when every result was written out (0: not yet)
+        self.identity = ""  # the job on any input (see name_job)
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as error:
@@ -153,6 +179,9 @@ class BatchState:
             if "finished" in entry:
                 self.finished = float(entry["finished"])
                 continue
+            if "job" in entry:
+                self.identity = str(entry["job"])
+                continue
             number = entry.get("part")
             if not isinstance(number, int):
                 continue
@@ -181,6 +210,12 @@ class BatchState:
                 part.emitted = True
             if entry.get("forgotten"):
                 part.forgotten = True
+
+    def name_job(self, identity: str) -> None:
+        """The job's identity, whatever its input, noted once (see pending_elsewhere)."""
+        if self.identity != identity:
+            self.note({"job": identity})
+            self.identity = identity
 
     def note(self, entry: dict[str, Any]) -> None:
         """One journal line, synced before the next step: that step happened."""
