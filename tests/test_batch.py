@@ -471,3 +471,18 @@ def test_a_changed_input_says_the_batches_of_the_old_one_still_run(state: Path) 
         said = changed.stderr.decode()
         assert "batches of this job on another input are still running (batch_1)" in said
         assert batch_map(api, stdin=words(3)).returncode == 0  # the old input collects its own
+
+
+def test_a_reask_sent_online_carries_the_answer_and_what_was_wrong(state: Path) -> None:
+    def answer(body: dict[str, Any], custom_id: str) -> tuple[int, dict[str, Any]]:
+        if len(body["messages"]) == 1 and custom_id == "2":
+            return 200, completion("not json at all")
+        return 200, completion('{"ok": true}')
+
+    with FakeBatchAPI(answer) as api:
+        done = batch_map(api, "--output-format", "json", "--batch-retry", "online", stdin=words(3))
+    assert done.returncode == 0, done.stderr.decode()
+    assert by_id(records(done))[2]["result"] == {"ok": True}
+    (online,) = api.online
+    assert [m["role"] for m in online["messages"]] == ["user", "assistant", "user"]
+    assert online["messages"][1]["content"] == "not json at all"

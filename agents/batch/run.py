@@ -749,6 +749,11 @@ def retry_online(batch: BatchJob, entries: list[dict[str, Any]]) -> None:
                 telling=Telling(batch.telling.warn, batch.telling.info, None),
                 sleep=asyncio.sleep,
                 errors_out=batch.errors_out,
+                conversations={  # re-asks: the answer and what was wrong with it go along
+                    canonical_id(entry["record"][ID_KEY]): entry["messages"]
+                    for entry in entries
+                    if entry.get("reasks")
+                },
             )
         )
     finally:

@@ -21,7 +21,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from agents.contract.error_record import error_record
-from agents.contract.ids import ID_KEY, Record
+from agents.contract.ids import ID_KEY, Record, canonical_id
 from agents.errors import (
     AgentsError,
     CallError,
@@ -288,6 +288,28 @@ class Mapper:
             ready = Prepared(messages, key, replayed)
             prepared.append(functools.partial(self.process, record, ready))
         return prepared
+
+    def continuing(
+        self, conversations: dict[str, list[Message]]
+    ) -> Callable[[list[Record]], list[Record | Work]]:
+        """A prepare step that sends each record named (by its ID) in ``conversations`` those
+        messages, a conversation already begun (batch mode's lines re-asked online), and the
+        others as :meth:`prepare` (with a cache) or :meth:`process` would."""
+
+        def prepare(batch: list[Record]) -> list[Record | Work]:
+            out: list[Record | Work] = []
+            for record in batch:
+                messages = conversations.get(canonical_id(record[ID_KEY]))
+                if messages is not None:
+                    ready = Prepared(messages, self._request_key(messages), None)
+                    out.append(functools.partial(self.process, record, ready))
+                elif self.cache is not None:
+                    out.extend(self.prepare([record]))
+                else:
+                    out.append(functools.partial(self.process, record))
+            return out
+
+        return prepare
 
     async def process(
         self, record: Record, prepared: Prepared | None = None

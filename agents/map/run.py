@@ -16,6 +16,7 @@ from agents.map.cache import CacheUse
 from agents.map.http import Client
 from agents.map.job import Job
 from agents.map.progress import Progress, ResultsAbove, Tally
+from agents.map.prompt import Message
 from agents.map.record import Mapper, Sleep
 from agents.map.sharing import Sharing
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
@@ -61,11 +62,14 @@ async def run_job(
     sleep: Sleep = asyncio.sleep,
     errors_out: BinaryIO | None = None,
     bad: BadRowHandler = raise_bad,
+    conversations: dict[str, list[Message]] | None = None,
 ) -> tuple[Outcome, Mapper]:
     """The whole of an agents-map job: JSON Lines from ``stdin``, results to ``stdout``.
 
     Resume, the client, rate budgets, adaptive concurrency, caps, the circuit breaker and the
     sliding window are put together here, for the command and for the Python API alike.
+    ``conversations``: records (by ID) whose request is a conversation already begun (batch
+    mode's re-asks sent online).
     """
     o = job.options
     telling = telling or Telling()
@@ -139,7 +143,13 @@ async def run_job(
             skip=resumer.skip if resumer is not None else None,
             error_cap=ErrorCap.parse(o.max_errors) if o.max_errors else None,
             stopping=stopping,
-            prepare=mapper.prepare if cache is not None else None,
+            prepare=(
+                mapper.continuing(conversations)
+                if conversations
+                else mapper.prepare
+                if cache is not None
+                else None
+            ),
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
         try:
