@@ -257,3 +257,19 @@ def test_sharing_changes_no_records_outcome(seed: int, tmp_path: Path) -> None:
         not isinstance(outcome, str) for outcome in outcomes[3].values()
     )
     assert sent[1] <= sent[0] and sent[2] <= sent[1]
+
+
+def test_one_bad_request_shared_by_many_records_does_not_trip_the_circuit_breaker() -> None:
+    """Twenty records of one bad word: one request fails, and its twenty records with it. That
+    is one failure to judge the run by (the breaker trips at five in a row before a success)."""
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        return Reply("this request is wrong", status=400, delay=0.2)
+
+    stdin = jsonl(*({"_id": n, "word": "bad"} for n in range(1, 21)))
+    with FakeLLM(script) as server:
+        result = run_map(server, "--prompt", "{word}", "-j", "20", stdin=stdin)
+        assert len(server.requests) == 1
+    assert result.status == 3, result.stderr
+    assert len(result.records) == 20
+    assert {record["error_type"] for record in result.records} == {"bad_request"}

@@ -213,6 +213,7 @@ class Mapper:
         sharing: Sharing | None = None,
     ) -> None:
         self.client = client
+        self.repeated: set[int] = set()  # (see repeats)
         self.cache = cache
         self.sharing = sharing
         self.shape = shape
@@ -288,6 +289,15 @@ class Mapper:
             ready = Prepared(messages, key, replayed)
             prepared.append(functools.partial(self.process, record, ready))
         return prepared
+
+    def repeats(self, output: Record) -> bool:
+        """Whether ``output`` is the failure of a request shared with one already counted
+        (asked once for each output): one bad request repeated by many identical records is
+        one failure to the circuit breaker, not a streak."""
+        if id(output) in self.repeated:
+            self.repeated.discard(id(output))
+            return True
+        return False
 
     def continuing(
         self, conversations: dict[str, list[Message]]
@@ -383,9 +393,12 @@ class Mapper:
                 record, problem.error_type, problem.message, attempts, problem.answer
             ), False
         except (RecordFailed, Retryable) as error:
-            return self._failed(
+            failed = self._failed(
                 record, error.error_type, error.message, attempts + error.attempts
-            ), False
+            )
+            if getattr(error, "shared", False):
+                self.repeated.add(id(failed))
+            return failed, False
         finally:
             if hold is not None and self.cost_cap is not None:
                 self.cost_cap.settle(hold.reserved, hold.spent)

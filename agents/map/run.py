@@ -136,6 +136,7 @@ async def run_job(
             # A resumed job whose output holds successes has shown its configuration works:
             # the records it retries first, which failed before, may well fail again.
             breaker=CircuitBreaker(any_success=bool(resumer and resumer.done.succeeded)),
+            repeats=mapper.repeats,
             grace=max(0.0, o.grace),
             bad=bad,
             limit=o.limit,

@@ -42,7 +42,9 @@ class Sharing:
                 continue  # that request never ended: this one goes out instead (or waits again)
             except Exception as error:
                 self.shared += 1
-                raise _own_copy(error) from None
+                copy = _own_copy(error)
+                copy.shared = True  # type: ignore[attr-defined]  # (see Mapper.repeats)
+                raise copy from None
             self.shared += 1
             return outcome, True  # type: ignore[return-value]
         flight = asyncio.get_running_loop().create_future()

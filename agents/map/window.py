@@ -199,6 +199,7 @@ class Scheduler:
         keep_order: bool = False,
         errors_out: BinaryIO | None = None,
         breaker: CircuitBreaker | None = None,
+        repeats: Callable[[Record], bool] = lambda output: False,
         grace: float = 30.0,
         bad: BadRowHandler,
         limit: int | None = None,
@@ -216,6 +217,7 @@ class Scheduler:
         self.jobs = jobs
         self.keep_order = keep_order
         self.breaker = breaker or CircuitBreaker()
+        self.repeats = repeats
         self.grace = grace
         self.bad = bad
         self.limit = limit
@@ -364,7 +366,8 @@ class Scheduler:
         """A record's output: counted by the circuit breaker and the error cap, and written
         (in input order with keep-order); flushed by the caller."""
         try:
-            self.breaker.record(output, succeeded)
+            if succeeded or not self.repeats(output):
+                self.breaker.record(output, succeeded)
         except CircuitOpen as error:
             self._write(sequence, output, succeeded)
             self._stop_fatal(str(error), "circuit")
