@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agents.errors import UsageError
-from agents.map.cache import ResponseCache, file_system_type, request_key
+from agents.map.cache import ResponseCache, file_system_type, refuse_data_path, request_key
 from agents.map.http import Completion, Usage
 
 BASE: dict[str, Any] = {
@@ -373,8 +373,57 @@ def test_read_only_never_writes_the_file(env: Path) -> None:
         assert [r["_id"] for r in records if "error" not in r] == list(range(1, 9))
         assert len(server.requests) == 8  # 5 hits, 3 misses sent
     assert hashlib.sha256(cache.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in env.iterdir() if p.name.startswith("answers")) == [
+        "answers.sqlite"
+    ]  # no -wal or -shm made beside it (another user's would lock its owner out)
     info = ResponseCache(cache).info()
     assert info.hits == 0 and info.entries == 5  # nothing counted, nothing kept
+
+
+def test_a_read_only_reader_follows_a_writer_and_says_what_it_cannot_read(env: Path) -> None:
+    from fake_llm import FakeLLM
+    from test_map import words
+
+    path = env / "team.sqlite"
+    owner = ResponseCache(path)
+    owner.put(key(seed=1), ANSWER)
+    owner.close()
+    reader = ResponseCache(path, writable=False)
+    assert reader.get(key(seed=1)) == ANSWER and reader.get(key(seed=2)) is None
+    writer = ResponseCache(path)
+    writer.put(key(seed=2), ANSWER)
+    writer.close()  # (its WAL folded back into the file the reader has open)
+    assert reader.get(key(seed=2)) == ANSWER  # the changed file is opened again
+    reader.close()
+    running = ResponseCache(path)  # a writer with answers only in its WAL so far
+    running.put(key(seed=3), ANSWER)
+    running.flush()
+    try:
+        with FakeLLM() as server:
+            status, _, err = mapped(
+                server, "--cache", str(path), "--cache-mode", "read-only", stdin=words(1)
+            )
+        assert status == 0 and "team.sqlite-wal holds answers a writer has not folded" in err
+    finally:
+        running.close()
+
+
+@pytest.mark.parametrize("mode", ["read-only", "refresh"])
+def test_identical_requests_one_after_another_are_paid_once_in_every_mode(
+    env: Path, mode: str
+) -> None:
+    from fake_llm import FakeLLM
+    from test_map import jsonl
+
+    cache = env / "c.sqlite"
+    ResponseCache(cache).close()
+    same = jsonl(*({"_id": n, "word": "same"} for n in range(1, 11)))
+    with FakeLLM() as server:
+        status, records, err = mapped(
+            server, "--cache", str(cache), "--cache-mode", mode, "-j", "1", stdin=same
+        )
+        assert status == 0, err
+        assert len(server.requests) == 1 and len(records) == 10
 
 
 def test_read_only_reads_a_cache_in_a_folder_it_cannot_write() -> None:
@@ -497,6 +546,18 @@ def test_a_data_file_taken_for_the_cache_is_refused_untouched(env: Path) -> None
         assert "--cache=PATH" in refused.value.message
     assert data.read_text() == "_id,word\n1,a\n"
     assert not (env / "missing.jsonl").exists()
+    database = env / "words.db"
+    with sqlite3.connect(database) as db:
+        db.execute("PRAGMA application_id = 7")
+        db.execute("CREATE TABLE words (word TEXT)")
+    db.close()
+    for spelling in ("-", "sqlite://words.db?query=SELECT+1", "in.tab", str(database)):
+        with pytest.raises(UsageError) as refused:
+            refuse_data_path(spelling)  # (as --cache's value is checked, before a Path)
+        assert "names data" in refused.value.message, spelling
+    with pytest.raises(UsageError):
+        ResponseCache(database)  # (and as a path)
+    ResponseCache(env / "responses.db").close()  # (a cache may be called .db all the same)
     # and on the command line, before a missing OUTPUT is blamed
     from conftest import BIN
 

@@ -94,7 +94,14 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
             hint=f"give --older-than DURATION and/or --max-size SIZE; to forget everything, "
             f"remove {path}",
         )
-    cache = ResponseCache(path, create=False)
+    cache = ResponseCache(
+        path,
+        create=False,
+        writable=args["action"] != "info",  # (a cache the user cannot write can be looked at)
+        name=str(path),
+        hint="remove the file to start afresh (agents-map --cache makes a new one)",
+    )
+    cache.write_hint = "is the disk full? nothing was forgotten"
     try:
         return _act(args, cache, path, streams, reporter)
     except sqlite3.DatabaseError as error:

@@ -85,17 +85,39 @@ _WRITE_HINT = (
 _HINT = "give --cache another path, or remove the file to start afresh"
 
 #: Names a cache is never given: an input or output that an optional --cache PATH swallowed.
-DATA_SUFFIXES = frozenset({".csv", ".tsv", ".json", ".jsonl", ".ndjson", ".txt", ".yaml", ".yml"})
+DATA_SUFFIXES = frozenset(
+    {".csv", ".tsv", ".tab", ".json", ".jsonl", ".ndjson", ".txt", ".text", ".yaml", ".yml"}
+)
 
 
-def refuse_data_path(path: Path) -> None:
-    """A cache is never named as data: an optional --cache PATH that swallowed an input."""
-    if DATA_SUFFIXES & {suffix.lower() for suffix in path.suffixes}:
+def refuse_data_path(spelling: str | Path) -> None:
+    """A cache is never named as data: an optional --cache PATH that swallowed an input (a
+    data file's name, stdin's ``-``, a ``sqlite://`` URL, or a SQLite database that is not a
+    cache)."""
+    text = str(spelling)
+    path = Path(text)
+    if (
+        text == "-"
+        or text.startswith("sqlite://")
+        or DATA_SUFFIXES & {suffix.lower() for suffix in path.suffixes}
+        or _foreign_database(path)
+    ):
         # `agents process --cache in.csv out.csv`: the optional PATH took the input.
         raise UsageError(
-            f"--cache {path}: that names data, not a cache; give the cache's path as "
+            f"--cache {text}: that names data, not a cache; give the cache's path as "
             "--cache=PATH, or --cache last, after the input and output"
         )
+
+
+def _foreign_database(path: Path) -> bool:
+    """Whether ``path`` is a SQLite database of some other program (its header says so)."""
+    try:
+        with path.open("rb") as stream:
+            header = stream.read(100)
+    except OSError:
+        return False
+    ours = APPLICATION_ID.to_bytes(4, "big")
+    return header.startswith(b"SQLite format 3\x00") and header[68:72] not in (ours, bytes(4))
 
 
 def default_path() -> Path:
@@ -175,12 +197,21 @@ class ResponseCache:
         *,
         create: bool = True,
         writable: bool = True,
+        name: str | None = None,
+        hint: str | None = None,
     ) -> None:
         """Open (and, with ``create``, make) the cache at ``path``. Not ``writable``
         (--cache-mode read-only): the file is only read, never made or written, not even its
-        hits, so it may be one the user cannot write (a team's, in a read-only folder)."""
+        hits, so it may be one the user cannot write (a team's, in a read-only folder).
+        ``name``, ``hint``: how messages name it (``--cache PATH`` unless said), and what
+        they suggest for a file that is no cache."""
         self.path = path
         self.writable = writable
+        self.name = name or f"--cache {path}"
+        self.hint = hint or _HINT
+        self.write_hint = _WRITE_HINT
+        self.unread_wal = False  # read-only: a WAL beside the file, which is not read
+        self.signature: tuple[int, int, int] | None = None  # read-only: the file as opened
         self.hits = 0  # this process's
         self.stored = 0
         self.uncounted = 0  # hits not yet counted in the file
@@ -195,18 +226,20 @@ class ResponseCache:
                 f"{path}: no cache there",
                 hint="agents-map --cache makes one; AGENTS_CACHE or a PATH names another",
             )
+        if not create and path.is_file() and path.stat().st_size == 0:
+            raise UsageError(f"{self.name}: an empty file, not a cache; {self.hint}")
         folder = path.parent
         try:
             if writable:
                 folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as error:
             raise UsageError(
-                f"--cache {path}: cannot make its folder: {error.strerror}; {_HINT}"
+                f"{self.name}: cannot make its folder: {error.strerror}; {self.hint}"
             ) from None
         kind = file_system_type(folder, mounts)
         if _on_network(kind):
             raise UsageError(
-                f"--cache {path}: the folder is on a network file system ({kind}), where "
+                f"{self.name}: the folder is on a network file system ({kind}), where "
                 "SQLite cannot share a cache safely between processes; put it on a local disk "
                 "(for example --cache /tmp/$USER-agents.sqlite, or one in $TMPDIR on a cluster "
                 "node)"
@@ -217,18 +250,18 @@ class ResponseCache:
                 os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         except OSError as error:
             raise UsageError(
-                f"--cache {path}: cannot open it for writing: {error.strerror}",
+                f"{self.name}: cannot open it for writing: {error.strerror}",
                 hint="a cache is written to on every run (its hits are counted), so it needs a "
                 "writable file on a local disk: give --cache another path, or use this one "
                 "with --cache-mode read-only",
             ) from None
         if not path.is_file():
-            raise UsageError(f"--cache {path}: not a file; {_HINT}")
+            raise UsageError(f"{self.name}: not a file; {self.hint}")
         try:
             self.db = self._connect_read_only() if not writable else self._connect()
             self._prepare()
         except sqlite3.DatabaseError as error:
-            raise UsageError(f"--cache {path}: not a usable cache ({error}); {_HINT}") from None
+            raise UsageError(f"{self.name}: not a usable cache ({error}); {self.hint}") from None
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
@@ -236,18 +269,22 @@ class ResponseCache:
         return db
 
     def _connect_read_only(self) -> sqlite3.Connection:
-        """The file opened for reading only. A WAL file needs its shared-memory file, which
-        SQLite cannot make in a folder we cannot write: then the file is read as it stands
-        (``immutable``), as nobody who could change it has it open (or its -shm would be
-        there)."""
-        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, timeout=BUSY_SECONDS, isolation_level=None)
-        try:
-            db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        except sqlite3.OperationalError:
-            db.close()
-            db = sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None)
-        return db
+        """The file opened for reading only, as it stands (``immutable``): SQLite's read-only
+        WAL mode would make the -wal and -shm files beside it, owned by this user, and a
+        cache's owner could then no longer write it. So the WAL is not read (what a writer has
+        not folded back yet is a miss), and a file that changed since it was opened (a writer
+        folded its WAL back) is opened again before the next lookup."""
+        wal = self.path.with_name(self.path.name + "-wal")
+        self.unread_wal = wal.exists() and wal.stat().st_size > 0
+        self.signature = _signature(self.path)
+        uri = f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro&immutable=1"
+        return sqlite3.connect(uri, uri=True, isolation_level=None)
+
+    def _reopen_if_changed(self) -> None:
+        if not self.writable and _signature(self.path) != self.signature:
+            self.db.close()
+            self.db = self._connect_read_only()
+            self.db.execute(f"PRAGMA cache_size = -{PAGE_CACHE_KIB}")
 
     def _prepare(self) -> None:
         db = self.db
@@ -279,12 +316,12 @@ class ResponseCache:
                 self._roll_back()
                 raise
         if application != APPLICATION_ID:
-            raise UsageError(f"--cache {self.path}: this file is not an agents cache; {_HINT}")
+            raise UsageError(f"{self.name}: this file is not an agents cache; {self.hint}")
         version = db.execute("PRAGMA user_version").fetchone()[0]
         if version != SCHEMA_VERSION:
             raise UsageError(
-                f"--cache {self.path}: a cache of another version ({version}, this agents "
-                f"reads {SCHEMA_VERSION}); {_HINT}"
+                f"{self.name}: a cache of another version ({version}, this agents "
+                f"reads {SCHEMA_VERSION}); {self.hint}"
             )
         # and keep more of it in memory than SQLite's 2 MB: the lookups of a rerun read pages
         # all over the file (the memory is taken only as pages are read)
@@ -313,18 +350,14 @@ class ResponseCache:
         asked = [key for key in keys if key not in found] if found else keys
         stale_before = time.time() - USE_PRECISION
         stale = self.stale
+        self._reopen_if_changed()
         for start in range(0, len(asked), KEYS_PER_QUERY):
             part = asked[start : start + KEYS_PER_QUERY]
             try:
-                rows = self.db.execute(
-                    "SELECT key, content, finish_reason, refusal, prompt_tokens, "
-                    "completion_tokens, cached_tokens, reasoning_tokens, used FROM answers "
-                    f"WHERE key IN ({', '.join('?' * len(part))})",
-                    part,
-                ).fetchall()
+                rows = self._look_up(part)
             except sqlite3.DatabaseError as error:
                 raise AgentsError(
-                    f"--cache {self.path}: could not read ({error})",
+                    f"{self.name}: could not read ({error})",
                     hint="run again without --cache, or with a new --cache PATH; the results "
                     "written so far are kept",
                 ) from None
@@ -340,10 +373,33 @@ class ResponseCache:
             self._count_hits()
         return found
 
+    def _look_up(self, keys: list[bytes]) -> list[Any]:
+        query = (
+            "SELECT key, content, finish_reason, refusal, prompt_tokens, completion_tokens, "
+            "cached_tokens, reasoning_tokens, used FROM answers "
+            f"WHERE key IN ({', '.join('?' * len(keys))})"
+        )
+        try:
+            return self.db.execute(query, keys).fetchall()
+        except sqlite3.DatabaseError:
+            if self.writable:
+                raise
+            # read as it stood while a writer folded its WAL back into it: once more, anew
+            self.db.close()
+            self.db = self._connect_read_only()
+            return self.db.execute(query, keys).fetchall()
+
     def holds(self, key: bytes) -> bool:
         """Whether an answer is stored under ``key`` (not counted as a hit: --dry-run)."""
         row = self.db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone()
         return row is not None or key in self.unsaved
+
+    def remember(self, key: bytes, answer: Completion) -> None:
+        """Keep an answer for this run only (a file opened read-only is never written): found
+        again by a later identical request, the oldest forgotten past RECENT_KEYS."""
+        self.unsaved[key] = (answer, time.time())
+        if len(self.unsaved) > RECENT_KEYS:
+            del self.unsaved[next(iter(self.unsaved))]
 
     def put(self, key: bytes, answer: Completion) -> None:
         """Store a successful, complete answer, its usage the one it was paid for (the first one
@@ -423,7 +479,7 @@ class ResponseCache:
         except sqlite3.DatabaseError as error:
             self._roll_back()
             raise AgentsError(
-                f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
+                f"{self.name}: could not write ({error})", hint=self.write_hint
             ) from None
         except BaseException:
             self._roll_back()
@@ -443,7 +499,7 @@ class ResponseCache:
             self.db.execute(statement, values)
         except sqlite3.DatabaseError as error:
             raise AgentsError(
-                f"--cache {self.path}: could not write ({error})", hint=_WRITE_HINT
+                f"{self.name}: could not write ({error})", hint=self.write_hint
             ) from None
 
     def info(self) -> CacheInfo:
@@ -531,6 +587,11 @@ class CacheInfo:
     file_bytes: int  # the file with its WAL
 
 
+def _signature(path: Path) -> tuple[int, int, int]:
+    info = path.stat()
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
 def _file_bytes(path: Path) -> int:
     total = 0
     for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
@@ -574,8 +635,10 @@ class CacheUse:
 
     def answers(self, keys: list[bytes]) -> dict[bytes, Completion]:
         """The stored answers to replay among ``keys`` (none when this run refreshes)."""
-        if self.mode == "refresh":
-            return {}
+        if self.mode == "refresh":  # only what this run has asked (and kept) already
+            keys = [key for key in keys if key in self.recent]
+            if not keys:
+                return {}
         replayed = self.store.get_many(keys)
         saved = self.saved
         for key in keys:  # a key asked twice is replayed twice
@@ -591,16 +654,16 @@ class CacheUse:
     def keep(self, key: bytes, completion: Completion, paid: Usage | None = None) -> None:
         """Store an answer that was accepted (complete, and valid for this output), with what
         the record paid for it (``paid``: its re-asks too; else the answer's own usage)."""
-        if self.mode == "read-only":
-            return
         self.recent[key] = None
         if len(self.recent) > RECENT_KEYS:
             del self.recent[next(iter(self.recent))]  # the oldest
         usage = paid if paid is not None else completion.usage
         kept = Usage(usage.prompt, usage.completion, usage.cached, usage.reasoning)  # a copy
-        self.store.put(
-            key, Completion(completion.content, completion.finish_reason, completion.refusal, kept)
-        )
+        answer = Completion(completion.content, completion.finish_reason, completion.refusal, kept)
+        if self.mode == "read-only":  # nothing written: kept for this run's later requests
+            self.store.remember(key, answer)
+        else:
+            self.store.put(key, answer)
 
 
 __all__ = [

@@ -291,8 +291,15 @@ def _cache(job: Job, warn: Callable[[str], None], *, create: bool = True) -> Cac
             if create:
                 warn(f"--cache-mode read-only: no cache at {path} yet; every request is sent")
             return None
+    store = ResponseCache(path, create=create, writable=not read_only)
+    if store.unread_wal:
+        warn(
+            f"--cache-mode read-only: {path}-wal holds answers a writer has not folded back "
+            "into the file (it is running, or was killed); they are not read, and asked again "
+            "(a run of agents-map --cache on the file by its owner folds them back)"
+        )
     return CacheUse(
-        ResponseCache(path, create=create, writable=not read_only),
+        store,
         o.cache_mode,
         model_identity(job.shape.model),
         job.interpreter.output_format,
