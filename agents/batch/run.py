@@ -528,9 +528,12 @@ def _ended(batch: BatchJob, part: Part, document: dict[str, Any]) -> None:
         output,
         errors,
     )
-    # The results are on this disk now (synced, and noted): the server's copies have no more
-    # use, and the provider keeps every file until it is deleted.
-    for file_id in (output, errors, None if batch.o.batch_keep_files else part.file):
+    # The input file has no more use (the provider keeps every file until it is deleted).
+    # The results are on this disk now (synced, and noted); under --resume the server's copy
+    # is kept until the output holds them (see forget), else it goes now: nothing can tell
+    # when a pipe's reader has kept them, and the copy here serves a rerun a week.
+    kept_there = (output, errors) if not batch.o.resume else ()
+    for file_id in (*kept_there, None if batch.o.batch_keep_files else part.file):
         if file_id:
             batch.api.delete(str(file_id))
     state.drop_files(part.number, "requests")
@@ -770,8 +773,11 @@ def retry_online(batch: BatchJob, entries: list[dict[str, Any]]) -> None:
 
 
 def forget(batch: BatchJob, part: Part) -> None:
-    """A part whose results the output holds for good: its files here deleted (the server's
-    were when it ended)."""
+    """A part whose results the output holds for good (--resume): its output and error files
+    deleted on the server, then here."""
+    for file_id in (part.output, part.errors):
+        if file_id:
+            batch.api.delete(file_id)
     batch.state.note({"part": part.number, "forgotten": True})
     part.forgotten = True
     batch.state.drop_files(part.number, "records", "requests", "output", "errors")

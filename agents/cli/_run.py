@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, NoReturn
 
+import orjson
+
 from agents import __version__
 from agents.contract.codec import BIG_INTEGERS
 from agents.errors import AgentsError, ExitStatus, Terminated, UsageError
@@ -198,3 +200,14 @@ def exit_status_epilog() -> str:
 
 
 EXIT_STATUS_EPILOG = exit_status_epilog()
+
+
+def save_stats(path: str, document: dict[str, Any], reporter: Reporter) -> bool:
+    """--stats PATH written; False (said on stderr) when it cannot be."""
+    try:
+        with open(path, "wb") as stream:
+            stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    except OSError as error:
+        reporter.error(f"--stats {path}: cannot write: {error.strerror}")
+        return False
+    return True

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from agents.batch.run import BatchOutcome, collect_command, run_batch
-from agents.cli._run import Reporter, Streams
+from agents.cli._run import Reporter, Streams, save_stats
 from agents.errors import ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
 from agents.map.job import DEFAULTS, Job
@@ -109,8 +109,6 @@ def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: f
             "requests": outcome.online_requests,
             "cost_usd": round(price.cost(outcome.online_usage), 6) if price else None,
         }
-    from agents.cli.map import save_stats
-
     return save_stats(o.stats, document, reporter)
 
 

@@ -12,11 +12,9 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-import orjson
-
-from agents.cli._run import Reporter, Streams, exit_with, run
+from agents.cli._run import Reporter, Streams, exit_with, run, save_stats
 from agents.cli.map_options import PROG, build_parser
 from agents.errors import DataError, ExitStatus, TargetError, UsageError
 from agents.formats._io import check_writable
@@ -215,17 +213,6 @@ def write_stats(
         # requests not sent because an identical one was in flight (null: --no-dedup)
         document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
         return save_stats(o.stats, document, reporter)
-    return True
-
-
-def save_stats(path: str, document: dict[str, Any], reporter: Reporter) -> bool:
-    """--stats PATH written; False (said on stderr) when it cannot be."""
-    try:
-        with open(path, "wb") as stream:
-            stream.write(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
-    except OSError as error:
-        reporter.error(f"--stats {path}: cannot write: {error.strerror}")
-        return False
     return True
 
 
