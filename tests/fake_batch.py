@@ -67,6 +67,7 @@ class Batch:
         default_factory=lambda: {"total": 0, "completed": 0, "failed": 0}
     )
     created_at: int = field(default_factory=lambda: int(time.time()))
+    answered: set[str] = field(default_factory=set)  # custom_ids its output answered (200)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -305,6 +306,8 @@ class FakeBatchAPI:
                 "error": None,
             }
             (outputs if status_code == 200 else errors).append(entry)
+            if status_code == 200:
+                batch.answered.add(custom_id)
         if self.shuffle:  # order is not guaranteed: the client joins on custom_id
             self.random.shuffle(outputs)
             self.random.shuffle(errors)

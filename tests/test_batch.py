@@ -486,3 +486,63 @@ def test_a_reask_sent_online_carries_the_answer_and_what_was_wrong(state: Path) 
     (online,) = api.online
     assert [m["role"] for m in online["messages"]] == ["user", "assistant", "user"]
     assert online["messages"][1]["content"] == "not json at all"
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_random_fates_and_crashes_then_reruns_pay_for_each_answer_once(
+    state: Path, tmp_path: Path, seed: int
+) -> None:
+    """Seeded: batches that complete, expire or fail as a whole, lines that get a 500 once, and
+    a SIGKILL at a random step of some runs, through agents-write --append, rerun until it
+    exits 0. Then every ID is in the output once, with its answer, and no request was submitted
+    again after it had been answered (each ID got one 200, in its last submission)."""
+    import random
+    import threading
+
+    chance = random.Random(seed)
+    count = chance.randint(15, 40)
+    fates = {n: chance.choice(["completed", "completed", "expired", "failed"]) for n in range(1, 7)}
+    flaky = {str(n) for n in range(1, count + 1) if chance.random() < 0.2}
+    lock = threading.Lock()
+    answered: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
+
+    def answer(body: dict[str, Any], custom_id: str) -> tuple[int, dict[str, Any]]:
+        with lock:
+            seen[custom_id] += 1
+            if custom_id in flaky and seen[custom_id] == 1:
+                return 500, {"error": {"message": "try again"}}
+            answered[custom_id] += 1
+        return echo(body, custom_id)
+
+    out, source = tmp_path / "out.jsonl", tmp_path / "in.jsonl"
+    source.write_bytes(words(count))
+    points = ["after-upload", "after-create", "while-polling", "after-emit", None, None]
+    with FakeBatchAPI(
+        answer, fate=lambda n: fates.get(n, "completed"), expired_share=chance.random()
+    ) as api:
+        for run in range(15):
+            crash = chance.choice(points) if run < 6 else None
+            env = dict(os.environ, **({"AGENTS_BATCH_CRASH": crash} if crash else {}))
+            done = subprocess.run(
+                f"set -o pipefail; {BIN}/agents-map --batch --base-url {api.url} -m gpt-4o-mini "
+                f"--prompt '{PROMPT}' --batch-poll 0.01 --max-retries 20 -q --resume {out} "
+                f"< {source} | {BIN}/agents-write --append {out}",
+                shell=True, executable="/bin/bash", capture_output=True, env=env, timeout=120,
+            )  # fmt: skip
+            if done.returncode == 0 and not crash:
+                break
+        else:
+            raise AssertionError(done.stderr.decode())
+        kept = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+        assert sorted(r["_id"] for r in kept) == list(range(1, count + 1))
+        assert all(r["result"] == f"answer: Say w{r['_id']}" for r in kept)
+        assert set(answered) == {str(n) for n in range(1, count + 1)}
+        assert max(answered.values()) == 1, answered  # never paid twice for an answer
+        for custom_id in answered:  # submitted again only after a batch ended not answering it
+            batches = [b for b in api.batches.values() if any(
+                line["custom_id"] == custom_id for line in b.lines)]  # fmt: skip
+            assert custom_id in batches[-1].answered
+            for earlier in batches[:-1]:
+                assert earlier.status in ("completed", "expired", "failed"), (custom_id, earlier)
+                assert custom_id not in earlier.answered
