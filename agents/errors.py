@@ -130,6 +130,10 @@ class CallError(Exception):
         #: one): once that window is cut, the failure was the window's, not the record's (its
         #: attempt is given back, see agents.map.record).
         self.window_epoch: int | None = None
+        #: The window itself (several endpoints: each has its own).
+        self.window: object | None = None
+        #: No connection was made: the request reached no server, so nothing was paid.
+        self.not_sent = False
 
 
 class Retryable(CallError):

@@ -50,6 +50,7 @@ class FakeLLM:
         script: Script = echo,
         on_answer: Callable[[dict[str, Any], float], None] | None = None,
         models: list[str] | None = None,
+        port: int = 0,
     ) -> None:
         self.script = script
         self.models = models  # listed at GET /v1/models; None: no such route (404)
@@ -65,7 +66,7 @@ class FakeLLM:
         self.loop = asyncio.new_event_loop()
         self.started = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.port = 0
+        self.port = port  # 0: a free one
 
     @property
     def url(self) -> str:
@@ -89,7 +90,7 @@ class FakeLLM:
         app.router.add_get("/v1/models", self._models)
         runner = web.AppRunner(app, handle_signals=False, access_log=None)
         self.loop.run_until_complete(runner.setup())
-        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+        site = web.TCPSite(runner, "127.0.0.1", self.port, backlog=1024, reuse_address=True)
         self.loop.run_until_complete(site.start())
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.started.set()

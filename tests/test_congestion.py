@@ -23,7 +23,7 @@ from agents.cli._run import Streams
 from agents.errors import Retryable
 from agents.map.answer import Interpreter, Merger
 from agents.map.congestion import Concurrency, Signal, Window
-from agents.map.http import Completion, Usage
+from agents.map.http import Completion, Endpoint, Usage
 from agents.map.prompt import Template
 from agents.map.record import Mapper, RequestShape
 
@@ -302,6 +302,8 @@ def test_a_queueing_server_far_narrower_than_the_window_costs_no_record(
 class CuttingClient:
     """Times out ``failures`` times, then answers; with ``cut``, each failure is the one that
     cuts the window (as at the start of a job far too wide for its server)."""
+
+    endpoint = Endpoint("http://127.0.0.1:9/v1")
 
     def __init__(self, concurrency: Concurrency, failures: int, cut: bool) -> None:
         self.concurrency, self.failures, self.cut, self.calls = concurrency, failures, cut, 0

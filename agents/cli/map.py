@@ -104,7 +104,8 @@ def side_outputs(job: Job, prog: str) -> Iterator[BinaryIO | None]:
                 check_writable(path)
             except TargetError as error:
                 raise UsageError(f"{flag} {error.message}") from None
-    handler = logs.configure(o.log_level, o.log_file, job.endpoint.api_key, prog)
+    keys = [job.endpoint.api_key, *(server.api_key for _, server in job.endpoints)]
+    handler = logs.configure(o.log_level, o.log_file, keys, prog)
     try:
         errors_out: BinaryIO | None = None
         if o.errors:
@@ -189,7 +190,7 @@ def write_stats(
     job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float
 ) -> bool:
     """--stats FILE, when asked for; False when it could not be written."""
-    from agents.map.usage import cache_stats, stats_document
+    from agents.map.usage import cache_stats, endpoint_stats, stats_document
 
     o = job.options
     counters = mapper.counters
@@ -212,18 +213,23 @@ def write_stats(
             document["cache"] = cache_stats(mapper.cache, job.price)
         # requests not sent because an identical one was in flight (null: --no-dedup)
         document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
+        if mapper.router.several:
+            document["endpoints"] = endpoint_stats(mapper.router.lanes, job.price)
         return save_stats(o.stats, document, reporter)
     return True
 
 
 def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:
     """The summary, what stopped the run, and the exit status."""
-    from agents.map.usage import cache_line, shared_line, summary_lines
+    from agents.map.usage import cache_line, endpoint_lines, shared_line, summary_lines
 
     o = job.options
     counters = mapper.counters
     if not o.quiet and counters.usage.prompt + counters.usage.completion:
         for line in summary_lines(counters.usage, job.price, job.shape.model):
+            reporter.say(line)
+    if not o.quiet and mapper.router.several:
+        for line in endpoint_lines(mapper.router.lanes, job.price):
             reporter.say(line)
     if not o.quiet and mapper.cache is not None:
         reporter.say(cache_line(mapper.cache, job.price))

@@ -66,6 +66,16 @@ def add_map_options(parser: Parser) -> None:
         help=f"the API's base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})",
     )
     model.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="'URL [weight=N] [jobs=N] [rpm=N] [tpm=N] [key-env=NAME] [model=NAME]'",
+        help="one of several servers for the job, instead of --base-url (repeatable): "
+        "requests split by weight (default 1) among those with room; jobs= caps its requests "
+        "in flight, rpm=/tpm= are its own limits, key-env= the variable with its key "
+        "(default: the job's), model= its name for the model; a failing one is cooled down "
+        "and its requests go to the others (default: none)",
+    )
+    model.add_argument(
         "--api-key-env",
         metavar="NAME",
         help="the environment variable that holds the API key "

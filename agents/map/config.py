@@ -23,7 +23,7 @@ class Key:
     """Where a config key lands (an argparse destination) and what it must be."""
 
     dest: str
-    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap"
+    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap", "endpoints"
     path: bool = False  # a file path, resolved against the config file's folder
     choices: tuple[str, ...] = ()
 
@@ -33,6 +33,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "provider": Key("provider", "str", choices=("openai", "openai-compatible")),
         "model": Key("model", "str"),
         "base_url": Key("base_url", "str"),
+        "endpoints": Key("endpoint", "endpoints"),
         "api_key": Key("api_key", "str"),
         "api_key_env": Key("api_key_env", "str"),
         "headers": Key("header", "mapping"),
@@ -235,6 +236,12 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise _wrong(place, "a count (50) or a percentage ('5%')", value)
         return str(value)
+    if kind == "endpoints":
+        from agents.map.endpoints import endpoint_text
+
+        if not isinstance(value, list) or not value:
+            raise _wrong(place, "a list of endpoints", value)
+        return [endpoint_text(entry, f"{place}[{k}]") for k, entry in enumerate(value)]
     if kind == "mapping":
         if not isinstance(value, dict):
             raise _wrong(place, "a mapping", value)

@@ -310,10 +310,12 @@ class Client:
             ) from None
         except aiohttp.ClientConnectorError as error:
             kind = Retryable if self.succeeded else Fatal
-            raise kind(
+            unreachable = kind(
                 "connection_error",
                 f"cannot reach {self.endpoint.base_url}: {redact(str(error.os_error))}",
-            ) from None
+            )
+            unreachable.not_sent = True
+            raise unreachable from None
         except (aiohttp.ClientError, OSError) as error:
             message = redact(str(error)) or type(error).__name__
             raise Retryable("connection_error", f"connection failed: {message}") from None

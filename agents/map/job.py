@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -19,6 +19,7 @@ from agents.contract.ids import ID_KEY
 from agents.errors import UsageError
 from agents.map import config
 from agents.map.answer import Interpreter, Merger
+from agents.map.endpoints import EndpointSpec, display_name, lane_endpoint, parse_endpoint
 from agents.map.http import DEFAULT_BASE_URL, Endpoint, served_models
 from agents.map.prompt import Template
 from agents.map.record import RequestShape, response_formats
@@ -71,7 +72,8 @@ def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
     options.update(from_file)
     if flags.get("cache") is None and os.environ.get("AGENTS_CACHE"):
         options["cache"] = os.environ["AGENTS_CACHE"]
-    if "base_url" not in flags or flags["base_url"] is None:
+    endpoints = flags.get("endpoint") or options.get("endpoint")
+    if flags.get("base_url") is None and not endpoints:
         environment_url = os.environ.get("OPENAI_BASE_URL")
         if environment_url:
             options["base_url"] = environment_url
@@ -98,6 +100,8 @@ class Job:
     response_formats: list[dict[str, Any] | None]
     price: Price | None
     options: SimpleNamespace
+    #: --endpoint: each server's settings and how to reach it (empty: the one endpoint)
+    endpoints: list[tuple[EndpointSpec, Endpoint]] = field(default_factory=list)
 
     @classmethod
     def create(cls, job_file: str | None = None, **options: Any) -> Job:
@@ -292,7 +296,11 @@ def build(o: SimpleNamespace) -> Job:
     at_least(o.max_reasks, "--max-reasks", 0)
     at_least(o.limit, "--limit", 0)
     at_least(o.total, "--total", 0)
-    server = endpoint(o, need=not o.dry_run)
+    specs = several_endpoints(o)
+    server = endpoint(o, need=not o.dry_run and not specs)
+    lanes = [(spec, lane_endpoint(spec, server)) for spec in specs]
+    if lanes:
+        server = lanes[0][1]  # (asked which model it serves when none is named)
     # Before the price and the fingerprint, which depend on it.
     o.model = resolve_model(o.model, server)
     price = price_for(o.model, o.price)
@@ -334,4 +342,31 @@ def build(o: SimpleNamespace) -> Job:
         response_formats=response_formats(o.output_format, schema),
         price=price,
         options=o,
+        endpoints=lanes,
     )
+
+
+def several_endpoints(o: SimpleNamespace) -> list[EndpointSpec]:
+    """--endpoint's servers (none: the one of --base-url)."""
+    texts = getattr(o, "endpoint", None) or []
+    if not texts:
+        return []
+    if o.base_url:
+        raise UsageError(
+            "--endpoint and --base-url (or llm.base_url) name the servers twice",
+            "give each server as an --endpoint, and no --base-url",
+        )
+    if getattr(o, "batch", False):
+        raise UsageError(
+            "--batch sends the job to one provider's Batch API, not to several endpoints",
+            "give that provider with --base-url",
+        )
+    specs = [parse_endpoint(text) for text in texts]
+    urls = [spec.url for spec in specs]
+    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    if repeated:
+        raise UsageError(
+            f"--endpoint {display_name(repeated[0])} is given more than once",
+            "one --endpoint per server; its jobs= and weight= say how much it takes",
+        )
+    return specs

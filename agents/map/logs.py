@@ -8,22 +8,30 @@ LOGGER = logging.getLogger("agents")
 
 
 class Redact(logging.Filter):
-    """Blots the key out of every message and argument before anything is written."""
+    """Blots the keys (one per endpoint) out of every message and argument before anything
+    is written."""
 
-    def __init__(self, secret: str | None) -> None:
+    def __init__(self, secret: str | list[str | None] | None) -> None:
         super().__init__()
-        self.secret = secret if secret and len(secret) >= 4 else None
+        secrets = secret if isinstance(secret, list) else [secret]
+        self.secrets = sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secret is not None:
+        if self.secrets:
             message = record.getMessage()
-            if self.secret in message:
-                record.msg = message.replace(self.secret, "[redacted]")
+            found = False
+            for secret in self.secrets:
+                if secret in message:
+                    message, found = message.replace(secret, "[redacted]"), True
+            if found:
+                record.msg = message
                 record.args = None
         return True
 
 
-def configure(level: str, path: str | None, secret: str | None, prog: str) -> logging.Handler:
+def configure(
+    level: str, path: str | None, secret: str | list[str | None] | None, prog: str
+) -> logging.Handler:
     handler: logging.Handler = (
         logging.FileHandler(path, encoding="utf-8") if path else logging.StreamHandler()
     )

@@ -36,6 +36,7 @@ from agents.map.answer import Interpreter, Merger, reask_message
 from agents.map.cache import CacheUse, RequestKeys
 from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
+from agents.map.endpoints import Lane, Router
 from agents.map.http import Client, Completion, Usage
 from agents.map.limits import Budgets
 from agents.map.logs import LOGGER
@@ -142,19 +143,17 @@ class GivenBack:
     records, or trip the circuit breaker. Judged at each decision, not at the failure: the
     failures of a round trip come before the cut they cause."""
 
-    window: Window | None = None
-    epochs: list[int] = field(default_factory=list)  # of the failed attempts' windows
+    window: Window | None = None  # the window failures belong to, unless they name their own
+    epochs: list[tuple[Window, int]] = field(default_factory=list)  # of the failed attempts
 
     def take(self, error: CallError) -> None:
-        if error.window_epoch is not None:
-            self.epochs.append(error.window_epoch)
+        window = error.window if isinstance(error.window, Window) else self.window
+        if error.window_epoch is not None and window is not None:
+            self.epochs.append((window, error.window_epoch))
 
     @property
     def count(self) -> int:
-        if self.window is None:
-            return 0
-        now = self.window.epoch
-        return min(MOST_GIVEN_BACK, sum(epoch != now for epoch in self.epochs))
+        return min(MOST_GIVEN_BACK, sum(epoch != window.epoch for window, epoch in self.epochs))
 
     def counted(self, state: RetryCallState) -> int:
         """The attempts made so far that count."""
@@ -211,7 +210,12 @@ class Mapper:
         stopping: asyncio.Event | None = None,
         cache: CacheUse | None = None,
         sharing: Sharing | None = None,
+        router: Router | None = None,
     ) -> None:
+        # Where requests go: the router's lanes (--endpoint), else the one client given.
+        self.router = router or Router(
+            [Lane(client.endpoint, client, concurrency, budgets)], warn=lambda *args: None
+        )
         self.client = client
         self.repeated: set[int] = set()  # (see repeats)
         self.cache = cache
@@ -485,7 +489,7 @@ class Mapper:
             return await self._request(messages, hold), 1
         except Retryable as error:
             first_failure = error
-        given_back = GivenBack(self.concurrency.window if self.concurrency else None)
+        given_back = GivenBack()
         # A fresh one for every call: an AsyncRetrying holds the state of the call it runs.
         retrying = AsyncRetrying(
             stop=lambda state: given_back.counted(state) >= self.max_retries + 1,
@@ -535,28 +539,34 @@ class Mapper:
             )
 
     async def _request(self, messages: list[Message], hold: CostHold | None = None) -> Completion:
-        self.client.open()  # (before the slot and the budget: see Client.open)
+        for each in self.router.lanes:
+            each.client.open()  # (before the slot and the budget: see Client.open)
         while True:
             form = self.response_formats[0]
-            body: dict[str, Any] = {
-                "model": self.shape.model,
-                "messages": messages,
-                **self.shape.params,
-            }
-            if form is not None:
-                body["response_format"] = form
             prompt = estimate_tokens(messages)
             # Asked when the budget is taken, by when earlier answers may have told more.
             cost = functools.partial(self._budgeted, messages, prompt)
             debug = LOGGER.isEnabledFor(logging.DEBUG)
+            lane: Lane | None = None
             try:
-                async with self._sending(cost) as reserved:
+                async with self._sending(cost) as (taken, reserved):
+                    lane = taken
+                    body: dict[str, Any] = {
+                        "model": taken.model or self.shape.model,
+                        "messages": messages,
+                        **self.shape.params,
+                    }
+                    if form is not None:
+                        body["response_format"] = form
                     self.counters.requests += 1
+                    taken.figures.requests += 1
                     if debug:
-                        LOGGER.debug("request %s", orjson.dumps(body).decode())
+                        LOGGER.debug("request to %s %s", taken.name, orjson.dumps(body).decode())
                     started = time.monotonic()
-                    completion = await self.client.complete(body)
+                    completion = await taken.client.complete(body)
             except RecordFailed as error:
+                if lane is not None:
+                    lane.figures.failed(error.error_type)
                 if form is not None and _rejects_response_format(error):
                     self._drop_response_format(form)
                     continue
@@ -564,8 +574,13 @@ class Mapper:
                 raise
             except CallError as error:
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
+                if lane is not None and self.router.failed(lane, error):
+                    continue  # that endpoint is out of use, and this request cost nothing
                 raise
-            self._settle(prompt, reserved, completion)
+            assert lane is not None
+            self.router.answered(lane)
+            lane.figures.answered(time.monotonic() - started, completion.usage)
+            self._settle(lane, prompt, reserved, completion)
             if hold is not None and self.price is not None:
                 hold.spent += self.price.cost(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
@@ -589,16 +604,15 @@ class Mapper:
         expected to count it, and the answer's allowance (max_tokens, else a default)."""
         return self.server_count.budgeted(messages, prompt) + self.output_allowance
 
-    async def _pause(self) -> None:
+    async def _pause(self, lane: Lane) -> None:
         """Wait for a server's reset (a ``remaining: 0`` answer said when it comes)."""
-        pause = self.paused_until - time.monotonic()
+        pause = lane.paused_until - time.monotonic()
         if pause > 0:
             await self._unless_stopped(asyncio.sleep(pause))
 
-    async def _admit(self, cost: Callable[[], int]) -> int | None:
+    async def _admit(self, cost: Callable[[], int], budgets: Budgets | None) -> int | None:
         """Wait for the rate budgets (one request at a time: see :mod:`agents.map.limits`);
         the tokens reserved (None: no budgets to wait for)."""
-        budgets = self.budgets
         if budgets is None or not budgets.active:
             return None
         await self._unless_stopped(budgets.turn.acquire())
@@ -653,64 +667,64 @@ class Mapper:
             return prompt_token_bound(messages)
         return math.ceil(estimate_tokens(messages) * most)
 
-    def _settle(self, prompt: int, reserved: int | None, completion: Completion) -> None:
-        """After an answer: learn how the server counts, and correct the budgets with what
-        it says it used (``prompt``: the prompt's rule-of-thumb estimate; ``reserved``: the
-        tokens the budgets took, if any)."""
+    def _settle(
+        self, lane: Lane, prompt: int, reserved: int | None, completion: Completion
+    ) -> None:
+        """After an answer: learn how the server counts, and correct the lane's budgets with
+        what it says it used (``prompt``: the prompt's rule-of-thumb estimate; ``reserved``:
+        the tokens the budgets took, if any). Limits in its headers are the lane's own."""
         usage = completion.usage
         self.server_count.observe(prompt, usage.prompt)
         actual = usage.prompt + usage.completion
-        if self.budgets is not None and reserved is not None and actual:
-            self.budgets.correct_tokens(reserved, actual)
-        if self.learn_limits and completion.limits and self.budgets is not None:
+        budgets = lane.budgets
+        if budgets is not None and reserved is not None and actual:
+            budgets.correct_tokens(reserved, actual)
+        if self.learn_limits and completion.limits and budgets is not None:
             for name, per_minute in completion.limits.items():
                 left, reset = completion.windows.get(name, (None, None))
-                self.budgets.set_rate(name, per_minute, left, reset)
-        if completion.windows and self.budgets is not None:
+                budgets.set_rate(name, per_minute, left, reset)
+        if completion.windows and budgets is not None:
             for name, (left, reset) in completion.windows.items():
-                self.budgets.sync(name, left, reset)
+                budgets.sync(name, left, reset)
         if completion.pause:
-            self.paused_until = max(self.paused_until, time.monotonic() + completion.pause)
+            lane.paused_until = max(lane.paused_until, time.monotonic() + completion.pause)
 
     @contextlib.asynccontextmanager
-    async def _sending(self, cost: Callable[[], int]) -> AsyncIterator[int | None]:
-        """A concurrency slot, then the rate budget (``cost``: the tokens to reserve), then the
-        last look at whether the run still sends; gives the tokens reserved.
+    async def _sending(self, cost: Callable[[], int]) -> AsyncIterator[tuple[Lane, int | None]]:
+        """A lane and a concurrency slot in it, then its rate budget (``cost``: the tokens to
+        reserve) and the job's (several endpoints: ``--rpm`` and ``--tpm`` are the job's
+        total), then the last look at whether the run still sends; gives the lane and the
+        tokens its budget reserved.
 
         The slot comes first: a request that took its budget and then waited for a slot would
         go out late, together with every other one that did, when answers free their slots at
         once; that burst is what a one-second window refuses. Taken in this order, the budget's
         spacing is the spacing on the wire.
         """
-        if self.paused_until:  # (checked here: a coroutine call per request costs CPU)
-            await self._pause()
-        if self.concurrency is None:
-            reserved = await self._admit(cost)
-            self._still_sending()
-            yield reserved
-            return
-        slot = self.concurrency.try_acquire()
-        if slot is None:
-            slot = await self._unless_stopped(self.concurrency.acquire())
+        router = self.router
+        taken = router.try_take()  # (most requests find a slot: no await, no task)
+        lane, slot = taken if taken is not None else await self._unless_stopped(router.take())
         signal: Signal | None = None  # not sent
         try:
-            reserved = await self._admit(cost)
-            if reserved is not None:
-                slot = self.concurrency.sent(slot)
+            if lane.paused_until:  # (checked here: a coroutine call per request costs CPU)
+                await self._pause(lane)
+            reserved = await self._admit(cost, lane.budgets)
+            if self.budgets is not None and self.budgets is not lane.budgets:
+                await self._admit(cost, self.budgets)
+            if reserved is not None and slot is not None and lane.concurrency is not None:
+                slot = lane.concurrency.sent(slot)
             self._still_sending()
-            yield reserved
+            yield lane, reserved
             signal = Signal.OK
         except CallError as error:
-            signal = signal_of(error, self.budgets is not None and self.budgets.active)
-            self.concurrency.release(slot, signal)
-            if signal is not Signal.OK:
+            budgeted = lane.budgets is not None and lane.budgets.active
+            signal = signal_of(error, budgeted)
+            if signal is not Signal.OK and slot is not None and lane.concurrency is not None:
                 error.window_epoch = slot.epoch
+                error.window = lane.concurrency.window
             raise
-        except BaseException:
-            self.concurrency.release(slot, signal)
-            raise
-        else:
-            self.concurrency.release(slot, signal)
+        finally:
+            router.release(lane, slot, signal)
 
     async def _backoff(self, seconds: float) -> None:
         await self._unless_stopped(self.sleep(seconds))

@@ -7,12 +7,13 @@ import os
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, BinaryIO, cast
+from typing import IO, TYPE_CHECKING, BinaryIO, cast
 
 from agents.contract.ids import ID_KEY
 from agents.errors import AgentsError, DataError
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.map.cache import CacheUse
+from agents.map.endpoints import Lane, Router
 from agents.map.http import Client
 from agents.map.job import Job
 from agents.map.progress import Progress, ResultsAbove, Tally
@@ -20,6 +21,9 @@ from agents.map.prompt import Message
 from agents.map.record import Mapper, Sleep
 from agents.map.sharing import Sharing
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
+
+if TYPE_CHECKING:
+    from agents.map.limits import Budgets
 
 
 def input_total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
@@ -101,25 +105,31 @@ async def run_job(
                 f"{len(held.failed):,} failed records"
             )
     jobs = jobs_within_open_files(o.jobs, telling.warn)
-    client = Client(job.endpoint, jobs)
+    from agents.map.limits import Budgets, LimitMemory, group_file
+
+    # With several endpoints, --rpm and --tpm are the job's total, and each endpoint learns
+    # its own limits; with one, its limits are the job's.
+    budgets = Budgets(
+        o.rpm,
+        o.tpm,
+        group_file(o.rate_group) if o.rate_group else None,
+        None
+        if job.endpoints
+        else LimitMemory(job.endpoint.base_url, job.endpoint.api_key, job.shape.model),
+    )
+    router = _router(job, jobs, budgets, telling.warn)
+    client = router.first.client
     try:
         from agents.map.caps import CostCap, ErrorCap
-        from agents.map.congestion import Concurrency
-        from agents.map.limits import Budgets, LimitMemory, group_file
 
         stopping = asyncio.Event()  # the scheduler sets it; the mapper sends nothing after it
-        budgets = Budgets(
-            o.rpm,
-            o.tpm,
-            group_file(o.rate_group) if o.rate_group else None,
-            LimitMemory(job.endpoint.base_url, job.endpoint.api_key, job.shape.model),
-        )
         mapper = Mapper(
             client,
             sleep=sleep,
             warn=telling.warn,
             budgets=budgets,
-            concurrency=Concurrency(jobs),
+            concurrency=router.first.concurrency,
+            router=router,
             price=job.price,
             cost_cap=CostCap(o.max_cost) if o.max_cost is not None else None,
             stopping=stopping,
@@ -193,12 +203,41 @@ async def run_job(
     finally:
         if resumer is not None:
             resumer.close()
-        await client.close()
+        await router.close()
         if cache is not None:
             try:
                 cache.store.close()
             except AgentsError as error:  # the last answers are not kept: the results are
                 telling.warn(f"{error.message}; the last answers are not kept in it")
+
+
+def _router(job: Job, jobs: int, budgets: Budgets, warn: Callable[..., None]) -> Router:
+    """Where the run's requests go: the one endpoint, or a lane for each --endpoint (its own
+    client, window of at most jobs= requests, and budgets)."""
+    from agents.map.congestion import Concurrency
+    from agents.map.limits import Budgets, LimitMemory
+
+    if not job.endpoints:
+        lane = Lane(job.endpoint, Client(job.endpoint, jobs), Concurrency(jobs), budgets)
+        return Router([lane], warn)
+    lanes = []
+    for spec, endpoint in job.endpoints:
+        room = min(spec.jobs or jobs, jobs)
+        model = spec.model or job.shape.model
+        lane_budgets = Budgets(
+            spec.rpm, spec.tpm, None, LimitMemory(endpoint.base_url, endpoint.api_key, model)
+        )
+        lanes.append(
+            Lane(
+                endpoint,
+                Client(endpoint, room),
+                Concurrency(room),
+                lane_budgets,
+                weight=spec.weight,
+                model=spec.model,
+            )
+        )
+    return Router(lanes, warn)
 
 
 def _above_progress(

@@ -18,6 +18,7 @@ from agents.map.http import Usage
 
 if TYPE_CHECKING:
     from agents.map.cache import CacheUse
+    from agents.map.endpoints import Lane
 
 
 @dataclass(frozen=True)
@@ -165,3 +166,59 @@ def stats_document(
         "wall_seconds": round(seconds, 3),
         "stopped": stopped,
     }
+
+
+def endpoint_lines(lanes: list[Lane], price: Price | None) -> list[str]:
+    """The summary's line for each of several endpoints: its requests, errors, latency and
+    cost, and whether it was disabled or is cooling down."""
+    lines = []
+    for lane in lanes:
+        figures = lane.figures
+        errors = sum(figures.errors.values())
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(figures.errors.items()))
+        median = percentile(sorted(figures.latencies), 0.5)
+        cost = f", ${price.cost(figures.usage):,.2f}" if price is not None else ""
+        state = (
+            " (disabled)"
+            if lane.disabled is not None
+            else " (cooling down)"
+            if lane.cooling
+            else ""
+        )
+        lines.append(
+            f"Endpoint {lane.name}{state}: {figures.requests:,} requests, "
+            f"{errors:,} failed{f' ({kinds})' if kinds else ''}, "
+            f"p50 {median:.2f}s{cost}"
+        )
+    return lines
+
+
+def endpoint_stats(lanes: list[Lane], price: Price | None) -> list[dict[str, Any]]:
+    """The --stats document's "endpoints" part: one entry per endpoint, in the order given."""
+    out = []
+    for lane in lanes:
+        figures = lane.figures
+        ordered = sorted(figures.latencies)
+        usage = figures.usage
+        out.append(
+            {
+                "url": lane.name,
+                "weight": lane.weight,
+                "model": lane.model,
+                "requests": figures.requests,
+                "answers": figures.answers,
+                "errors": dict(sorted(figures.errors.items())),
+                "tokens": {
+                    "input": usage.prompt,
+                    "output": usage.completion,
+                    "total": usage.prompt + usage.completion,
+                },
+                "cost_usd": round(price.cost(usage), 6) if price is not None else None,
+                "latency_seconds": {
+                    "p50": round(percentile(ordered, 0.50), 4),
+                    "p90": round(percentile(ordered, 0.90), 4),
+                },
+                "disabled": lane.disabled,
+            }
+        )
+    return out

@@ -1,0 +1,291 @@
+"""Several endpoints for one job (--endpoint): the split by weight, jobs= per endpoint, a
+server that dies and comes back, a bad key, and the run stopping only when none is left.
+
+The servers are the fake of the test suite (faults and timing: a real server cannot be told to
+die at request 60); two real local models sharing a job are in test_local.py.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import Result, jsonl
+from fake_llm import FakeLLM, Reply, echo
+
+from agents.cli import map as map_cli
+from agents.cli._run import Streams
+
+KEY = "sk-test-endpoints-0123456789"
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("OPENAI_BASE_URL", "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+
+class Sleeps:
+    """Backoff waits return at once."""
+
+    async def __call__(self, seconds: float) -> None:
+        return None
+
+
+def words(count: int) -> bytes:
+    return jsonl(*({"_id": number, "word": f"w{number}"} for number in range(1, count + 1)))
+
+
+def run(*args: str, stdin: bytes, stats: Path | None = None) -> tuple[Result, dict[str, Any]]:
+    out, err = io.BytesIO(), io.StringIO()
+    argv = ["--prompt", "{word}", "--price", "1,2", *args]
+    if stats is not None:
+        argv += ["--stats", str(stats)]
+    status = map_cli.main(
+        argv, Streams(stdin=io.BytesIO(stdin), stdout=out, stderr=err), sleep=Sleeps()
+    )
+    document = orjson.loads(stats.read_bytes()) if stats is not None and stats.exists() else {}
+    return Result(status, out.getvalue(), err.getvalue()), document
+
+
+def results(result: Result) -> dict[Any, dict[str, Any]]:
+    records = [orjson.loads(line) for line in result.stdout.splitlines()]
+    by_id = {record["_id"]: record for record in records}
+    assert len(by_id) == len(records), "an ID written twice"
+    return by_id
+
+
+def slow(seconds: float) -> Callable[[dict[str, Any], int], Reply]:
+    def script(request: dict[str, Any], number: int) -> Reply:
+        reply = echo(request, number)
+        reply.delay = seconds
+        return reply
+
+    return script
+
+
+def test_requests_split_by_weight(tmp_path: Path) -> None:
+    with FakeLLM(slow(0.005)) as a, FakeLLM(slow(0.005)) as b, FakeLLM(slow(0.005)) as c:
+        result, stats = run(
+            "--endpoint", a.url,
+            "--endpoint", f"{b.url} weight=1",
+            "--endpoint", f"{c.url} weight=2",
+            "-j", "12",
+            stdin=words(800),
+            stats=tmp_path / "stats.json",
+        )  # fmt: skip
+        counts = [len(a.requests), len(b.requests), len(c.requests)]
+    assert result.status == 0, result.stderr
+    assert len(results(result)) == 800
+    assert sum(counts) == 800
+    for count, share in zip(counts, (0.25, 0.25, 0.5), strict=True):
+        assert abs(count / 800 - share) < 0.03, counts
+    assert [entry["requests"] for entry in stats["endpoints"]] == counts
+    assert stats["requests"] == 800
+    assert round(sum(entry["cost_usd"] for entry in stats["endpoints"]), 6) == stats["cost_usd"]
+
+
+def test_jobs_caps_each_endpoint_and_the_others_take_the_rest() -> None:
+    with FakeLLM(slow(0.02)) as small, FakeLLM(slow(0.02)) as large:
+        result, _ = run(
+            "--endpoint", f"{small.url} jobs=2 weight=5",
+            "--endpoint", large.url,
+            "-j", "12",
+            stdin=words(200),
+        )  # fmt: skip
+        assert result.status == 0, result.stderr
+        assert small.max_in_flight <= 2
+        assert large.max_in_flight <= 12
+        # weight 5 cannot be honoured with 2 slots: the other endpoint takes what it cannot
+        assert len(large.requests) > len(small.requests)
+    assert len(results(result)) == 200
+
+
+def test_a_server_that_dies_gets_only_probes_and_is_used_again_when_it_returns(
+    tmp_path: Path,
+) -> None:
+    """One of three servers stops at its 40th request and comes back 1.5 s later: every record
+    succeeds, the dead one costs its requests in flight and a probe or two, and it answers
+    again after its return."""
+    holder: dict[str, Any] = {}
+    killed = threading.Event()
+
+    def dying(request: dict[str, Any], number: int) -> Reply:
+        if number == 40 and not killed.is_set():
+            killed.set()
+            threading.Thread(target=holder["dying"].__exit__, args=(None, None, None)).start()
+        reply = echo(request, number)
+        reply.delay = 0.03
+        return reply
+
+    with FakeLLM(slow(0.03)) as a, FakeLLM(slow(0.03)) as b:
+        dying_server = FakeLLM(dying)
+        holder["dying"] = dying_server.__enter__()
+        port = dying_server.port
+        back: dict[str, FakeLLM] = {}
+
+        def come_back() -> None:
+            assert killed.wait(30)
+            time.sleep(1.5)
+            back["server"] = FakeLLM(slow(0.03), port=port).__enter__()
+
+        returning = threading.Thread(target=come_back)
+        returning.start()
+        try:
+            result, stats = run(
+                "--endpoint", a.url,
+                "--endpoint", b.url,
+                "--endpoint", dying_server.url,
+                "-j", "9",
+                stdin=words(1200),
+                stats=tmp_path / "stats.json",
+            )  # fmt: skip
+        finally:
+            returning.join(30)
+        assert "server" in back
+        returned = len(back["server"].requests)
+        back["server"].__exit__(None, None, None)
+    assert result.status == 0, result.stderr
+    by_id = results(result)
+    assert len(by_id) == 1200 and all("error" not in record for record in by_id.values())
+    dead = stats["endpoints"][2]
+    # its requests in flight when it died (at most its share of -j 9), then a probe or two
+    assert sum(dead["errors"].values()) <= 9 + 3, dead
+    assert returned >= 10, "the server that came back was not used again"
+    assert "answers again" in result.stderr
+
+
+def test_an_endpoint_with_a_bad_key_is_disabled_and_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTHER_KEY", "sk-wrong-key-for-this-one")
+
+    def checks_key(request: dict[str, Any], number: int) -> Reply:
+        return Reply("Incorrect API key provided", status=401)
+
+    with FakeLLM(checks_key) as locked, FakeLLM() as good:
+        result, _ = run(
+            "--endpoint", f"{locked.url} key-env=OTHER_KEY",
+            "--endpoint", good.url,
+            "-j", "4",
+            stdin=words(50),
+        )  # fmt: skip
+        assert len(locked.requests) <= 4  # at most the requests in flight when it first said so
+        assert len(good.requests) == 50
+        assert locked.headers[0]["Authorization"] == "Bearer sk-wrong-key-for-this-one"
+        assert good.headers[0]["Authorization"] == f"Bearer {KEY}"
+    assert result.status == 0, result.stderr
+    assert len(results(result)) == 50
+    assert f"endpoint {locked.url} is disabled for this run" in result.stderr
+    assert "sk-wrong-key-for-this-one" not in result.stderr
+
+
+def test_every_endpoint_disabled_stops_the_run() -> None:
+    def refuses(request: dict[str, Any], number: int) -> Reply:
+        return Reply("Incorrect API key provided", status=401)
+
+    with FakeLLM(refuses) as one, FakeLLM(refuses) as two:
+        result, _ = run("--endpoint", one.url, "--endpoint", two.url, stdin=words(20))
+    assert result.status == 1
+    assert "every endpoint is disabled" in result.stderr
+    assert one.url in result.stderr and two.url in result.stderr
+
+
+def test_no_endpoint_reachable_at_the_start_stops_the_run() -> None:
+    with FakeLLM() as one, FakeLLM() as two:
+        urls = [one.url, two.url]
+    result, _ = run("--endpoint", urls[0], "--endpoint", urls[1], stdin=words(5))
+    assert result.status == 1
+    assert "cannot reach any endpoint" in result.stderr
+
+
+def test_one_unreachable_endpoint_at_the_start_costs_nothing() -> None:
+    with FakeLLM() as gone:
+        url = gone.url
+    with FakeLLM() as good:
+        result, _ = run("--endpoint", url, "--endpoint", good.url, "-j", "4", stdin=words(30))
+        assert len(good.requests) == 30
+    assert result.status == 0, result.stderr
+    by_id = results(result)
+    assert all(record.get("attempts", 1) == 1 for record in by_id.values())
+
+
+def test_each_endpoint_gets_its_own_model_name() -> None:
+    with FakeLLM() as one, FakeLLM() as two:
+        result, _ = run(
+            "-m", "gpt-4o-mini",
+            "--endpoint", f"{one.url} model=local-name",
+            "--endpoint", two.url,
+            "-j", "2",
+            stdin=words(10),
+        )  # fmt: skip
+        assert result.status == 0, result.stderr
+        assert {request["model"] for request in one.requests} == {"local-name"}
+        assert {request["model"] for request in two.requests} == {"gpt-4o-mini"}
+
+
+def test_a_job_file_lists_endpoints(tmp_path: Path) -> None:
+    with FakeLLM() as one, FakeLLM() as two:
+        job = tmp_path / "job.yaml"
+        job.write_text(
+            "llm:\n  endpoints:\n"
+            f"    - {one.url} weight=3\n"
+            f"    - url: {two.url}\n      weight: 1\n      jobs: 2\n"
+            "prompt: '{word}'\n"
+            "processing:\n  concurrency: 4\n"
+        )
+        out, err = io.BytesIO(), io.StringIO()
+        status = map_cli.main(
+            ["--config", str(job), "-q"],
+            Streams(stdin=io.BytesIO(words(40)), stdout=out, stderr=err),
+            sleep=Sleeps(),
+        )
+        assert status == 0, err.getvalue()
+        assert len(one.requests) == 30 and len(two.requests) == 10
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--endpoint", "http://127.0.0.1:9/v1", "--base-url", "http://x/v1"], "twice"),
+        (["--endpoint", "127.0.0.1:9"], "is not an http(s) URL"),
+        (["--endpoint", "http://127.0.0.1:9/v1 wieght=2"], "is not one of weight=..."),
+        (["--endpoint", "http://127.0.0.1:9/v1 weight=0"], "weight= must be positive"),
+        (["--endpoint", "http://127.0.0.1:9/v1 jobs=1.5"], "jobs= takes a whole number"),
+        (["--endpoint", "http://127.0.0.1:9/v1 key-env=$KEY"], "names an environment variable"),
+        (["--endpoint", "http://127.0.0.1:9/v1 key-env=UNSET_KEY_VARIABLE"], "is not set"),
+        (["--endpoint", "http://127.0.0.1:9/v1", "--endpoint", "http://127.0.0.1:9/v1/"], "more"),
+        (["--endpoint", "http://127.0.0.1:9/v1", "--batch"], "Batch API"),
+    ],
+)
+def test_bad_endpoints_are_usage_errors(args: list[str], says: str) -> None:
+    result, _ = run(*args, stdin=words(1))
+    assert result.status == 2, result.stderr
+    assert says in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_summary_breaks_requests_down_by_endpoint() -> None:
+    def fails_some(request: dict[str, Any], number: int) -> Reply:
+        return Reply("busy", status=500) if number % 5 == 0 else echo(request, number)
+
+    with FakeLLM(fails_some) as flaky, FakeLLM() as good:
+        out, err = io.BytesIO(), io.StringIO()
+        status = map_cli.main(
+            ["--prompt", "{word}", "--price", "1,2", "--endpoint", flaky.url,
+             "--endpoint", good.url, "-j", "2"],
+            Streams(stdin=io.BytesIO(words(20)), stdout=out, stderr=err),
+            sleep=Sleeps(),
+        )  # fmt: skip
+    assert status == 0, err.getvalue()
+    lines = [line for line in err.getvalue().splitlines() if line.startswith("Endpoint ")]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"Endpoint {flaky.url}: ") and "server_error" in lines[0]
+    assert lines[1].startswith(f"Endpoint {good.url}: ") and "0 failed" in lines[1]
