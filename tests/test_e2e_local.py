@@ -239,3 +239,39 @@ def test_the_quick_start_job_run_again_with_a_cache_sends_nothing(
     answered = [row for key, row in first_rows.items() if "error" not in row]
     assert all(second_rows[row.split(",", 1)[0]] == row for row in answered)
     assert "Cache: " in second.stderr and "hits" in second.stderr
+
+
+def test_two_local_servers_side_by_side_share_a_job(local: dict[str, str], tmp: Path) -> None:
+    """A second agents-local server, in a runtime folder of its own (AGENTS_RUNTIME_DIR), beside
+    the module's: one job over both with --endpoint, every ID once, both used."""
+    second_env = {**local, "AGENTS_RUNTIME_DIR": str(tmp / "second-runtime")}
+    started = subprocess.run(
+        ["agents-local", "start", "--parallel", "2"],
+        env=second_env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert started.returncode == 0, started.stderr
+    second = started.stdout.strip()
+    try:
+        assert second != local["OPENAI_BASE_URL"]  # its own server, on its own port
+        env = {key: value for key, value in local.items() if key != "OPENAI_BASE_URL"}
+        done = sh(
+            f"agents-read {EXAMPLES / 'words.csv'} | agents-map --prompt 'Say {{word}}' "
+            f"--max-tokens 4 --accept-truncated -j 6 --stats stats.json "
+            f"--endpoint '{local['OPENAI_BASE_URL']} jobs=4' --endpoint '{second} jobs=2' "
+            "| agents-write out.jsonl",
+            env,
+            tmp,
+        )
+    finally:
+        subprocess.run(["agents-local", "stop"], env=second_env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    inputs = sh(f"agents-read {EXAMPLES / 'words.csv'}", env, tmp)
+    expected = sorted(str(orjson.loads(line)["_id"]) for line in inputs.stdout.splitlines())
+    records = [orjson.loads(line) for line in (tmp / "out.jsonl").read_bytes().splitlines()]
+    assert sorted(str(record["_id"]) for record in records) == expected
+    stats = orjson.loads((tmp / "stats.json").read_bytes())
+    assert [entry["url"] for entry in stats["endpoints"]] == [local["OPENAI_BASE_URL"], second]
+    assert all(entry["answers"] > 0 for entry in stats["endpoints"]), stats["endpoints"]

@@ -12,7 +12,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from agents.cli._run import Reporter, Streams, exit_with, run, save_stats
 from agents.cli.map_options import PROG, build_parser
@@ -186,6 +186,13 @@ def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, secon
     return status
 
 
+def _by_model(mapper: Mapper) -> dict[str, Any]:
+    """With fallback models, each model's tokens and price, for the cost (else nothing)."""
+    if not mapper.fallbacks:
+        return {}
+    return {"by_model": mapper.counters.by_model, "prices": mapper.prices}
+
+
 def write_stats(
     job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float
 ) -> bool:
@@ -208,6 +215,7 @@ def write_stats(
             latencies=counters.latencies.values,
             seconds=seconds,
             stopped=stopped,
+            **_by_model(mapper),
         )
         if mapper.cache is not None:
             document["cache"] = cache_stats(mapper.cache, job.price)
@@ -226,7 +234,7 @@ def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> i
     o = job.options
     counters = mapper.counters
     if not o.quiet and counters.usage.prompt + counters.usage.completion:
-        for line in summary_lines(counters.usage, job.price, job.shape.model):
+        for line in summary_lines(counters.usage, job.price, job.shape.model, **_by_model(mapper)):
             reporter.say(line)
     if not o.quiet and mapper.router.several:
         for line in endpoint_lines(mapper.router.lanes, job.price):

@@ -66,6 +66,15 @@ def add_map_options(parser: Parser) -> None:
         help=f"the API's base URL (default: $OPENAI_BASE_URL, else {DEFAULT_BASE_URL})",
     )
     model.add_argument(
+        "--fallback-model",
+        action="append",
+        metavar="NAME",
+        help="a model tried for a record the model before it cannot answer: unknown to the "
+        "server, context too long, a refusal, retries used up, an answer still invalid after "
+        "the re-asks (repeatable, tried in order; each output record then names its model "
+        "under _model; default: none)",
+    )
+    model.add_argument(
         "--endpoint",
         action="append",
         metavar="'URL [weight=N] [jobs=N] [rpm=N] [tpm=N] [key-env=NAME] [model=NAME]'",

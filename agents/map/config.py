@@ -23,7 +23,7 @@ class Key:
     """Where a config key lands (an argparse destination) and what it must be."""
 
     dest: str
-    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap", "endpoints"
+    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap", "endpoints", "names"
     path: bool = False  # a file path, resolved against the config file's folder
     choices: tuple[str, ...] = ()
 
@@ -34,6 +34,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "model": Key("model", "str"),
         "base_url": Key("base_url", "str"),
         "endpoints": Key("endpoint", "endpoints"),
+        "fallbacks": Key("fallback_model", "names"),
         "api_key": Key("api_key", "str"),
         "api_key_env": Key("api_key_env", "str"),
         "headers": Key("header", "mapping"),
@@ -236,6 +237,12 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise _wrong(place, "a count (50) or a percentage ('5%')", value)
         return str(value)
+    if kind == "names":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+            raise _wrong(place, "a list of model names", value)
+        return value
     if kind == "endpoints":
         from agents.map.endpoints import endpoint_text
 

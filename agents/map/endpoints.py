@@ -266,6 +266,9 @@ class Router:
         self.clock = clock
         self.several = len(lanes) > 1
         self.any_success = False
+        #: With fallback models, a 404 says the model is unknown, not that the endpoint is
+        #: wrong: the Mapper moves on to the next model, and the endpoint stays in use.
+        self.not_found_is_the_models = False
         self._changed: asyncio.Event | None = None
 
     @property
@@ -379,6 +382,12 @@ class Router:
             return False
         probe, lane.probing = lane.probing, False
         now = self.clock()
+        if (
+            isinstance(error, Fatal)
+            and error.error_type == "not_found"
+            and self.not_found_is_the_models
+        ):
+            return False
         if isinstance(error, Fatal) and error.error_type in ("auth", "not_found"):
             if lane.disabled is None:
                 lane.disabled = error.message

@@ -102,6 +102,8 @@ class Job:
     options: SimpleNamespace
     #: --endpoint: each server's settings and how to reach it (empty: the one endpoint)
     endpoints: list[tuple[EndpointSpec, Endpoint]] = field(default_factory=list)
+    #: --fallback-model: the models tried in turn after the primary, with their prices
+    fallbacks: dict[str, Price | None] = field(default_factory=dict)
 
     @classmethod
     def create(cls, job_file: str | None = None, **options: Any) -> Job:
@@ -133,6 +135,7 @@ class Job:
             "max_reasks": o.max_reasks,
             "accept_truncated": bool(o.accept_truncated),
             "response_formats": list(self.response_formats),
+            "fallbacks": dict(self.fallbacks),
         }
 
 
@@ -304,6 +307,7 @@ def build(o: SimpleNamespace) -> Job:
     # Before the price and the fingerprint, which depend on it.
     o.model = resolve_model(o.model, server)
     price = price_for(o.model, o.price)
+    fallbacks = fallback_models(o)
     if o.max_cost is not None:
         if o.max_cost <= 0:
             raise UsageError(f"--max-cost must be positive, not {o.max_cost:g}")
@@ -311,6 +315,12 @@ def build(o: SimpleNamespace) -> Job:
             raise UsageError(
                 f"--max-cost needs a price, and there is none for {o.model}",
                 "give it with --price IN,OUT (dollars per million tokens)",
+            )
+        unpriced = [name for name, known in fallbacks.items() if known is None]
+        if unpriced:
+            raise UsageError(
+                f"--max-cost needs a price for every model, and there is none for {unpriced[0]}",
+                "drop that --fallback-model, or run without --max-cost",
             )
     for name, value in (("--rpm", o.rpm), ("--tpm", o.tpm)):
         if value is not None and value <= 0:
@@ -343,7 +353,27 @@ def build(o: SimpleNamespace) -> Job:
         price=price,
         options=o,
         endpoints=lanes,
+        fallbacks=fallbacks,
     )
+
+
+def fallback_models(o: SimpleNamespace) -> dict[str, Price | None]:
+    """--fallback-model's models, in order, with their prices from the table (--price is the
+    primary model's). Not part of the fingerprint: a fallback may be added to finish a job."""
+    names = list(getattr(o, "fallback_model", None) or [])
+    if not names:
+        return {}
+    if getattr(o, "batch", False):
+        raise UsageError(
+            "--fallback-model is for the online mode, not --batch",
+            "run the records that failed in batch mode again online, with the fallback",
+        )
+    seen: dict[str, Price | None] = {}
+    for name in names:
+        if name == o.model or name in seen:
+            raise UsageError(f"--fallback-model {name} is named twice (or is the --model)")
+        seen[name] = price_for(name, None)
+    return seen
 
 
 def several_endpoints(o: SimpleNamespace) -> list[EndpointSpec]:

@@ -26,6 +26,7 @@ from agents.errors import (
     AgentsError,
     CallError,
     CapReached,
+    Fatal,
     MissingFields,
     NotSent,
     RecordFailed,
@@ -57,6 +58,32 @@ T = TypeVar("T")
 
 #: Answer tokens assumed for budgets and caps when no --max-tokens is given.
 DEFAULT_OUTPUT_ESTIMATE = 256
+
+#: Where an output record says which model answered it, when fallback models are given.
+MODEL_KEY = "_model"
+
+#: The failures a fallback model may fix: a model the server does not know, a prompt too long
+#: for it, a refusal, retries used up, an answer that stays unusable.
+FALLBACK_ERRORS = frozenset(
+    {
+        "unknown_model",
+        "context_too_long",
+        "refusal",
+        "truncated",
+        "empty_response",
+        "invalid_json",
+        "schema_invalid",
+        "not_an_object",
+        "rate_limited",
+        "server_error",
+        "timeout",
+        "connection_error",
+        "truncated_body",
+        "invalid_response",
+        "http_408",
+        "http_409",
+    }
+)
 
 #: Tokens a re-ask's own message may take (it names the problem), for --max-cost.
 REASK_TOKENS = 256
@@ -117,6 +144,7 @@ class Counters:
     usage: Usage = field(default_factory=Usage)
     requests: int = 0
     latencies: Reservoir = field(default_factory=Reservoir)
+    by_model: dict[str, Usage] = field(default_factory=dict)  # with fallback models
 
 
 #: A server's Retry-After is waited as given plus up to this share of it (at most
@@ -211,6 +239,7 @@ class Mapper:
         cache: CacheUse | None = None,
         sharing: Sharing | None = None,
         router: Router | None = None,
+        fallbacks: dict[str, Price | None] | None = None,
     ) -> None:
         # Where requests go: the router's lanes (--endpoint), else the one client given.
         self.router = router or Router(
@@ -248,6 +277,13 @@ class Mapper:
         self.concurrency = concurrency
         self.cost_cap = cost_cap
         self.price = price
+        # --fallback-model: the models tried in turn for a record the primary cannot answer,
+        # with their prices; the models the server said it does not know are not asked again.
+        self.fallbacks = dict(fallbacks or {})
+        self.prices: dict[str, Price | None] = {shape.model: price, **self.fallbacks}
+        self.unknown_models: set[str] = set()
+        if self.fallbacks:
+            self.router.not_found_is_the_models = True
         self.learn_limits = learn_limits
         # Set when the run stops (a signal, a cap): from then on nothing new is sent.
         self.stopping = stopping
@@ -286,7 +322,10 @@ class Mapper:
             replayed = found.get(key)
             if replayed is not None:
                 try:
-                    prepared.append(self.accept(record, replayed))
+                    answered = self.accept(record, replayed)
+                    if self.fallbacks:
+                        answered[MODEL_KEY] = self.shape.model
+                    prepared.append(answered)
                     continue
                 except Unusable:
                     pass  # (re-asked as when it was first answered)
@@ -328,14 +367,54 @@ class Mapper:
     async def process(
         self, record: Record, prepared: Prepared | None = None
     ) -> tuple[Record, bool]:
-        """(the output record, whether it succeeded). Fatal errors propagate."""
-        attempts = 0
+        """(the output record, whether it succeeded). Fatal errors propagate.
+
+        With fallback models, a record the primary model cannot answer (see
+        ``FALLBACK_ERRORS``) is asked of each in turn; its output names the model that
+        answered under ``MODEL_KEY``."""
+        primary = self.shape.model
+        if not self.fallbacks:
+            return await self._process(record, prepared, primary)
+        output: Record | None = None
+        succeeded, attempts = False, 0
+        for model in (primary, *self.fallbacks):
+            if model in self.unknown_models:
+                continue
+            output, succeeded = await self._process(
+                record, prepared if model == primary else None, model, attempts
+            )
+            if succeeded:
+                output[MODEL_KEY] = model
+                break
+            attempts = int(output.get("attempts") or attempts)
+            if output.get("error_type") not in FALLBACK_ERRORS:
+                break
+        if output is None:
+            raise Fatal(
+                "not_found",
+                "the server knows none of the models: " + ", ".join((primary, *self.fallbacks)),
+            )
+        return output, succeeded
+
+    async def _process(
+        self, record: Record, prepared: Prepared | None, model: str, attempts: int = 0
+    ) -> tuple[Record, bool]:
+        """The record asked of ``model``: (the output record, whether it succeeded)."""
         hold: CostHold | None = None
+        primary = model == self.shape.model
+        price = self.prices.get(model)
         try:
             problem: Unusable | None = None
             # The record's question keys the cache, and its accepted answer is kept under it
-            # (after re-asks too), so that a rerun pays for none of the requests again.
-            if prepared is None:
+            # (after re-asks too), so that a rerun pays for none of the requests again. A
+            # fallback model's answers are not kept (the key is the primary model's), and are
+            # shared only with identical requests to that model.
+            key: bytes | None
+            if not primary:
+                messages = messages_for(self.template, self.system, record)
+                key = self._request_key(messages) + b"\x00" + model.encode()
+                replayed = None
+            elif prepared is None:
                 messages = messages_for(self.template, self.system, record)
                 key = self._request_key(messages) if self.cache or self.sharing else None
                 replayed = self.cache.answer(key) if self.cache and key else None
@@ -349,8 +428,8 @@ class Mapper:
             async def send() -> tuple[Completion, int]:
                 nonlocal hold, held
                 if not held:  # a record answered from the cache, or shared, reserves nothing
-                    hold, held = await self._hold_cost(messages), True
-                return await self._call(messages, hold)
+                    hold, held = await self._hold_cost(messages, price), True
+                return await self._call(messages, hold, model)
 
             for reask in range(self.max_reasks + 1):
                 completion = replayed if reask == 0 else None
@@ -358,7 +437,7 @@ class Mapper:
                 if completion is None:
                     try:
                         completion, used, shared = await self._ask(
-                            send, messages, key if reask == 0 else None
+                            send, messages, key if reask == 0 else None, model
                         )
                     except (NotSent, CapReached):
                         if problem is None:
@@ -372,7 +451,7 @@ class Mapper:
                         paid.add(completion.usage)  # (what a hit on it will say it saved)
                 try:
                     merged = self.accept(record, completion)
-                    if self.cache and key and completion is not replayed and not shared:
+                    if self.cache and key and primary and completion is not replayed and not shared:
                         self._keep(key, completion, paid)  # only answers accepted
                 except Unusable as unusable:
                     unusable.answer = completion.content or completion.refusal
@@ -403,10 +482,24 @@ class Mapper:
             if getattr(error, "shared", False):
                 self.repeated.add(id(failed))
             return failed, False
+        except Fatal as error:
+            if not self.fallbacks or error.error_type != "not_found":
+                raise
+            self._unknown_model(model, error)
+            return self._failed(record, "unknown_model", error.message, attempts), False
         finally:
             if hold is not None and self.cost_cap is not None:
                 self.cost_cap.settle(hold.reserved, hold.spent)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _unknown_model(self, model: str, error: Fatal) -> None:
+        """The server does not know ``model`` (404): it is not asked again this run."""
+        if model in self.unknown_models:
+            return
+        self.unknown_models.add(model)
+        rest = [name for name in self.fallbacks if name not in self.unknown_models]
+        if rest:
+            self.warn(f"the server does not know {model} ({error.message}); using {rest[0]}")
 
     def _keep(self, key: bytes, completion: Completion, paid: Usage) -> None:
         """Keep an accepted answer in the cache, with what the record paid for it. Never one
@@ -432,13 +525,17 @@ class Mapper:
         send: Callable[[], Awaitable[tuple[Completion, int]]],
         messages: list[Message],
         key: bytes | None,
+        model: str | None = None,
     ) -> tuple[Completion, int, bool]:
         """The answer to a request: ``send()``'s, or that of an identical request in flight
-        (then it made no attempts of its own); (the answer, the attempts, whether shared)."""
+        (then it made no attempts of its own); (the answer, the attempts, whether shared).
+        A request to a fallback ``model`` is identical only to one to the same model."""
         if self.sharing is None:
             completion, used = await send()
             return completion, used, False
         asked = key or self._request_key(messages)
+        if key is None and model is not None and model != self.shape.model:
+            asked += b"\x00" + model.encode()
         (completion, used), shared = await self.sharing.once(asked, send)
         return completion, 0 if shared else used, shared
 
@@ -476,7 +573,7 @@ class Mapper:
         return completion.content
 
     async def _call(
-        self, messages: list[Message], hold: CostHold | None = None
+        self, messages: list[Message], hold: CostHold | None = None, model: str | None = None
     ) -> tuple[Completion, int]:
         """One completion with transport retries; (the completion, the attempts it took).
 
@@ -486,7 +583,7 @@ class Mapper:
         waits and stop condition are then the real ones.
         """
         try:
-            return await self._request(messages, hold), 1
+            return await self._request(messages, hold, model), 1
         except Retryable as error:
             first_failure = error
         given_back = GivenBack()
@@ -507,7 +604,7 @@ class Mapper:
                     try:
                         if attempts == 1:
                             raise first_failure
-                        return await self._request(messages, hold), attempts
+                        return await self._request(messages, hold, model), attempts
                     except CallError as error:
                         given_back.take(error)
                         raise
@@ -538,7 +635,12 @@ class Mapper:
                 state.next_action.sleep,
             )
 
-    async def _request(self, messages: list[Message], hold: CostHold | None = None) -> Completion:
+    async def _request(
+        self, messages: list[Message], hold: CostHold | None = None, model: str | None = None
+    ) -> Completion:
+        """One request for ``messages`` (to ``model``, else the job's, by the name each
+        endpoint gives it) through a lane the router picks."""
+        primary = model is None or model == self.shape.model
         for each in self.router.lanes:
             each.client.open()  # (before the slot and the budget: see Client.open)
         while True:
@@ -552,7 +654,7 @@ class Mapper:
                 async with self._sending(cost) as (taken, reserved):
                     lane = taken
                     body: dict[str, Any] = {
-                        "model": taken.model or self.shape.model,
+                        "model": (taken.model or self.shape.model) if primary else model,
                         "messages": messages,
                         **self.shape.params,
                     }
@@ -581,8 +683,12 @@ class Mapper:
             self.router.answered(lane)
             lane.figures.answered(time.monotonic() - started, completion.usage)
             self._settle(lane, prompt, reserved, completion)
-            if hold is not None and self.price is not None:
-                hold.spent += self.price.cost(completion.usage)
+            price = self.price if primary else self.prices.get(model or "")
+            if hold is not None and price is not None:
+                hold.spent += price.cost(completion.usage)
+            if self.fallbacks:
+                used = self.counters.by_model.setdefault(model or self.shape.model, Usage())
+                used.add(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
             if debug:
@@ -631,14 +737,17 @@ class Mapper:
             budgets.turn.release()
         return tokens
 
-    async def _hold_cost(self, messages: list[Message]) -> CostHold | None:
+    async def _hold_cost(
+        self, messages: list[Message], price: Price | None = None
+    ) -> CostHold | None:
         """Under --max-cost, reserve the record's worst case before its first request: each
         request it may need (the first and every re-ask, whose prompt holds the answers before
         it), so that a re-ask never finds the budget taken by other records. Until the first
         answer tells how the server counts tokens, records go one at a time."""
-        if self.cost_cap is None or self.price is None:
+        price = price or self.price
+        if self.cost_cap is None or price is None:
             return None
-        cap, price = self.cost_cap, self.price
+        cap = self.cost_cap
         requests = 1 + (self.max_reasks if self.interpreter.can_reask else 0)
 
         def worst() -> float:

@@ -81,14 +81,46 @@ def percentile(sorted_values: list[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def summary_lines(usage: Usage, price: Price | None, model: str) -> list[str]:
+def models_cost(
+    by_model: dict[str, Usage], prices: dict[str, Price | None]
+) -> tuple[float | None, str | None]:
+    """With fallback models, each model's tokens at its own price: (the cost, None), or (None,
+    the first model used that has no price)."""
+    cost = 0.0
+    for name, usage in by_model.items():
+        price = prices.get(name)
+        if price is None:
+            if usage.prompt + usage.completion:
+                return None, name
+            continue
+        cost += price.cost(usage)
+    return cost, None
+
+
+def summary_lines(
+    usage: Usage,
+    price: Price | None,
+    model: str,
+    by_model: dict[str, Usage] | None = None,
+    prices: dict[str, Price | None] | None = None,
+) -> list[str]:
     total = usage.prompt + usage.completion
     lines = [f"Tokens used: {total:,} (input: {usage.prompt:,} | output: {usage.completion:,})"]
     if usage.cached or usage.reasoning:
         lines[0] = lines[0][:-1] + (
             f" | cached input: {usage.cached:,} | reasoning: {usage.reasoning:,})"
         )
-    if price is None:
+    if by_model is not None and prices is not None:
+        cost, unpriced = models_cost(by_model, prices)
+        if cost is None:
+            lines.append(f"Estimated cost: unknown (no price for {unpriced})")
+        else:
+            each = ", ".join(
+                f"{name}: {used.prompt + used.completion:,} tokens"
+                for name, used in by_model.items()
+            )
+            lines.append(f"Estimated cost: ${cost:,.2f} ({each})")
+    elif price is None:
         lines.append(f"Estimated cost: unknown (no price for {model}; give --price IN,OUT)")
     else:
         lines.append(f"Estimated cost: ${price.cost(usage):,.2f}")
@@ -139,9 +171,26 @@ def stats_document(
     latencies: list[float],
     seconds: float,
     stopped: str | None,
+    by_model: dict[str, Usage] | None = None,
+    prices: dict[str, Price | None] | None = None,
 ) -> dict[str, Any]:
     ordered = sorted(latencies)
-    return {
+    cost = round(price.cost(usage), 6) if price is not None else None
+    models: dict[str, Any] | None = None
+    if by_model is not None and prices is not None:
+        total, _ = models_cost(by_model, prices)
+        cost = round(total, 6) if total is not None else None
+        models = {
+            name: {
+                "input": used.prompt,
+                "output": used.completion,
+                "cost_usd": round(known.cost(used), 6)
+                if (known := prices.get(name)) is not None
+                else None,
+            }
+            for name, used in by_model.items()
+        }
+    document = {
         "model": model,
         "records": succeeded + failed,
         "succeeded": succeeded,
@@ -156,7 +205,7 @@ def stats_document(
             "reasoning": usage.reasoning,
             "total": usage.prompt + usage.completion,
         },
-        "cost_usd": round(price.cost(usage), 6) if price is not None else None,
+        "cost_usd": cost,
         "latency_seconds": {
             "p50": round(percentile(ordered, 0.50), 4),
             "p90": round(percentile(ordered, 0.90), 4),
@@ -166,6 +215,9 @@ def stats_document(
         "wall_seconds": round(seconds, 3),
         "stopped": stopped,
     }
+    if models is not None:
+        document["models"] = models  # tokens and cost of each model that answered
+    return document
 
 
 def endpoint_lines(lanes: list[Lane], price: Price | None) -> list[str]:
