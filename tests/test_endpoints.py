@@ -289,3 +289,27 @@ def test_the_summary_breaks_requests_down_by_endpoint() -> None:
     assert len(lines) == 2
     assert lines[0].startswith(f"Endpoint {flaky.url}: ") and "server_error" in lines[0]
     assert lines[1].startswith(f"Endpoint {good.url}: ") and "0 failed" in lines[1]
+
+
+def test_each_endpoint_keeps_to_its_own_rate_limit() -> None:
+    """Two servers of 600 requests a minute each (20 in any two seconds: see test_rate_limits
+    for why two), each given as its rpm=: together they answer twice what one would, neither
+    refuses, and the job takes about as long as its half at one server's rate."""
+    from fake_llm import Limited
+
+    one, two = (Limited(requests=20, window=2.0, headers=False) for _ in range(2))
+    with FakeLLM(one) as first, FakeLLM(two) as second:
+        began = time.monotonic()
+        result, _ = run(
+            "--endpoint", f"{first.url} rpm=600",
+            "--endpoint", f"{second.url} rpm=600",
+            "-j", "8",
+            stdin=words(60),
+        )  # fmt: skip
+        elapsed = time.monotonic() - began
+    assert result.status == 0, result.stderr
+    assert one.answered + two.answered == 60
+    assert 25 <= one.answered <= 35  # (a lane whose budget has a request waiting is passed by)
+    assert one.refused + two.refused <= 1
+    assert one.most_requests <= 20 and two.most_requests <= 20
+    assert elapsed >= 30 / 10 - 1.0  # each budget, not luck, kept it under (10 a second)

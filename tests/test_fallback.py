@@ -217,3 +217,21 @@ def test_a_job_file_lists_fallbacks(tmp_path: Path) -> None:
         result = run(server, "--config", str(job), stdin=words(2))
     assert result.status == 0, result.stderr
     assert {record["_model"] for record in outputs(result).values()} == {"b"}
+
+
+def test_merge_replace_keeps_the_model_beside_the_id() -> None:
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if request["model"] == "a":
+            return Reply("refused", refusal="I cannot help with that")
+        return Reply('{"x": 1}')
+
+    with FakeLLM(script) as server:
+        result = run(
+            server, "-m", "a", "--fallback-model", "b", "--output-format", "json",
+            "--merge", "replace", stdin=words(2),
+        )  # fmt: skip
+    assert result.status == 0, result.stderr
+    assert [orjson.loads(line) for line in sorted(result.stdout.splitlines())] == [
+        {"_id": 1, "result": {"x": 1}, "_model": "b"},
+        {"_id": 2, "result": {"x": 1}, "_model": "b"},
+    ]

@@ -362,7 +362,7 @@ class Router:
     def release(self, lane: Lane, slot: Slot | None, signal: Signal | None) -> None:
         if lane.concurrency is not None and slot is not None:
             lane.concurrency.release(slot, signal)
-        self._wake()
+        self.wake()
 
     def answered(self, lane: Lane) -> None:
         self.any_success = True
@@ -397,7 +397,7 @@ class Router:
                     "the others go on",
                     "check its key-env=" if error.error_type == "auth" else "check its model=",
                 )
-            self._wake()
+            self.wake()
             return True
         if error.error_type not in LANE_FAULTS:
             return False
@@ -416,10 +416,10 @@ class Router:
                 lane.cool(now)
         else:
             lane.in_a_row += 1
-        self._wake()
+        self.wake()
         return not_sent
 
-    def _wake(self) -> None:
+    def wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
 

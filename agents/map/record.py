@@ -818,6 +818,8 @@ class Mapper:
             if lane.paused_until:  # (checked here: a coroutine call per request costs CPU)
                 await self._pause(lane)
             reserved = await self._admit(cost, lane.budgets)
+            if router.several:  # its budget's turn is free: a request waiting for a lane may go
+                router.wake()
             if self.budgets is not None and self.budgets is not lane.budgets:
                 await self._admit(cost, self.budgets)
             if reserved is not None and slot is not None and lane.concurrency is not None:
