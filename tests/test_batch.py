@@ -150,9 +150,11 @@ def test_a_failed_or_expired_batch_is_retried_in_a_new_one(state: Path, fate: st
 
 
 def test_retries_stop_at_max_retries_with_the_error_type(state: Path) -> None:
+    stats = state.parent / "stats.json"
     with FakeBatchAPI(fate=lambda number: "expired", expired_share=0.5) as api:
-        done = batch_map(api, "--max-retries", "1", stdin=words(4))
+        done = batch_map(api, "--max-retries", "1", "--stats", str(stats), stdin=words(4))
     assert done.returncode == 3
+    assert orjson.loads(stats.read_bytes())["retries"] == {"batch_expired": 2}
     found = by_id(records(done))
     assert sum("result" in r for r in found.values()) == 3  # 2 in the first, 1 in the retry
     failed = [r for r in found.values() if "error" in r]
@@ -459,6 +461,7 @@ def test_online_retries_count_in_the_tokens_and_the_cost(state: Path) -> None:
     assert done.returncode == 0, done.stderr.decode()
     document = orjson.loads(stats.read_bytes())
     assert document["requests"] == 8 and document["tokens"]["input"] == 40  # 4 online answers
+    assert document["retries"] == {"batch_failed": 4}
     assert document["cost_usd"] == pytest.approx(4 * (10 * 2 + 5 * 8) / 1e6)
     assert "online retries at the online price" in done.stderr.decode()
 

@@ -524,6 +524,32 @@ def test_the_summary_and_stats_count_hits_and_savings(env: Path) -> None:
     assert document["cache"]["saved_tokens"] == 60
 
 
+def test_saved_counts_each_answer_once_however_many_records_it_answered(env: Path) -> None:
+    """30 records asking 3 questions cost 3 requests with a cache; a rerun replays 30 answers
+    but says it saved those 3 requests, not 30 (identical requests share one without a cache
+    too), unless --no-dedup, where each would have been sent."""
+    import orjson
+    from conftest import jsonl
+    from fake_llm import FakeLLM
+    from test_map import run_map
+
+    cache = str(env / "answers.sqlite")
+    stdin = jsonl(*({"_id": n, "word": f"w{n % 3}"} for n in range(30)))
+    args = ("--prompt", "{word}", "--cache", cache, "--price", "1000,1000")
+    with FakeLLM() as server:
+        first = env / "first.json"
+        assert run_map(server, *args, "--stats", str(first), stdin=stdin).status == 0
+        assert len(server.requests) == 3
+        paid = orjson.loads(first.read_bytes())["tokens"]
+        for flags, answers in (((), 3), (("--no-dedup",), 30)):
+            stats = env / "stats.json"
+            rerun = run_map(server, *args, *flags, "--stats", str(stats), stdin=stdin)
+            assert rerun.status == 0 and len(server.requests) == 3
+            cache_stats = orjson.loads(stats.read_bytes())["cache"]
+            assert cache_stats["hits"] == 30
+            assert cache_stats["saved_tokens"] == answers // 3 * paid["total"], flags
+
+
 def test_a_job_file_names_the_cache(env: Path) -> None:
     from fake_llm import FakeLLM
     from test_map import words
@@ -616,6 +642,35 @@ def test_info_counts_entries_hits_and_ages(tmp_path: Path) -> None:
     status, out, _ = agents_cache("info", str(path))
     assert status == 0 and "answers:    10\n" in out and "hits:       2\n" in out
     assert "9 days ago" in out
+
+
+def test_info_counts_the_answers_a_killed_writer_left_in_the_wal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a kill -9 the last answers are only in the -wal file: info reads them as the writers
+    do; a user who cannot write the cache is told they are not counted."""
+    path = tmp_path / "c.sqlite"
+    killed = subprocess.run(
+        [sys.executable, "-c", (
+            "import os, sys; from pathlib import Path; "
+            "from agents.map.cache import ResponseCache; "
+            "from agents.map.http import Completion, Usage; "
+            "c = ResponseCache(Path(sys.argv[1])); "
+            "[c.put(bytes([n]) * 16, Completion('a', 'stop', None, Usage(1, 1))) for n in range(7)]; "
+            "c.flush(); os.kill(os.getpid(), 9)"
+        ), str(path)],
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "c.sqlite-wal").stat().st_size > 0  # nothing folded back
+    from agents.cli import cache as cache_command
+
+    with monkeypatch.context() as patched:  # (root may write any file)
+        patched.setattr(cache_command, "_may_write", lambda path: False)
+        status, out, err = agents_cache("info", str(path))
+    assert status == 0 and "answers:    0\n" in out and "not counted" in err
+    status, out, err = agents_cache("info", str(path))
+    assert status == 0 and "answers:    7\n" in out, out + err
+    assert "not counted" not in err
 
 
 def test_info_reads_the_default_path_and_the_environment(

@@ -92,6 +92,10 @@ class BatchOutcome:
     online_usage: Usage = field(default_factory=Usage)
     duplicates: int = 0
     waited: float = 0.0
+    retries: dict[str, int] = field(default_factory=dict)  # lines sent again, by their failure
+
+    def retried(self, error_type: str, count: int = 1) -> None:
+        self.retries[error_type] = self.retries.get(error_type, 0) + count
 
     def total_usage(self) -> Usage:
         """The tokens of the batches and of the lines retried online."""
@@ -600,6 +604,8 @@ def write_out(batch: BatchJob, part: Part) -> None:
             batch.write(*outcome)
     if again:
         if batch.o.batch_retry == "online":
+            for retry in again:
+                batch.outcome.retried(retry.error_type)
             retry_online(batch, [retry.entry for retry in again])
         else:
             _retry_in_a_batch(batch, part, again)
@@ -634,6 +640,7 @@ def _retry_in_a_batch(batch: BatchJob, part: Part, again: list[Again]) -> None:
                 continue
             if batch.budget is not None:
                 batch.budget -= worst
+            batch.outcome.retried(retry.error_type)
             writer.add(
                 retry.entry, request_line(batch.job, retry.entry["id"], retry.entry["messages"])
             )
@@ -763,6 +770,8 @@ def retry_online(batch: BatchJob, entries: list[dict[str, Any]]) -> None:
         online.options.resume = saved
     batch.outcome.online_requests += mapper.counters.requests
     batch.outcome.online_usage.add(mapper.counters.usage)
+    for kind, count in mapper.counters.retries.items():
+        batch.outcome.retried(kind, count)
     batch.outcome.written += outcome.written
     batch.outcome.failed += outcome.failed
     for kind, count in outcome.errors.items():

@@ -92,7 +92,7 @@ def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: f
         succeeded=outcome.written,
         failed=outcome.failed,
         errors=outcome.errors,
-        retries={},
+        retries=outcome.retries,
         requests=outcome.requests + outcome.online_requests,
         latencies=[],
         seconds=seconds,

@@ -97,11 +97,16 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
     cache = ResponseCache(
         path,
         create=False,
-        writable=args["action"] != "info",  # (a cache the user cannot write can be looked at)
+        writable=args["action"] != "info" or _may_write(path),
         name=str(path),
         hint="remove the file to start afresh (agents-map --cache makes a new one)",
     )
     cache.write_hint = "is the disk full? nothing was forgotten"
+    if cache.unread_wal:
+        reporter.warning(
+            f"{path}: answers a writer has not folded into the file yet (its -wal file) are "
+            "not counted: this user cannot write the cache, and reading them would need to"
+        )
     try:
         return _act(args, cache, path, streams, reporter)
     except sqlite3.DatabaseError as error:
@@ -133,6 +138,12 @@ def _act(
         f"{_bytes(before.file_bytes)} -> {_bytes(after.file_bytes)} ({path})"
     )
     return 0
+
+
+def _may_write(path: Path) -> bool:
+    """Whether ``info`` may open the cache as its writers do, and so read the answers still in
+    its WAL (after a kill -9, all of a run's); one the user cannot write is read as it stands."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
 
 
 def _path(given: str | None) -> Path:

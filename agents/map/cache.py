@@ -619,8 +619,10 @@ class CacheUse:
     model: str
     output: str
     scope: str | None = None
+    shares: bool = True  # identical requests share one (no --no-dedup)
     saved: Usage = field(default_factory=Usage)  # the usage of the answers replayed
     recent: dict[bytes, None] = field(default_factory=dict)  # keys kept lately, oldest first
+    replayed: dict[bytes, None] = field(default_factory=dict)  # keys replayed lately, likewise
 
     def __post_init__(self) -> None:
         self.store.replace = self.mode == "refresh"
@@ -640,11 +642,24 @@ class CacheUse:
             if not keys:
                 return {}
         replayed = self.store.get_many(keys)
-        saved = self.saved
         for key in keys:  # a key asked twice is replayed twice
             if key in replayed:
-                saved.add(replayed[key].usage)
+                self._count_saving(key, replayed[key])
         return replayed
+
+    def _count_saving(self, key: bytes, answer: Completion) -> None:
+        """Add what a replayed answer cost to what the cache saved, once per answer in a run:
+        records asking the same question would have shared one request without a cache too
+        (unless --no-dedup), so "saved" never claims more than was paid for what was replayed.
+        (Remembered for the last RECENT_KEYS answers: a question asked again after that many
+        others is counted again.)"""
+        if self.shares:
+            if key in self.replayed:
+                return
+            self.replayed[key] = None
+            if len(self.replayed) > RECENT_KEYS:
+                del self.replayed[next(iter(self.replayed))]
+        self.saved.add(answer.usage)
 
     def kept_lately(self, key: bytes) -> bool:
         """Whether this process kept an answer under ``key`` lately: a record looked up before

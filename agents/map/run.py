@@ -343,6 +343,7 @@ def _cache(job: Job, warn: Callable[[str], None], *, create: bool = True) -> Cac
         model_identity(job.shape.model),
         job.interpreter.output_format,
         o.cache_scope or None,  # (an empty scope is none)
+        shares=o.dedup,
     )
 
 
