@@ -7,6 +7,7 @@ die at request 60); two real local models sharing a job are in test_local.py.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import threading
 import time
@@ -90,6 +91,48 @@ def test_requests_split_by_weight(tmp_path: Path) -> None:
     assert [entry["requests"] for entry in stats["endpoints"]] == counts
     assert stats["requests"] == 800
     assert round(sum(entry["cost_usd"] for entry in stats["endpoints"]), 6) == stats["cost_usd"]
+
+
+def test_a_slow_endpoint_gets_fewer_requests_and_the_fast_one_the_rest() -> None:
+    """A server 200 times slower than the other, the same weight: its requests stay in flight,
+    so it is given fewer, and the job's -j slots keep the fast one busy (it used to get every
+    other request, and the job went at the slow one's pace)."""
+    with FakeLLM(slow(1.0)) as slow_one, FakeLLM(slow(0.005)) as fast_one:
+        began = time.monotonic()
+        result, _ = run(
+            "--endpoint", slow_one.url, "--endpoint", fast_one.url, "-j", "8",
+            stdin=words(400),
+        )  # fmt: skip
+        took = time.monotonic() - began
+        slow_count = len(slow_one.requests)
+    assert result.status == 0, result.stderr
+    assert len(results(result)) == 400
+    # at one request in flight there, a second each: about as many as the run lasts seconds
+    assert slow_count <= 2 * took + 8, (slow_count, took)
+
+
+def test_a_429_pauses_that_endpoint_and_its_requests_go_to_the_other() -> None:
+    """An endpoint that answers 429 with Retry-After: 30 to everything: its requests are sent to
+    the other at once (no waiting 30 s), and it is not asked again during the pause."""
+
+    def storm(request: dict[str, Any], number: int) -> Reply:
+        return Reply("slow down", status=429, headers={"Retry-After": "30"})
+
+    with FakeLLM(storm) as limited, FakeLLM() as good:
+        began = time.monotonic()
+        out, err = io.BytesIO(), io.StringIO()
+        status = map_cli.main(
+            ["--prompt", "{word}", "--endpoint", limited.url, "--endpoint", good.url, "-j", "4"],
+            Streams(stdin=io.BytesIO(words(100)), stdout=out, stderr=err),
+            sleep=asyncio.sleep,  # (real waits: a 30 s one would show)
+        )  # fmt: skip
+        took = time.monotonic() - began
+        assert len(limited.requests) <= 4  # those in flight when the first 429 came
+        assert len(good.requests) == 100
+    assert status == 0, err.getvalue()
+    assert took < 15
+    by_id = results(Result(status, out.getvalue(), err.getvalue()))
+    assert all(record.get("attempts", 1) == 1 for record in by_id.values())
 
 
 def test_jobs_caps_each_endpoint_and_the_others_take_the_rest() -> None:
@@ -248,7 +291,9 @@ def test_a_job_file_lists_endpoints(tmp_path: Path) -> None:
             sleep=Sleeps(),
         )
         assert status == 0, err.getvalue()
-        assert len(one.requests) == 30 and len(two.requests) == 10
+        assert len(one.requests) + len(two.requests) == 40
+        assert len(one.requests) > 1.5 * len(two.requests)  # weight 3 to 1 (not exact: see
+        assert two.max_in_flight <= 2  # test_requests_split_by_weight for the split)
 
 
 @pytest.mark.parametrize(
@@ -263,13 +308,79 @@ def test_a_job_file_lists_endpoints(tmp_path: Path) -> None:
         (["--endpoint", "http://127.0.0.1:9/v1 key-env=UNSET_KEY_VARIABLE"], "is not set"),
         (["--endpoint", "http://127.0.0.1:9/v1", "--endpoint", "http://127.0.0.1:9/v1/"], "more"),
         (["--endpoint", "http://127.0.0.1:9/v1", "--batch"], "Batch API"),
+        (["--endpoint", "http://me:secret@127.0.0.1:9/v1"], "user name or password"),
+        (["--base-url", "http://me:secret@127.0.0.1:9/v1"], "user name or password"),
+        (["--endpoint", "http://127.0.0.1:70000/v1"], "port is not a number"),
+        (["--base-url", "http://127.0.0.1:0x1/v1"], "port is not a number"),
+        (
+            ["--endpoint", "http://127.0.0.1:9/v1 key-env=K"] * 2,
+            "more than once with key-env=K",
+        ),
     ],
 )
-def test_bad_endpoints_are_usage_errors(args: list[str], says: str) -> None:
+def test_bad_endpoints_are_usage_errors(
+    args: list[str], says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K", "sk-k")
     result, _ = run(*args, stdin=words(1))
     assert result.status == 2, result.stderr
     assert says in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "Traceback" not in result.stderr and "secret" not in result.stderr
+
+
+def test_one_server_with_two_keys_is_two_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several keys of one provider, each with its own limits: one URL given once per key,
+    each request carrying its lane's key, the summary naming each by its key's variable."""
+    monkeypatch.setenv("KEY_A", "sk-key-a-0123456789")
+    monkeypatch.setenv("KEY_B", "sk-key-b-0123456789")
+    with FakeLLM() as server:
+        out, err = io.BytesIO(), io.StringIO()
+        status = map_cli.main(
+            ["--prompt", "{word}", "--endpoint", f"{server.url} key-env=KEY_A",
+             "--endpoint", f"{server.url} key-env=KEY_B", "-j", "2"],
+            Streams(stdin=io.BytesIO(words(20)), stdout=out, stderr=err),
+            sleep=Sleeps(),
+        )  # fmt: skip
+        keys = sorted(headers["Authorization"] for headers in server.headers)
+    assert status == 0, err.getvalue()
+    assert keys == ["Bearer sk-key-a-0123456789"] * 10 + ["Bearer sk-key-b-0123456789"] * 10
+    assert f"Endpoint {server.url} (key-env=KEY_A): 10 requests" in err.getvalue()
+    assert f"Endpoint {server.url} (key-env=KEY_B): 10 requests" in err.getvalue()
+
+
+def test_a_dry_run_needs_no_key_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("UNSET_KEY_VARIABLE", raising=False)
+    result, _ = run(
+        "-m", "m", "--endpoint", "http://127.0.0.1:9/v1 key-env=UNSET_KEY_VARIABLE",
+        "--dry-run", stdin=words(2),
+    )  # fmt: skip
+    assert result.status == 0, result.stderr
+
+
+def test_without_a_model_the_first_endpoint_that_answers_names_it() -> None:
+    with FakeLLM() as gone:
+        url = gone.url
+    with FakeLLM(models=["served-model"]) as server:
+        result, _ = run("--endpoint", url, "--endpoint", server.url, stdin=words(3))
+        assert {request["model"] for request in server.requests} == {"served-model"}
+    assert result.status == 0, result.stderr
+
+
+def test_the_python_api_takes_one_endpoint_or_mappings(monkeypatch: pytest.MonkeyPatch) -> None:
+    import agents
+
+    records = [{"_id": number, "word": f"w{number}"} for number in range(6)]
+    with FakeLLM() as one, FakeLLM() as two:
+        for endpoint in (
+            one.url,  # one, as a string (not a list of its characters)
+            [{"url": one.url, "weight": 2}, {"url": two.url, "jobs": 1}],  # as in a job file
+        ):
+            job = agents.Job.create(
+                prompt="{word}", model="m", endpoint=endpoint, fallback_model="spare"
+            )
+            assert job.fallbacks == {"spare": None}
+            assert len(list(agents.map_records(records, job))) == 6
+        assert len(one.requests) + len(two.requests) == 12 and len(two.requests) >= 1
 
 
 def test_the_summary_breaks_requests_down_by_endpoint() -> None:

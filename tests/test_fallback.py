@@ -235,3 +235,78 @@ def test_merge_replace_keeps_the_model_beside_the_id() -> None:
         {"_id": 1, "result": {"x": 1}, "_model": "b"},
         {"_id": 2, "result": {"x": 1}, "_model": "b"},
     ]
+
+
+# With several endpoints (--endpoint) ------------------------------------------------------------
+
+
+def run_endpoints(*args: str, stdin: bytes, stats: Path | None = None) -> Result:
+    out, err = io.BytesIO(), io.StringIO()
+    argv = ["--prompt", "{word}", "-q", *args, *(["--stats", str(stats)] if stats else [])]
+    status = map_cli.main(argv, Streams(io.BytesIO(stdin), out, err), sleep=Sleeps())
+    return Result(status, out.getvalue(), err.getvalue())
+
+
+def knows(*names: str) -> Any:
+    """A server that serves ``names`` and answers 404 for any other model."""
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if request["model"] not in names:
+            return Reply(f"The model `{request['model']}` does not exist", status=404)
+        return Reply(f"{request['model']}: {last_user_message(request)}")
+
+    return script
+
+
+@pytest.mark.parametrize("wrong", ["model", "path"])
+def test_a_404_from_one_endpoint_is_that_endpoints_not_the_models(wrong: str) -> None:
+    """One endpoint does not serve the primary (a wrong model= or a wrong URL path): the
+    others answer every record with the primary; no record falls back, nothing is lost."""
+    with FakeLLM(knows("big", "small")) as good, FakeLLM(knows("small")) as other:
+        # another server, asked under a name it does not know; or the good one at a wrong path
+        bad = f"{other.url} model=typo" if wrong == "model" else good.url[: -len("/v1")] + "/wrong"
+        result = run_endpoints(
+            "-m", "big", "--fallback-model", "small", "--endpoint", bad,
+            "--endpoint", good.url, "-j", "4", stdin=words(40),
+        )  # fmt: skip
+    assert result.status == 0, result.stderr
+    by_id = outputs(result)
+    assert sorted(by_id) == list(range(1, 41))
+    assert {record["_model"] for record in by_id.values()} == {"big"}
+    assert "does not serve big" in result.stderr
+    assert "using small" not in result.stderr
+
+
+def test_a_model_no_endpoint_serves_falls_back_and_a_lane_serving_none_is_disabled() -> None:
+    """Neither endpoint serves the primary: the fallback answers, on the endpoint that serves
+    it; the one that serves neither model is disabled."""
+    with FakeLLM(knows("small")) as serves_small, FakeLLM(knows()) as serves_none:
+        result = run_endpoints(
+            "-m", "big", "--fallback-model", "small", "--endpoint", serves_small.url,
+            "--endpoint", serves_none.url, "-j", "2", stdin=words(20),
+        )  # fmt: skip
+        assert {request["model"] for request in serves_small.requests[4:]} == {"small"}
+    assert result.status == 0, result.stderr
+    assert {record["_model"] for record in outputs(result).values()} == {"small"}
+    assert "no endpoint serves big" in result.stderr
+    assert f"endpoint {serves_none.url} is disabled" in result.stderr
+
+
+def test_each_endpoints_cost_prices_each_model_at_its_own_rate(tmp_path: Path) -> None:
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if request["model"] == "gpt-4o" and last_user_message(request).endswith("1"):
+            return Reply("maximum context length exceeded", status=400)
+        return Reply("ok", usage={"prompt_tokens": 1000, "completion_tokens": 1000})
+
+    stats = tmp_path / "stats.json"
+    with FakeLLM(script) as one, FakeLLM(script) as two:
+        result = run_endpoints(
+            "-m", "gpt-4o", "--fallback-model", "gpt-4o-mini", "--endpoint", one.url,
+            "--endpoint", two.url, "-j", "2", stdin=words(20), stats=stats,
+        )  # fmt: skip
+    assert result.status == 0, result.stderr
+    document = orjson.loads(stats.read_bytes())
+    models_cost = {name: figures["cost_usd"] for name, figures in document["models"].items()}
+    assert models_cost["gpt-4o-mini"] > 0 and models_cost["gpt-4o"] > 10 * models_cost["gpt-4o-mini"]
+    by_endpoint = [endpoint["cost_usd"] for endpoint in document["endpoints"]]
+    assert sum(by_endpoint) == pytest.approx(document["cost_usd"])

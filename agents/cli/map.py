@@ -222,7 +222,7 @@ def write_stats(
         # requests not sent because an identical one was in flight (null: --no-dedup)
         document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
         if mapper.router.several:
-            document["endpoints"] = endpoint_stats(mapper.router.lanes, job.price)
+            document["endpoints"] = endpoint_stats(mapper.router.lanes, mapper.prices)
         return save_stats(o.stats, document, reporter)
     return True
 
@@ -237,7 +237,7 @@ def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> i
         for line in summary_lines(counters.usage, job.price, job.shape.model, **_by_model(mapper)):
             reporter.say(line)
     if not o.quiet and mapper.router.several:
-        for line in endpoint_lines(mapper.router.lanes, job.price):
+        for line in endpoint_lines(mapper.router.lanes, mapper.prices):
             reporter.say(line)
     if not o.quiet and mapper.cache is not None:
         reporter.say(cache_line(mapper.cache, job.price))

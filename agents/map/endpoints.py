@@ -5,10 +5,14 @@ flight (adaptive, capped by ``jobs=``), its own rate budgets (``rpm=``, ``tpm=``
 from its headers), its health, and its figures for the summary. The :class:`Router` gives each
 request a lane and a slot in it; a retry asks again, so it may go elsewhere.
 
-With several lanes, a request goes to the lane that has had the fewest requests for its weight
-among those with a free slot and no request already waiting on its budget; so requests split
-by weight while every lane keeps up, and the others take what a full or slow one cannot. A lane
-is taken out of use when it fails:
+With several lanes, a request goes to the lane with the fewest requests in flight for its
+weight (then the fewest sent so far, for its weight) among those with a free slot, no request
+already waiting on its budget and no pause a 429 asked for; so requests split by weight while
+every lane keeps up, and a slow or hanging lane, whose requests stay in flight, gets fewer: the
+others take what it cannot. A lane is taken out of use when it fails:
+
+- a 429: no request is given to it until its Retry-After (else a second) is over, and the
+  request is sent to another lane at once when one is free of such a pause (a 429 is not paid);
 
 - it cannot be reached (connection refused, no route): cooled down at once, the request sent
   elsewhere without spending an attempt (it reached no server, so nothing was paid);
@@ -16,8 +20,13 @@ is taken out of use when it fails:
   as usual, through the router);
 - a cooled-down lane gets one request (a probe) when its time is up: an answer puts it back in
   use, a failure cools it down twice as long (at most ``COOLDOWN_MAX`` seconds);
-- 401/403 (its key) or 404 (it does not serve the model): disabled for the run, named on
-  stderr; its request is sent elsewhere at once.
+- 401/403 (its key): disabled for the run, named on stderr; its request is sent elsewhere at
+  once;
+- 404 (it does not serve that model, or its URL is wrong): that model is not asked of it again,
+  and its request goes to another lane that may serve it; a lane that serves none of the run's
+  models (the primary and the fallbacks) is disabled as a bad key is. Only when no lane is left
+  that may serve a model is the model unknown to the run (:class:`~agents.errors.Fatal`
+  ``not_found``: the next fallback model, else the end of the run).
 
 The run stops (:class:`~agents.errors.Fatal`, exit 1) only when no lane can take a request:
 every lane disabled, or every lane unreachable before anything succeeded, or every lane down
@@ -38,7 +47,7 @@ from dataclasses import dataclass, field
 
 from agents.errors import CallError, Fatal, UsageError
 from agents.map.congestion import Concurrency, Signal, Slot
-from agents.map.http import Client, Endpoint, Usage
+from agents.map.http import Client, Endpoint, Usage, checked_url
 from agents.map.limits import Budgets
 
 #: Server errors or timeouts in a row that cool a lane down.
@@ -76,12 +85,12 @@ def parse_endpoint(text: str) -> EndpointSpec:
     if not words:
         raise UsageError("--endpoint needs a URL", "e.g. --endpoint 'http://host:8000/v1 weight=2'")
     url, settings = words[0], words[1:]
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if "://" not in url:
         raise UsageError(
             f"--endpoint {text!r}: {url!r} is not an http(s) URL",
             "the URL comes first, then NAME=VALUE settings: 'http://host:8000/v1 weight=2'",
         )
+    checked_url(url, "--endpoint")
     values: dict[str, str] = {}
     for setting in settings:
         name, equals, value = setting.partition("=")
@@ -159,13 +168,25 @@ def display_name(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def lane_endpoint(spec: EndpointSpec, base: Endpoint) -> Endpoint:
+def lane_names(specs: list[EndpointSpec]) -> list[str]:
+    """How each endpoint is named in messages and the summary: its URL, with its key's
+    variable when one URL is given with several keys."""
+    urls = [spec.url for spec in specs]
+    return [
+        display_name(spec.url)
+        + (f" (key-env={spec.key_env or 'none'})" if urls.count(spec.url) > 1 else "")
+        for spec in specs
+    ]
+
+
+def lane_endpoint(spec: EndpointSpec, base: Endpoint, need: bool = True) -> Endpoint:
     """The endpoint a lane talks to: the spec's URL and key (``key-env=``, else the job's),
-    the job's headers and timeout."""
+    the job's headers and timeout. ``need``: a ``key-env=`` that is not set is an error (not
+    for a dry run, which sends nothing)."""
     key = base.api_key
     if spec.key_env is not None:
         key = os.environ.get(spec.key_env) or None
-        if key is None:
+        if key is None and need:
             raise UsageError(
                 f"--endpoint {display_name(spec.url)}: ${spec.key_env} is not set",
                 f"export {spec.key_env} with that endpoint's API key",
@@ -182,15 +203,17 @@ class LaneFigures:
     errors: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    by_model: dict[str, Usage] = field(default_factory=dict)  # the same, per model answering
 
     def failed(self, error_type: str) -> None:
         self.errors[error_type] = self.errors.get(error_type, 0) + 1
 
-    def answered(self, seconds: float, usage: Usage) -> None:
+    def answered(self, seconds: float, usage: Usage, model: str) -> None:
         self.answers += 1
         if len(self.latencies) < 10_000:  # (a sample is enough for the percentiles)
             self.latencies.append(seconds)
         self.usage.add(usage)
+        self.by_model.setdefault(model, Usage()).add(usage)
 
 
 class Lane:
@@ -205,9 +228,10 @@ class Lane:
         *,
         weight: float = 1.0,
         model: str | None = None,
+        name: str | None = None,
     ) -> None:
         self.endpoint = endpoint
-        self.name = display_name(endpoint.base_url)
+        self.name = name or display_name(endpoint.base_url)
         self.client = client
         self.concurrency = concurrency
         self.budgets = budgets
@@ -223,18 +247,25 @@ class Lane:
         self.failed_probes = 0
         self.probing = False
         self.unreachable = False  # its last failure: no connection at all
+        self.unknown: set[str] = set()  # the run's models its server answered 404 for
 
     @property
     def cooling(self) -> bool:
         return self.cool_until > 0.0
 
-    def usable(self, now: float) -> bool:
-        """Whether a request may be given to it now."""
-        if self.disabled is not None or self.concurrency is None:
+    def serves(self, model: str | None) -> bool:
+        """Whether it is in use for requests to ``model`` (None: the job's), as far as known."""
+        return self.disabled is None and (model is None or model not in self.unknown)
+
+    def usable(self, now: float, model: str | None = None) -> bool:
+        """Whether a request (to ``model``) may be given to it now."""
+        if not self.serves(model) or self.concurrency is None:
             return False
         if self.cooling:  # one probe at a time once its time is up
             return now >= self.cool_until and self.concurrency.in_flight == 0
         if self.concurrency.in_flight >= self.concurrency.window.limit:
+            return False
+        if self.paused_until > now:
             return False
         budgets = self.budgets
         return budgets is None or not budgets.active or not budgets.turn.locked()
@@ -249,6 +280,16 @@ class Lane:
         self.cooldown = COOLDOWN
         self.in_a_row = self.failed_probes = 0
         self.probing = self.unreachable = False
+
+
+def _load(lane: Lane) -> tuple[float, float]:
+    """What a lane has to do, for its weight: its requests in flight, then all it was given."""
+    in_flight = lane.concurrency.in_flight if lane.concurrency is not None else 0
+    return (in_flight + 1) / lane.weight, (lane.sent + 1) / lane.weight
+
+
+def _why_out(lane: Lane) -> str:
+    return lane.disabled or "it does not serve " + ", ".join(sorted(lane.unknown))
 
 
 class Router:
@@ -266,18 +307,19 @@ class Router:
         self.clock = clock
         self.several = len(lanes) > 1
         self.any_success = False
-        #: With fallback models, a 404 says the model is unknown, not that the endpoint is
-        #: wrong: the Mapper moves on to the next model, and the endpoint stays in use.
-        self.not_found_is_the_models = False
+        #: The run's models (the primary, then the fallbacks): a lane that answers 404 for
+        #: each of them serves none, and is disabled.
+        self.models: tuple[str, ...] = ()
         self._changed: asyncio.Event | None = None
 
     @property
     def first(self) -> Lane:
         return self.lanes[0]
 
-    def try_take(self) -> tuple[Lane, Slot | None] | None:
-        """A lane and a free slot in it taken at once, or None (then :meth:`take` waits)."""
-        lane = self._choose(self.clock()) if self.several else self.first
+    def try_take(self, model: str | None = None) -> tuple[Lane, Slot | None] | None:
+        """A lane (that may serve ``model``; None: the job's) and a free slot in it taken at
+        once, or None (then :meth:`take` waits)."""
+        lane = self._choose(self.clock(), model) if self.several else self.first
         if lane is None:
             return None
         concurrency = lane.concurrency
@@ -291,11 +333,11 @@ class Router:
         lane.sent += 1
         return lane, slot
 
-    async def take(self) -> tuple[Lane, Slot | None]:
-        """A lane and a slot in it, waiting for one if need be (cancel to stop waiting); no
-        slot when the lane has no window (a run without one: batch mode's)."""
+    async def take(self, model: str | None = None) -> tuple[Lane, Slot | None]:
+        """A lane (for ``model``) and a slot in it, waiting for one if need be (cancel to stop
+        waiting); no slot when the lane has no window (a run without one: batch mode's)."""
         while True:
-            taken = self.try_take()
+            taken = self.try_take(model)
             if taken is not None:
                 return taken
             if not self.several:  # its own queue, first come first served
@@ -304,11 +346,11 @@ class Router:
                 slot = await lane.concurrency.acquire()
                 lane.sent += 1
                 return lane, slot
-            self._check_alive()
+            self._check_alive(model)
             await self._wait(self.clock())
 
-    def _choose(self, now: float) -> Lane | None:
-        usable = [lane for lane in self.lanes if lane.usable(now)]
+    def _choose(self, now: float, model: str | None) -> Lane | None:
+        usable = [lane for lane in self.lanes if lane.usable(now, model)]
         if not usable:
             return None
         probes = [lane for lane in usable if lane.cooling]
@@ -316,7 +358,7 @@ class Router:
             lane = probes[0]
             self._catch_up(lane)
             return lane
-        return min(usable, key=lambda lane: (lane.sent + 1) / lane.weight)
+        return min(usable, key=_load)
 
     def _catch_up(self, lane: Lane) -> None:
         """A lane back in use starts level with the others (for its weight), not owed the
@@ -326,20 +368,25 @@ class Router:
             level = min(other.sent / other.weight for other in others)
             lane.sent = max(lane.sent, int(level * lane.weight))
 
-    def _check_alive(self) -> None:
-        """Fatal when no lane will take a request again."""
-        live = [lane for lane in self.lanes if lane.disabled is None]
-        if not live:
+    def _check_alive(self, model: str | None = None) -> None:
+        """Fatal when no lane will take a request (to ``model``) again."""
+        if not any(lane.disabled is None for lane in self.lanes):
             raise Fatal(
                 "auth",
                 "every endpoint is disabled: "
                 + "; ".join(f"{lane.name}: {lane.disabled}" for lane in self.lanes),
             )
+        live = [lane for lane in self.lanes if lane.serves(model)]
+        if not live:  # (a model every server said it does not know)
+            raise Fatal("not_found", f"no endpoint serves {model}")
         if all(lane.cooling for lane in live):
             if not self.any_success and all(lane.unreachable for lane in live):
+                out = [lane for lane in self.lanes if lane not in live]
                 raise Fatal(
                     "connection_error",
-                    "cannot reach any endpoint: " + ", ".join(lane.name for lane in live),
+                    "cannot reach any endpoint: "
+                    + ", ".join(lane.name for lane in live)
+                    + "".join(f"; {lane.name} is out of use ({_why_out(lane)})" for lane in out),
                 )
             if all(lane.failed_probes >= DOWN_AFTER for lane in live):
                 raise Fatal(
@@ -351,8 +398,9 @@ class Router:
         """Until a slot is given back or a cooldown ends."""
         if self._changed is None:
             self._changed = asyncio.Event()
-        cooling = [lane.cool_until for lane in self.lanes if lane.cooling and lane.disabled is None]
-        timeout = max(0.001, min(cooling) - now) if cooling else None
+        ends = [lane.cool_until for lane in self.lanes if lane.cooling and lane.disabled is None]
+        ends += [lane.paused_until for lane in self.lanes if lane.paused_until > now]
+        timeout = max(0.001, min(ends) - now) if ends else None
         event = self._changed
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
@@ -374,31 +422,31 @@ class Router:
                 self.warn(f"endpoint {lane.name} answers again: back in use")
             lane.recovered()
 
-    def failed(self, lane: Lane, error: CallError) -> bool:
-        """A request to ``lane`` failed with ``error``: whether to send it elsewhere at once
-        (the lane is out of use and the request cost nothing) rather than let it count."""
+    def failed(self, lane: Lane, error: CallError, model: str) -> bool:
+        """A request to ``lane`` (asking ``model``) failed with ``error``: whether to send it
+        elsewhere at once (the lane is out of use for it, and the request cost nothing) rather
+        than let it count."""
         lane.figures.failed(error.error_type)
         if not self.several:
             return False
         probe, lane.probing = lane.probing, False
         now = self.clock()
-        if (
-            isinstance(error, Fatal)
-            and error.error_type == "not_found"
-            and self.not_found_is_the_models
-        ):
-            return False
-        if isinstance(error, Fatal) and error.error_type in ("auth", "not_found"):
-            if lane.disabled is None:
-                lane.disabled = error.message
-                what = "its key is refused" if error.error_type == "auth" else "no such model"
-                self.warn(
-                    f"endpoint {lane.name} is disabled for this run ({what}: {error.message}); "
-                    "the others go on",
-                    "check its key-env=" if error.error_type == "auth" else "check its model=",
-                )
+        if isinstance(error, Fatal) and error.error_type == "not_found":
+            self._not_found(lane, error, model)
+            self.wake()
+            return any(other.serves(model) for other in self.lanes)
+        if isinstance(error, Fatal) and error.error_type == "auth":
+            self._disable(lane, f"its key is refused: {error.message}", "check its key-env=")
             self.wake()
             return True
+        if error.error_type == "rate_limited":
+            pause = error.retry_after if error.retry_after and error.retry_after > 0 else 1.0
+            lane.paused_until = max(lane.paused_until, now + pause)
+            self.wake()
+            return any(
+                other.serves(model) and other.paused_until <= now and not other.cooling
+                for other in self.lanes
+            )
         if error.error_type not in LANE_FAULTS:
             return False
         not_sent = error.not_sent
@@ -419,6 +467,32 @@ class Router:
         self.wake()
         return not_sent
 
+    def _not_found(self, lane: Lane, error: Fatal, model: str) -> None:
+        """``lane``'s server does not know ``model`` (or its URL is wrong): not asked it again;
+        disabled once it serves none of the run's models."""
+        if model in lane.unknown or lane.disabled is not None:
+            return
+        lane.unknown.add(model)
+        if all(name in lane.unknown for name in self.models or (model,)):
+            self._disable(
+                lane,
+                f"it serves none of the models, {', '.join(self.models or (model,))}: "
+                f"{error.message}",
+                "check its URL, and its model=",
+            )
+        else:
+            self.warn(
+                f"endpoint {lane.name} does not serve {model} ({error.message}); "
+                "the others are asked it"
+            )
+
+    def _disable(self, lane: Lane, why: str, hint: str) -> None:
+        if lane.disabled is None:
+            lane.disabled = why
+            self.warn(
+                f"endpoint {lane.name} is disabled for this run ({why}); the others go on", hint
+            )
+
     def wake(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -436,5 +510,6 @@ __all__ = [
     "display_name",
     "endpoint_text",
     "lane_endpoint",
+    "lane_names",
     "parse_endpoint",
 ]

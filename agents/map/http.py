@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from agents.errors import CallError, Fatal, RecordFailed, Retryable
+from agents.errors import CallError, Fatal, RecordFailed, Retryable, UsageError
 
 if TYPE_CHECKING:
     import aiohttp
@@ -47,6 +47,30 @@ class Endpoint:
         if self.api_key and len(self.api_key) >= 4:
             text = text.replace(self.api_key, "[redacted]")
         return text
+
+
+def checked_url(url: str, flag: str) -> str:
+    """A server's base URL as given to ``flag``, or a UsageError saying what is wrong with it:
+    not http(s), no host, a port out of range, or a user and password in it (those go on a
+    command line, visible to every user through ps, and are never sent: give the key in an
+    environment variable)."""
+    parts = urllib.parse.urlsplit(url)
+    example = "e.g. http://127.0.0.1:8080/v1"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"{flag} {url!r}: not an http(s) URL", example)
+    try:
+        parts.port  # noqa: B018  (raises for a port that is not one)
+    except ValueError:
+        raise UsageError(
+            f"{flag} {url!r}: the port is not a number from 1 to 65535", example
+        ) from None
+    if parts.username is not None or parts.password is not None:
+        raise UsageError(
+            f"{flag}: the URL holds a user name or password, which agents-map does not send",
+            "give the key in OPENAI_API_KEY (or --api-key-env NAME), or for one of several "
+            "endpoints in key-env=NAME; a header the server needs with --header",
+        )
+    return url
 
 
 def served_models(endpoint: Endpoint, timeout: float = 10.0) -> list[str] | None:

@@ -19,8 +19,14 @@ from agents.contract.ids import ID_KEY
 from agents.errors import UsageError
 from agents.map import config
 from agents.map.answer import Interpreter, Merger
-from agents.map.endpoints import EndpointSpec, display_name, lane_endpoint, parse_endpoint
-from agents.map.http import DEFAULT_BASE_URL, Endpoint, served_models
+from agents.map.endpoints import (
+    EndpointSpec,
+    display_name,
+    endpoint_text,
+    lane_endpoint,
+    parse_endpoint,
+)
+from agents.map.http import DEFAULT_BASE_URL, Endpoint, checked_url, served_models
 from agents.map.prompt import Template
 from agents.map.record import RequestShape, response_formats
 from agents.map.usage import Price, price_for
@@ -88,6 +94,25 @@ def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
     return SimpleNamespace(**options)
 
 
+#: Options given as a repeated flag: a list from Python, or one value for a list of one.
+REPEATED = ("endpoint", "fallback_model", "header", "param")
+
+
+def _as_flag(name: str, value: Any) -> Any:
+    """An option given to :meth:`Job.create` as its flag would give it: ``endpoint="URL"`` or
+    ``fallback_model="name"`` a list of one (not of characters), and an endpoint given as a
+    mapping (``{"url": ..., "weight": 2}``, as in a job file) its flag's text."""
+    if name not in REPEATED or value is None:
+        return value
+    if isinstance(value, str | dict):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        raise UsageError(f"{name}: expected a list (or one value), got {type(value).__name__}")
+    if name == "endpoint":
+        return [endpoint_text(entry, f"endpoint[{k}]") for k, entry in enumerate(value)]
+    return list(value)
+
+
 @dataclass
 class Job:
     endpoint: Endpoint
@@ -118,7 +143,7 @@ class Job:
                 "name options as agents-map's long flags, with _ for -, e.g. output_format",
             )
         flags: dict[str, Any] = dict.fromkeys(known)
-        flags.update(options)
+        flags.update({name: _as_flag(name, value) for name, value in options.items()})
         return build(merge(flags, job_file))
 
     @property
@@ -191,7 +216,7 @@ def headers(items: list[str]) -> dict[str, str]:
 
 def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
     key = os.environ.get(o.api_key_env) or getattr(o, "api_key", None) or None
-    base_url = o.base_url or None
+    base_url = checked_url(o.base_url, "--base-url") if o.base_url else None
     if getattr(o, "provider", None) == "openai-compatible" and base_url is None:
         raise UsageError(
             "llm.provider openai-compatible needs the server's address",
@@ -212,15 +237,20 @@ def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
 DEFAULT_MODEL = "gpt-4o-mini"
 
 
-def resolve_model(model: str | None, server: Endpoint) -> str:
+def resolve_model(model: str | None, servers: list[Endpoint]) -> str:
     """The model named; else, for a server other than OpenAI's, the one model it serves (asked
-    once, ``GET /models``); else the default. A server that serves several is a usage error:
-    sending it a model it may not have would fail on every record."""
+    once, ``GET /models``; with several endpoints, of each in turn until one answers); else the
+    default. A server that serves several is a usage error: sending it a model it may not have
+    would fail on every record."""
     if model:
         return model
-    if server.base_url.rstrip("/") == DEFAULT_BASE_URL:
-        return DEFAULT_MODEL
-    served = served_models(server)
+    served: list[str] | None = None
+    for server in servers:
+        if server.base_url.rstrip("/") == DEFAULT_BASE_URL:
+            return DEFAULT_MODEL
+        served = served_models(server)
+        if served:
+            break
     if not served:
         return DEFAULT_MODEL
     if len(served) == 1:
@@ -301,11 +331,13 @@ def build(o: SimpleNamespace) -> Job:
     at_least(o.total, "--total", 0)
     specs = several_endpoints(o)
     server = endpoint(o, need=not o.dry_run and not specs)
-    lanes = [(spec, lane_endpoint(spec, server)) for spec in specs]
+    lanes = [(spec, lane_endpoint(spec, server, need=not o.dry_run)) for spec in specs]
     if lanes:
-        server = lanes[0][1]  # (asked which model it serves when none is named)
-    # Before the price and the fingerprint, which depend on it.
-    o.model = resolve_model(o.model, server)
+        server = lanes[0][1]
+    # Before the price and the fingerprint, which depend on it. (Endpoints that name the model
+    # otherwise, model=, are not asked what the job's is.)
+    asked = [lane for spec, lane in lanes if spec.model is None] or [server]
+    o.model = resolve_model(o.model, asked)
     price = price_for(o.model, o.price)
     fallbacks = fallback_models(o)
     if o.max_cost is not None:
@@ -392,11 +424,15 @@ def several_endpoints(o: SimpleNamespace) -> list[EndpointSpec]:
             "give that provider with --base-url",
         )
     specs = [parse_endpoint(text) for text in texts]
-    urls = [spec.url for spec in specs]
-    repeated = sorted({url for url in urls if urls.count(url) > 1})
+    # One server may be given once per key (several keys of one provider, each with its own
+    # limits), not twice with the same one.
+    pairs = [(spec.url, spec.key_env) for spec in specs]
+    repeated = sorted({pair for pair in pairs if pairs.count(pair) > 1}, key=str)
     if repeated:
+        url, key_env = repeated[0]
         raise UsageError(
-            f"--endpoint {display_name(repeated[0])} is given more than once",
-            "one --endpoint per server; its jobs= and weight= say how much it takes",
+            f"--endpoint {display_name(url)} is given more than once"
+            + (f" with key-env={key_env}" if key_env else ""),
+            "one --endpoint per server and key; its jobs= and weight= say how much it takes",
         )
     return specs

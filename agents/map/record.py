@@ -282,8 +282,7 @@ class Mapper:
         self.fallbacks = dict(fallbacks or {})
         self.prices: dict[str, Price | None] = {shape.model: price, **self.fallbacks}
         self.unknown_models: set[str] = set()
-        if self.fallbacks:
-            self.router.not_found_is_the_models = True
+        self.router.models = tuple(self.prices)
         self.learn_limits = learn_limits
         # Set when the run stops (a signal, a cap): from then on nothing new is sent.
         self.stopping = stopping
@@ -392,7 +391,9 @@ class Mapper:
         if output is None:
             raise Fatal(
                 "not_found",
-                "the server knows none of the models: " + ", ".join((primary, *self.fallbacks)),
+                ("no endpoint serves any" if self.router.several else "the server knows none")
+                + " of the models: "
+                + ", ".join((primary, *self.fallbacks)),
             )
         return output, succeeded
 
@@ -499,7 +500,8 @@ class Mapper:
         self.unknown_models.add(model)
         rest = [name for name in self.fallbacks if name not in self.unknown_models]
         if rest:
-            self.warn(f"the server does not know {model} ({error.message}); using {rest[0]}")
+            unknown = "no endpoint serves" if self.router.several else "the server does not know"
+            self.warn(f"{unknown} {model} ({error.message}); using {rest[0]}")
 
     def _keep(self, key: bytes, completion: Completion, paid: Usage) -> None:
         """Keep an accepted answer in the cache, with what the record paid for it. Never one
@@ -641,6 +643,7 @@ class Mapper:
         """One request for ``messages`` (to ``model``, else the job's, by the name each
         endpoint gives it) through a lane the router picks."""
         primary = model is None or model == self.shape.model
+        asked = self.shape.model if model is None else model
         for each in self.router.lanes:
             each.client.open()  # (before the slot and the budget: see Client.open)
         while True:
@@ -651,7 +654,7 @@ class Mapper:
             debug = LOGGER.isEnabledFor(logging.DEBUG)
             lane: Lane | None = None
             try:
-                async with self._sending(cost) as (taken, reserved):
+                async with self._sending(cost, asked) as (taken, reserved):
                     lane = taken
                     body: dict[str, Any] = {
                         "model": (taken.model or self.shape.model) if primary else model,
@@ -676,19 +679,18 @@ class Mapper:
                 raise
             except CallError as error:
                 LOGGER.info("request failed: %s: %s", error.error_type, error.message)
-                if lane is not None and self.router.failed(lane, error):
+                if lane is not None and self.router.failed(lane, error, asked):
                     continue  # that endpoint is out of use, and this request cost nothing
                 raise
             assert lane is not None
             self.router.answered(lane)
-            lane.figures.answered(time.monotonic() - started, completion.usage)
+            lane.figures.answered(time.monotonic() - started, completion.usage, asked)
             self._settle(lane, prompt, reserved, completion)
-            price = self.price if primary else self.prices.get(model or "")
+            price = self.prices.get(asked)
             if hold is not None and price is not None:
                 hold.spent += price.cost(completion.usage)
             if self.fallbacks:
-                used = self.counters.by_model.setdefault(model or self.shape.model, Usage())
-                used.add(completion.usage)
+                self.counters.by_model.setdefault(asked, Usage()).add(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
             self.counters.usage.add(completion.usage)
             if debug:
@@ -799,11 +801,13 @@ class Mapper:
             lane.paused_until = max(lane.paused_until, time.monotonic() + completion.pause)
 
     @contextlib.asynccontextmanager
-    async def _sending(self, cost: Callable[[], int]) -> AsyncIterator[tuple[Lane, int | None]]:
-        """A lane and a concurrency slot in it, then its rate budget (``cost``: the tokens to
-        reserve) and the job's (several endpoints: ``--rpm`` and ``--tpm`` are the job's
-        total), then the last look at whether the run still sends; gives the lane and the
-        tokens its budget reserved.
+    async def _sending(
+        self, cost: Callable[[], int], model: str
+    ) -> AsyncIterator[tuple[Lane, int | None]]:
+        """A lane that may serve ``model`` and a concurrency slot in it, then its rate budget
+        (``cost``: the tokens to reserve) and the job's (several endpoints: ``--rpm`` and
+        ``--tpm`` are the job's total), then the last look at whether the run still sends;
+        gives the lane and the tokens its budget reserved.
 
         The slot comes first: a request that took its budget and then waited for a slot would
         go out late, together with every other one that did, when answers free their slots at
@@ -811,8 +815,10 @@ class Mapper:
         spacing is the spacing on the wire.
         """
         router = self.router
-        taken = router.try_take()  # (most requests find a slot: no await, no task)
-        lane, slot = taken if taken is not None else await self._unless_stopped(router.take())
+        taken = router.try_take(model)  # (most requests find a slot: no await, no task)
+        lane, slot = (
+            taken if taken is not None else await self._unless_stopped(router.take(model))
+        )
         signal: Signal | None = None  # not sent
         try:
             if lane.paused_until:  # (checked here: a coroutine call per request costs CPU)
@@ -857,6 +863,8 @@ class Mapper:
             stop.cancel()
             if not task.done():
                 task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved (raised below), even when this wait was cancelled
         if task.done() and not task.cancelled():
             return task.result()  # it finished first (or with the stop): the caller checks again
         raise NotSent

@@ -13,7 +13,7 @@ from agents.contract.ids import ID_KEY
 from agents.errors import AgentsError, DataError
 from agents.formats._options import BadRowHandler, raise_bad
 from agents.map.cache import CacheUse
-from agents.map.endpoints import Lane, Router
+from agents.map.endpoints import Lane, Router, lane_names
 from agents.map.http import Client
 from agents.map.job import Job
 from agents.map.progress import Progress, ResultsAbove, Tally
@@ -221,7 +221,8 @@ def _router(job: Job, jobs: int, budgets: Budgets, warn: Callable[..., None]) ->
         lane = Lane(job.endpoint, Client(job.endpoint, jobs), Concurrency(jobs), budgets)
         return Router([lane], warn)
     lanes = []
-    for spec, endpoint in job.endpoints:
+    names = lane_names([spec for spec, _ in job.endpoints])
+    for (spec, endpoint), name in zip(job.endpoints, names, strict=True):
         room = min(spec.jobs or jobs, jobs)
         model = spec.model or job.shape.model
         lane_budgets = Budgets(
@@ -235,6 +236,7 @@ def _router(job: Job, jobs: int, budgets: Budgets, warn: Callable[..., None]) ->
                 lane_budgets,
                 weight=spec.weight,
                 model=spec.model,
+                name=name,
             )
         )
     return Router(lanes, warn)

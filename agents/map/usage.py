@@ -220,16 +220,22 @@ def stats_document(
     return document
 
 
-def endpoint_lines(lanes: list[Lane], price: Price | None) -> list[str]:
+def _priced(prices: dict[str, Price | None]) -> bool:
+    """Whether any model of the run has a price (else no cost is shown, not $0.00)."""
+    return any(price is not None for price in prices.values())
+
+
+def endpoint_lines(lanes: list[Lane], prices: dict[str, Price | None]) -> list[str]:
     """The summary's line for each of several endpoints: its requests, errors, latency and
-    cost, and whether it was disabled or is cooling down."""
+    cost (each model's tokens at its price), and whether it was disabled or is cooling down."""
     lines = []
     for lane in lanes:
         figures = lane.figures
         errors = sum(figures.errors.values())
         kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(figures.errors.items()))
         median = percentile(sorted(figures.latencies), 0.5)
-        cost = f", ${price.cost(figures.usage):,.2f}" if price is not None else ""
+        known, _ = models_cost(figures.by_model, prices)
+        cost = f", ${known:,.2f}" if known is not None and _priced(prices) else ""
         state = (
             " (disabled)"
             if lane.disabled is not None
@@ -245,13 +251,14 @@ def endpoint_lines(lanes: list[Lane], price: Price | None) -> list[str]:
     return lines
 
 
-def endpoint_stats(lanes: list[Lane], price: Price | None) -> list[dict[str, Any]]:
+def endpoint_stats(lanes: list[Lane], prices: dict[str, Price | None]) -> list[dict[str, Any]]:
     """The --stats document's "endpoints" part: one entry per endpoint, in the order given."""
     out = []
     for lane in lanes:
         figures = lane.figures
         ordered = sorted(figures.latencies)
         usage = figures.usage
+        cost, _ = models_cost(figures.by_model, prices)
         out.append(
             {
                 "url": lane.name,
@@ -265,7 +272,7 @@ def endpoint_stats(lanes: list[Lane], price: Price | None) -> list[dict[str, Any
                     "output": usage.completion,
                     "total": usage.prompt + usage.completion,
                 },
-                "cost_usd": round(price.cost(usage), 6) if price is not None else None,
+                "cost_usd": round(cost, 6) if cost is not None and _priced(prices) else None,
                 "latency_seconds": {
                     "p50": round(percentile(ordered, 0.50), 4),
                     "p90": round(percentile(ordered, 0.90), 4),
