@@ -169,7 +169,11 @@ class Unusable(Exception):
 
 
 class CapReached(Exception):
-    """A cap stops the run: nothing more is sent; what was written stays; rerun to resume."""
+    """A cap stops the run: nothing more is sent; what was written stays; rerun to resume.
+    ``output``: the record's output and whether it succeeded, when it has one all the same (an
+    earlier model's paid failure, whose fallback the cap left no room for)."""
+
+    output: tuple[dict[str, object], bool] | None = None
 
 
 class InputChanged(UsageError):

@@ -76,19 +76,26 @@ def pytest_configure(config: pytest.Config) -> None:
         "e2e: runs the real commands against the real local model (agents-local); "
         "skip locally with -m 'not e2e'; with CI=true a skipped one is a failure",
     )
+    config.addinivalue_line(
+        "markers",
+        "service: needs a real service the tests start (redis-server, sshd); skipped with the "
+        "reason where it is not installed, and with CI=true a skipped one is a failure",
+    )
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     outcome = yield
     report = outcome.get_result()
-    if item.get_closest_marker("e2e") is None:
+    e2e = item.get_closest_marker("e2e") is not None
+    if not e2e and item.get_closest_marker("service") is None:
         return
-    if report.when == "call" and report.passed:
+    if e2e and report.when == "call" and report.passed:
         E2E_RAN.append(item.nodeid)
     if report.skipped and os.environ.get("CI") == "true":
         report.outcome = "failed"
-        report.longrepr = f"an end-to-end test was skipped in CI: {report.longrepr}"
+        kind = "an end-to-end test" if e2e else "a test of a real service"
+        report.longrepr = f"{kind} was skipped in CI: {report.longrepr}"
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

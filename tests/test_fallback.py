@@ -310,3 +310,36 @@ def test_each_endpoints_cost_prices_each_model_at_its_own_rate(tmp_path: Path) -
     assert models_cost["gpt-4o-mini"] > 0 and models_cost["gpt-4o"] > 10 * models_cost["gpt-4o-mini"]
     by_endpoint = [endpoint["cost_usd"] for endpoint in document["endpoints"]]
     assert sum(by_endpoint) == pytest.approx(document["cost_usd"])
+
+
+def test_a_record_whose_fallback_cannot_go_out_keeps_the_paid_failure(tmp_path: Path) -> None:
+    """--max-cost leaves no room for the fallback's worst case: every record the primary was
+    asked for (and paid) has its output line, the primary's failure with its answer, so none
+    is lost with the stop (the run exits 4; a rerun retries them)."""
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        if request["model"] == "gpt-4o-mini":
+            return Reply("not json", usage={"prompt_tokens": 50, "completion_tokens": 50})
+        return Reply('{"ok": true}', usage={"prompt_tokens": 50, "completion_tokens": 50})
+
+    with FakeLLM(script) as server:
+        result = run(
+            server, "-m", "gpt-4o-mini", "--fallback-model", "gpt-4o", "--output-format",
+            "json", "--max-tokens", "100", "--max-cost", "0.01", "-j", "4", stdin=words(20),
+        )  # fmt: skip
+        asked = {
+            last_user_message(request).split()[0].rstrip(".")
+            for request in server.requests
+            if request["model"] == "gpt-4o-mini"
+        }
+    assert result.status == 4, result.stderr
+    by_id = outputs(result)
+    assert {f"w{number}" for number in by_id} >= {word for word in asked if word.startswith("w")}
+    failed = [record for record in by_id.values() if "error" in record]
+    assert failed and all(record["answer"] == "not json" for record in failed)
+
+
+def test_the_result_field_cannot_be_the_model_key() -> None:
+    with FakeLLM() as server:
+        result = run(server, "-m", "a", "--fallback-model", "b", "--field", "_model", stdin=words(1))
+    assert result.status == 2 and "--field _model" in result.stderr

@@ -17,6 +17,10 @@ from agents.errors import InvalidID
 #: The reserved key that holds a record's ID.
 ID_KEY = "_id"
 
+#: The reserved key where an output record says which model answered it (agents-map with
+#: fallback models).
+MODEL_KEY = "_model"
+
 Record = dict[str, Any]
 
 

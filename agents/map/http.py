@@ -54,8 +54,11 @@ def checked_url(url: str, flag: str) -> str:
     not http(s), no host, a port out of range, or a user and password in it (those go on a
     command line, visible to every user through ps, and are never sent: give the key in an
     environment variable)."""
-    parts = urllib.parse.urlsplit(url)
     example = "e.g. http://127.0.0.1:8080/v1"
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as error:  # (an unclosed [ of an IPv6 address)
+        raise UsageError(f"{flag} {url!r}: not a URL ({error})", example) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(f"{flag} {url!r}: not an http(s) URL", example)
     try:

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from agents.contract.ids import ID_KEY
+from agents.contract.ids import ID_KEY, MODEL_KEY
 from agents.errors import UsageError
 from agents.map import config
 from agents.map.answer import Interpreter, Merger
@@ -269,6 +269,11 @@ def build(o: SimpleNamespace) -> Job:
     if o.field == ID_KEY:
         raise UsageError(
             f"--field {ID_KEY}: that key holds each record's ID", "name the result field otherwise"
+        )
+    if o.field == MODEL_KEY and getattr(o, "fallback_model", None):
+        raise UsageError(
+            f"--field {MODEL_KEY}: with --fallback-model that key says which model answered",
+            "name the result field otherwise",
         )
     if o.prompt_file is not None and o.prompt is not None:
         raise UsageError("give the prompt with -p FILE or --prompt TEXT, not both")

@@ -25,7 +25,10 @@ never changes how much it holds, so the group's limit holds as before.
 
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
-kernel drops a dead process's lock, so a crash never leaves the budget locked.
+kernel drops a dead process's lock, so a crash never leaves the budget locked. With
+``--rate-group redis://HOST:PORT/NAME`` the same document lives in Redis, changed under a lock
+that expires (:mod:`agents.map.redis_group`), so processes on many hosts draw from one budget.
+Either way the document is a :class:`GroupStore`'s, and this module's rules are the only ones.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from agents.errors import UsageError
+from agents.errors import AgentsError, UsageError
 from agents.paths import runtime_folder
 
 #: Unused credit a bucket may hold, in seconds of its rate (at least one unit).
@@ -94,14 +98,75 @@ class Bucket:
         self.level -= amount
 
 
+class GroupUnavailable(AgentsError):
+    """The group's store cannot be reached (Redis is down or restarting): nothing may be sent
+    until it is back, since the group's budget cannot be asked."""
+
+
+class GroupBusy(GroupUnavailable):
+    """Another member holds the group's document for longer than a moment (or a dead one
+    holds it until its lock expires): ask again in ``seconds``, asleep, not blocking the
+    process's requests meanwhile."""
+
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+class GroupStore(Protocol):
+    """Where a rate group's document lives (the buckets, the members, the queue): a file on
+    this host, or Redis for many hosts."""
+
+    #: This process's name among the group's members (unique across the group's hosts).
+    member: str
+    #: How messages name the group.
+    name: str
+
+    def state(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
+        """The document, held exclusively: changed in place, saved when the block ends (not
+        when it raises). Raises GroupUnavailable when the store cannot be reached."""
+        ...
+
+
+class FileGroup:
+    """A rate group of this host's processes: a JSON file in the runtime folder, changed under
+    an exclusive ``flock`` (the kernel drops a dead process's lock)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = path
+        self.member = str(os.getpid())
+
+    @contextlib.contextmanager
+    def state(self) -> Iterator[dict[str, Any]]:
+        with open(self.path, "a+") as stream:
+            fcntl.flock(stream, fcntl.LOCK_EX)
+            try:
+                stream.seek(0)
+                try:
+                    saved = json.loads(stream.read() or "{}")
+                except ValueError:
+                    saved = {}
+                if not isinstance(saved, dict):
+                    saved = {}
+                yield saved
+                stream.seek(0)
+                stream.truncate()
+                stream.write(json.dumps(saved))
+                stream.flush()
+            finally:
+                fcntl.flock(stream, fcntl.LOCK_UN)
+
+
 class Budgets:
-    """Requests-per-minute and tokens-per-minute buckets, in this process or in a shared file."""
+    """Requests-per-minute and tokens-per-minute buckets, in this process or in a group's
+    store (a file, or Redis)."""
 
     def __init__(
         self,
         rpm: float | None,
         tpm: float | None,
-        group_file: str | None = None,
+        group: GroupStore | str | None = None,
         memory: LimitMemory | None = None,
     ) -> None:
         self.memory = memory
@@ -111,7 +176,9 @@ class Budgets:
         }
         self.given = {name for name, rate in self.rates.items() if rate}
         self.learned: dict[str, float] = {}  # per minute, as the headers said
-        self.group_file = group_file
+        self.group: GroupStore | None = FileGroup(group) if isinstance(group, str) else group
+        #: Tokens charged while the group could not be reached, charged once it can.
+        self.owed = 0.0
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
         self._turn: asyncio.Lock | None = None
         if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
@@ -158,7 +225,8 @@ class Budgets:
         """Never allow more before the server's window resets than it says is left."""
         if name not in self.local:
             return
-        with self._shared() as shared:
+        # (a group that cannot be reached is told at the next request's admission, which waits)
+        with contextlib.suppress(GroupUnavailable), self._shared() as shared:
             bucket = shared.buckets.get(name)
             if bucket is not None:
                 now = time.time()
@@ -167,7 +235,8 @@ class Budgets:
 
     def reserve(self, tokens: float) -> float:
         """Take one request and ``tokens`` from the budgets: the seconds to wait before
-        sending. In a group, wait that long, then ask :meth:`still_to_wait`."""
+        sending. In a group, wait that long, then ask :meth:`still_to_wait`. Raises
+        GroupUnavailable when the group's store cannot be reached (nothing was taken)."""
         now = time.time()
         with self._shared() as shared:
             amounts = {name: 1.0 if name == "requests" else tokens for name in shared.buckets}
@@ -182,7 +251,7 @@ class Budgets:
     def still_to_wait(self) -> float:
         """In a group, the seconds this process's waiting request must still wait (members
         that spent less may have taken its place); 0 when it may go, and it leaves the queue."""
-        if self.group_file is None:
+        if self.group is None:
             return 0.0
         with self._shared() as shared:
             return shared.still_to_wait(time.time())
@@ -190,68 +259,60 @@ class Budgets:
     def withdraw(self) -> None:
         """The waiting request will not be sent (the run stops): it leaves the group's queue.
         What it reserved stays spent, so no window sees more than the limit."""
-        if self.group_file is None:
+        if self.group is None:
             return
-        with self._shared() as shared:
-            shared.leave()
+        with contextlib.suppress(GroupUnavailable), self._shared() as shared:
+            shared.leave()  # (a store that cannot be reached forgets it with the member)
 
     def correct_tokens(self, reserved: float, actual: float) -> None:
         """A request that reserved ``reserved`` tokens was counted at ``actual``: the excess is
         charged (see :meth:`Bucket.charge`)."""
         if "tokens" not in self.local or actual <= reserved:
             return
-        with self._shared() as shared:
-            if "tokens" in shared.buckets:
-                shared.buckets["tokens"].charge(actual - reserved)
+        self.owed += actual - reserved
+        with contextlib.suppress(GroupUnavailable), self._shared():
+            pass  # (charged there; if the group cannot be reached, by the next that can)
 
     @contextlib.contextmanager
     def _shared(self) -> Iterator[_Shared]:
-        """The budgets to change: this process's own, or the group's under its file's lock."""
-        if self.group_file is None:
+        """The budgets to change: this process's own, or the group's, held in its store."""
+        if self.group is None:
+            owed, self.owed = self.owed, 0.0
+            if owed and "tokens" in self.local:
+                self.local["tokens"].charge(owed)
             yield _Shared(self.local)
             return
-        with open(self.group_file, "a+") as stream:
-            fcntl.flock(stream, fcntl.LOCK_EX)
-            try:
-                stream.seek(0)
-                try:
-                    saved = json.loads(stream.read() or "{}")
-                except ValueError:
-                    saved = {}
-                if not isinstance(saved, dict):
-                    saved = {}
-                members = _live_members(saved.get("members"), self.rates)
-                buckets = {}
-                for name, rate in self.rates.items():
-                    if rate:
-                        state = saved.get(name) or {}
-                        # Members that give different limits: the smallest holds for all, so
-                        # that no member's limit is passed by the others' sending.
-                        given = [limits[name] for limits in members.values() if limits.get(name)]
-                        buckets[name] = _shared_bucket(state, min([rate, *given]))
-                shared = _Shared(buckets, members, _queue(saved.get("queue"), members), True)
-                yield shared
-                stream.seek(0)
-                stream.truncate()
-                stream.write(
-                    json.dumps(
-                        {
-                            **{
-                                name: {
-                                    "level": bucket.level,
-                                    "updated": bucket.updated,
-                                    "rate": bucket.rate,
-                                }
-                                for name, bucket in buckets.items()
-                            },
-                            "members": members,
-                            "queue": shared.queue,
+        me = self.group.member
+        with self.group.state() as saved:
+            members = _live_members(saved.get("members"), self.rates, me)
+            buckets = {}
+            for name, rate in self.rates.items():
+                if rate:
+                    state = saved.get(name) or {}
+                    # Members that give different limits: the smallest holds for all, so
+                    # that no member's limit is passed by the others' sending.
+                    given = [limits[name] for limits in members.values() if limits.get(name)]
+                    buckets[name] = _shared_bucket(state, min([rate, *given]))
+            if self.owed and "tokens" in buckets:
+                buckets["tokens"].charge(self.owed)
+            self.owed = 0.0
+            shared = _Shared(buckets, members, _queue(saved.get("queue"), members), True, me)
+            yield shared
+            saved.clear()
+            saved.update(
+                {
+                    **{
+                        name: {
+                            "level": bucket.level,
+                            "updated": bucket.updated,
+                            "rate": bucket.rate,
                         }
-                    )
-                )
-                stream.flush()
-            finally:
-                fcntl.flock(stream, fcntl.LOCK_UN)
+                        for name, bucket in buckets.items()
+                    },
+                    "members": members,
+                    "queue": shared.queue,
+                }
+            )
 
 
 #: How long a member's spending is remembered, to order the group's queue: it decays by e in
@@ -276,6 +337,7 @@ class _Shared:
     members: dict[str, dict[str, float]] = field(default_factory=dict)
     queue: list[Entry] = field(default_factory=list)
     group: bool = False
+    me: str = ""  # this process's name among the members
 
     def enqueue(self, amounts: dict[str, float], now: float) -> float:
         """Queue this process's request (already charged to the buckets) ahead of those of
@@ -286,7 +348,7 @@ class _Shared:
         twenty times larger went twice in a row whenever it was a little behind, each time a
         lump of the budget: 115 % of an equal share for 514-token requests beside 24-token
         ones, 106 % by finish time (simulated, same decay)."""
-        me = str(os.getpid())
+        me = self.me
         if "spent_at" in self.members[me]:
             spent = _spent(self.members[me], now)
         else:  # a newcomer starts level with the least spent, not ahead of all until it caught up
@@ -312,7 +374,7 @@ class _Shared:
         return wait
 
     def still_to_wait(self, now: float) -> float:
-        me = str(os.getpid())
+        me = self.me
         place = next((k for k, (pid, _) in enumerate(self.queue) if pid == me), None)
         if place is None:  # forgotten (the group file was removed): it has waited its time
             return 0.0
@@ -325,7 +387,7 @@ class _Shared:
         return wait
 
     def leave(self) -> None:
-        me = str(os.getpid())
+        me = self.me
         self.queue = [entry for entry in self.queue if entry[0] != me]
 
     def _unpaid(self, place: int) -> float:
@@ -422,9 +484,12 @@ class LimitMemory:
 MEMBER_TIMEOUT = 10.0
 
 
-def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, dict[str, float]]:
-    """The group's members heard from lately, this process among them with its own limits
-    (per second), from the group file's ``members`` (PID -> limits and when last seen)."""
+def _live_members(
+    saved: object, rates: dict[str, float | None], me: str
+) -> dict[str, dict[str, float]]:
+    """The group's members heard from lately, this process (``me``) among them with its own
+    limits (per second), from the group document's ``members`` (member -> limits and when
+    last seen)."""
     now = time.time()
     members: dict[str, dict[str, float]] = {}
     if isinstance(saved, dict):
@@ -435,7 +500,6 @@ def _live_members(saved: object, rates: dict[str, float | None]) -> dict[str, di
                     for key, value in entry.items()
                     if isinstance(value, int | float)
                 }
-    me = str(os.getpid())
     members[me] = {
         **members.get(me, {}),  # what it spent lately
         **{name: rate for name, rate in rates.items() if rate},
@@ -453,4 +517,12 @@ def group_file(name: str) -> str:
     return str(runtime_folder() / f"rate-group-{name}.json")
 
 
-__all__ = ["Budgets", "LimitMemory", "group_file"]
+__all__ = [
+    "Budgets",
+    "FileGroup",
+    "GroupBusy",
+    "GroupStore",
+    "GroupUnavailable",
+    "LimitMemory",
+    "group_file",
+]

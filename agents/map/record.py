@@ -21,7 +21,7 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 
 from agents.contract.error_record import error_record
-from agents.contract.ids import ID_KEY, Record, canonical_id
+from agents.contract.ids import ID_KEY, MODEL_KEY, Record, canonical_id
 from agents.errors import (
     AgentsError,
     CallError,
@@ -39,7 +39,7 @@ from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.endpoints import Lane, Router
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import Budgets
+from agents.map.limits import Budgets, GroupBusy, GroupUnavailable
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -59,8 +59,6 @@ T = TypeVar("T")
 #: Answer tokens assumed for budgets and caps when no --max-tokens is given.
 DEFAULT_OUTPUT_ESTIMATE = 256
 
-#: Where an output record says which model answered it, when fallback models are given.
-MODEL_KEY = "_model"
 
 #: The failures a fallback model may fix: a model the server does not know, a prompt too long
 #: for it, a refusal, retries used up, an answer that stays unusable.
@@ -160,6 +158,14 @@ LONG_WAIT = 60.0
 #: Attempts of one call that may be given back (see :class:`GivenBack`): enough for the window
 #: to halve from -j 1000 to 1, and still a bound, so that every record ends.
 MOST_GIVEN_BACK = 10
+
+#: While a rate group's store (Redis) cannot be reached, it is asked again after this long,
+#: doubling up to GROUP_RETRY_MAX seconds.
+GROUP_RETRY_FIRST = 0.1
+GROUP_RETRY_MAX = 2.0
+#: A request in a rate group that could go this many seconds ago, but could not ask, is
+#: counted again before it goes.
+LATE_IN_GROUP = 0.1
 
 
 @dataclass
@@ -288,6 +294,7 @@ class Mapper:
         self.stopping = stopping
         self.paused_until = 0.0
         self.warned_long_wait = False
+        self.group_down: float | None = None  # since when the rate group cannot be reached
         # How the server counts prompt tokens: what rate budgets and --max-cost reserve.
         self.server_count = ServerCount()
         params = shape.params
@@ -379,9 +386,20 @@ class Mapper:
         for model in (primary, *self.fallbacks):
             if model in self.unknown_models:
                 continue
-            output, succeeded = await self._process(
-                record, prepared if model == primary else None, model, attempts
-            )
+            try:
+                output, succeeded = await self._process(
+                    record, prepared if model == primary else None, model, attempts
+                )
+            except (NotSent, CapReached) as stop:
+                if output is None:
+                    raise
+                # The next model cannot be asked (the run stops, --max-cost has no room): the
+                # model before was paid for, and its failure, with its answer, is the record's
+                # output, not lost with the stop (a rerun retries it).
+                if isinstance(stop, CapReached):
+                    stop.output = (output, False)
+                    raise
+                break
             if succeeded:
                 output[MODEL_KEY] = model
                 break
@@ -727,17 +745,57 @@ class Mapper:
         try:
             self._still_sending()  # a request that waited its turn past a stop reserves nothing
             tokens = cost()
-            wait = budgets.reserve(tokens)
+            wait = await self._group_answer(budgets.reserve, tokens)
+            due = time.monotonic() + wait
             try:
                 while wait > 0:  # in a group, others that spent less may go first
                     await self._unless_stopped(asyncio.sleep(wait))
-                    wait = budgets.still_to_wait()
+                    wait = await self._group_answer(budgets.still_to_wait)
+                    now = time.monotonic()
+                    if wait > 0:
+                        due = now + wait
+                    elif budgets.group is not None and now - due > LATE_IN_GROUP:
+                        # The group could not be asked for a while (Redis down, a member that
+                        # died holding it): the budget counted this request when it was due,
+                        # long ago; sent now, with the others that waited, it would pass the
+                        # limit in this window. So it is counted again, now.
+                        wait = await self._group_answer(budgets.reserve, tokens)
+                        due = now + wait
             except BaseException:
                 budgets.withdraw()
                 raise
         finally:
             budgets.turn.release()
         return tokens
+
+    async def _group_answer(self, ask: Callable[..., float], *args: float) -> float:
+        """``ask(*args)`` of the budgets, waiting while their group's store cannot be reached
+        (Redis down or restarting): nothing is sent meanwhile, so the group's limit holds. Said
+        once when it goes and once when it is back."""
+        pause = GROUP_RETRY_FIRST
+        while True:
+            try:
+                answer = ask(*args)
+            except GroupBusy as busy:  # (another member is changing it: in a moment)
+                await self._unless_stopped(asyncio.sleep(busy.seconds))
+                continue
+            except GroupUnavailable as error:
+                if self.group_down is None:
+                    self.group_down = time.monotonic()
+                    self.warn(
+                        f"--rate-group: {error.message}; no request is sent until it answers "
+                        "(Ctrl-C stops the run, and the same command resumes it)"
+                    )
+                await self._unless_stopped(asyncio.sleep(pause))
+                pause = min(GROUP_RETRY_MAX, pause * 2)
+                continue
+            if self.group_down is not None:
+                from agents.map.progress import duration
+
+                down = duration(time.monotonic() - self.group_down)
+                self.group_down = None
+                self.warn(f"--rate-group: the group answers again (after {down}); going on")
+            return answer
 
     async def _hold_cost(
         self, messages: list[Message], price: Price | None = None

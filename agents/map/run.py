@@ -23,7 +23,7 @@ from agents.map.sharing import Sharing
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
 if TYPE_CHECKING:
-    from agents.map.limits import Budgets
+    from agents.map.limits import Budgets, GroupStore
 
 
 def input_total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
@@ -105,14 +105,14 @@ async def run_job(
                 f"{len(held.failed):,} failed records"
             )
     jobs = jobs_within_open_files(o.jobs, telling.warn)
-    from agents.map.limits import Budgets, LimitMemory, group_file
+    from agents.map.limits import Budgets, LimitMemory
 
     # With several endpoints, --rpm and --tpm are the job's total, and each endpoint learns
     # its own limits; with one, its limits are the job's.
     budgets = Budgets(
         o.rpm,
         o.tpm,
-        group_file(o.rate_group) if o.rate_group else None,
+        rate_group(o.rate_group) if o.rate_group else None,
         None
         if job.endpoints
         else LimitMemory(job.endpoint.base_url, job.endpoint.api_key, job.shape.model),
@@ -209,6 +209,18 @@ async def run_job(
                 cache.store.close()
             except AgentsError as error:  # the last answers are not kept: the results are
                 telling.warn(f"{error.message}; the last answers are not kept in it")
+
+
+def rate_group(spelling: str) -> GroupStore:
+    """--rate-group NAME (a file on this host) or redis://HOST:PORT/NAME (many hosts)."""
+    from agents.map.limits import FileGroup, group_file
+    from agents.map.redis_group import RedisGroup, is_redis_group
+
+    if is_redis_group(spelling):
+        group = RedisGroup(spelling)
+        group.check()
+        return group
+    return FileGroup(group_file(spelling))
 
 
 def _router(job: Job, jobs: int, budgets: Budgets, warn: Callable[..., None]) -> Router:

@@ -345,7 +345,9 @@ class Scheduler:
             return
         except CapReached as error:
             self._stop_capped(str(error), "max_cost")
-            return
+            if error.output is None:
+                return
+            output, succeeded = error.output  # (paid for: written all the same)
         except NotSent:
             self.outcome.not_sent += 1
             return
