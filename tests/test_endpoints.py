@@ -424,3 +424,36 @@ def test_each_endpoint_keeps_to_its_own_rate_limit() -> None:
     assert one.refused + two.refused <= 1
     assert one.most_requests <= 20 and two.most_requests <= 20
     assert elapsed >= 30 / 10 - 1.0  # each budget, not luck, kept it under (10 a second)
+
+
+def test_endpoints_on_the_command_line_replace_the_job_files_server(tmp_path: Path) -> None:
+    with FakeLLM() as filed, FakeLLM() as flagged:
+        job = tmp_path / "job.yaml"
+        job.write_text(f"llm:\n  base_url: {filed.url}\n  model: m\nprompt: '{{word}}'\n")
+        result, _ = run("--config", str(job), "--endpoint", flagged.url, stdin=words(3))
+        assert result.status == 0, result.stderr
+        assert len(filed.requests) == 0 and len(flagged.requests) == 3
+        listed = tmp_path / "listed.yaml"
+        listed.write_text(f"llm:\n  endpoints: [{filed.url}]\n  model: m\nprompt: '{{word}}'\n")
+        result, _ = run("--config", str(listed), "--base-url", flagged.url, stdin=words(2))
+        assert result.status == 0, result.stderr
+        assert len(filed.requests) == 0 and len(flagged.requests) == 5
+
+
+def test_without_a_model_endpoints_that_all_name_it_give_the_first_name() -> None:
+    with FakeLLM(models=["x", "y"]) as one, FakeLLM() as two:
+        result, _ = run(
+            "--endpoint", f"{one.url} model=foo", "--endpoint", f"{two.url} model=bar",
+            stdin=words(4),
+        )  # fmt: skip
+        assert result.status == 0, result.stderr
+        assert {request["model"] for request in one.requests} <= {"foo"}
+        assert {request["model"] for request in two.requests} <= {"bar"}
+        assert one.model_lists == 0 and two.model_lists == 0  # not asked which they serve
+
+
+def test_an_empty_fallback_model_is_refused() -> None:
+    result, _ = run(
+        "-m", "a", "--fallback-model", " ", "--base-url", "http://127.0.0.1:9/v1", stdin=words(1)
+    )
+    assert result.status == 2 and "empty" in result.stderr

@@ -78,6 +78,12 @@ def merge(flags: dict[str, Any], config_path: str | None) -> SimpleNamespace:
     options.update(from_file)
     if flags.get("cache") is None and os.environ.get("AGENTS_CACHE"):
         options["cache"] = os.environ["AGENTS_CACHE"]
+    # The servers given on the command line replace those of the job file, whichever way
+    # each names them (--endpoint over llm.base_url, --base-url over llm.endpoints).
+    if flags.get("endpoint"):
+        options["base_url"] = None
+    elif flags.get("base_url") is not None:
+        options["endpoint"] = None
     endpoints = flags.get("endpoint") or options.get("endpoint")
     if flags.get("base_url") is None and not endpoints:
         environment_url = os.environ.get("OPENAI_BASE_URL")
@@ -341,8 +347,10 @@ def build(o: SimpleNamespace) -> Job:
         server = lanes[0][1]
     # Before the price and the fingerprint, which depend on it. (Endpoints that name the model
     # otherwise, model=, are not asked what the job's is.)
-    asked = [lane for spec, lane in lanes if spec.model is None] or [server]
-    o.model = resolve_model(o.model, asked)
+    asked = [lane for spec, lane in lanes if spec.model is None]
+    if not o.model and specs and not asked:  # every endpoint names it: the first one's name
+        o.model = specs[0].model
+    o.model = resolve_model(o.model, asked or [server])
     price = price_for(o.model, o.price)
     fallbacks = fallback_models(o)
     if o.max_cost is not None:
@@ -407,6 +415,8 @@ def fallback_models(o: SimpleNamespace) -> dict[str, Price | None]:
         )
     seen: dict[str, Price | None] = {}
     for name in names:
+        if not name.strip():
+            raise UsageError("--fallback-model needs a model's name, not an empty one")
         if name == o.model or name in seen:
             raise UsageError(f"--fallback-model {name} is named twice (or is the --model)")
         seen[name] = price_for(name, None)
