@@ -457,3 +457,20 @@ def test_an_empty_fallback_model_is_refused() -> None:
         "-m", "a", "--fallback-model", " ", "--base-url", "http://127.0.0.1:9/v1", stdin=words(1)
     )
     assert result.status == 2 and "empty" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("weight: '1 jobs=2'", "one value without spaces"),
+        ("jobs: true", "expected a single value"),
+        ("wieght: 2", "unknown setting"),
+    ],
+)
+def test_a_job_files_endpoint_settings_are_checked_one_by_one(
+    tmp_path: Path, entry: str, says: str
+) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(f"llm:\n  endpoints:\n    - url: http://127.0.0.1:9/v1\n      {entry}\nprompt: x\n")
+    result, _ = run("--config", str(job), stdin=words(1))
+    assert result.status == 2 and says in result.stderr, result.stderr

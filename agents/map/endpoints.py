@@ -153,8 +153,12 @@ def endpoint_text(entry: object, place: str) -> str:
         if key == "url":
             continue
         name = str(key).replace("_", "-")
-        if name not in _SETTINGS or isinstance(value, bool | dict | list) or value is None:
-            raise UsageError(f"{place}.{key}: unknown setting or not a single value")
+        if name not in _SETTINGS:
+            raise UsageError(f"{place}.{key}: unknown setting (known: {', '.join(_SETTINGS)})")
+        if isinstance(value, bool | dict | list) or value is None or not str(value).strip():
+            raise UsageError(f"{place}.{key}: expected a single value, got {value!r}")
+        if len(str(value).split()) != 1:  # (it would be read as more settings)
+            raise UsageError(f"{place}.{key}: one value without spaces, not {value!r}")
         words.append(f"{name}={value}")
     return " ".join(words)
 
