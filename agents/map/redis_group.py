@@ -118,8 +118,9 @@ class RedisGroup:
             socket_timeout=SOCKET_SECONDS,
             socket_connect_timeout=SOCKET_SECONDS,
             # No retries inside the client: they would block the event loop for seconds; a
-            # failure is waited for by the request, asleep (agents.map.record).
-            retry=Retry(NoBackoff(), 0),
+            # failure is waited for by the request, asleep (agents.map.record). (redis 5.0, the
+            # floor, has no types for these two.)
+            retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call, unused-ignore]
         )
         self.take = self.client.register_script(_TAKE)
         self.put = self.client.register_script(_PUT)
