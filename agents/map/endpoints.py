@@ -440,7 +440,11 @@ class Router:
             self.wake()
             return any(other.serves(model) for other in self.lanes)
         if isinstance(error, Fatal) and error.error_type == "auth":
-            self._disable(lane, f"its key is refused: {error.message}", "check its key-env=")
+            self._disable(
+                lane,
+                f"its key is refused: {error.message}",
+                "check the key it is given (its key-env=, else the job's)",
+            )
             self.wake()
             return True
         if error.error_type == "rate_limited":
@@ -493,8 +497,11 @@ class Router:
     def _disable(self, lane: Lane, why: str, hint: str) -> None:
         if lane.disabled is None:
             lane.disabled = why
+            left = any(other.disabled is None for other in self.lanes)
             self.warn(
-                f"endpoint {lane.name} is disabled for this run ({why}); the others go on", hint
+                f"endpoint {lane.name} is disabled for this run ({why}); "
+                + ("the others go on" if left else "no endpoint is left"),
+                hint,
             )
 
     def wake(self) -> None:
