@@ -24,13 +24,26 @@ input=${AGENTS_INPUT:-docs/examples/words.csv}
 job=${AGENTS_JOB:-docs/examples/translation.yaml}
 parts=${AGENTS_PARTS:-parts}
 
-# Shards are numbered 1..N whatever the array's numbering (--array=0-7 or --array=1-8).
-task=$((SLURM_ARRAY_TASK_ID - SLURM_ARRAY_TASK_MIN + 1))
-count=$SLURM_ARRAY_TASK_COUNT
+# Shards are numbered 1..N whatever the array's numbering (--array=0-7 or --array=1-8). To
+# redo only some tasks of an array of 8 (--array=3,5), keep the whole array's numbering:
+#   AGENTS_SHARDS=8 AGENTS_FIRST_TASK=1 sbatch --array=3,5 docs/examples/slurm-array.sh
+first=${AGENTS_FIRST_TASK:-$SLURM_ARRAY_TASK_MIN}
+count=${AGENTS_SHARDS:-$SLURM_ARRAY_TASK_COUNT}
+task=$((SLURM_ARRAY_TASK_ID - first + 1))
+if [ "$task" -lt 1 ] || [ "$task" -gt "$count" ]; then
+    echo "slurm-array.sh: task $SLURM_ARRAY_TASK_ID is not one of $count shards from $first;" \
+        "set AGENTS_SHARDS and AGENTS_FIRST_TASK to the whole array's" >&2
+    exit 2
+fi
 part=$parts/part-$task-of-$count.jsonl
 mkdir -p "$parts"
 
+# At the time limit the pipeline gets SIGTERM and finishes its requests in flight: the script
+# waits for it rather than ending first (a batch script that ended may have its leftover
+# processes killed before they wrote what was paid for).
 agents-read "$input" --shard "$task/$count" \
     | agents-map --config "$job" --resume "$part" --grace 20 \
         ${AGENTS_RATE_GROUP:+--rate-group "$AGENTS_RATE_GROUP"} \
-    | agents-write --append "$part"
+    | agents-write --append "$part" &
+trap 'wait' TERM INT
+wait $!
