@@ -198,3 +198,38 @@ def test_the_client_is_an_optional_extra(tmp: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
     assert "pip install 'agents[redis]'" in done.stderr
+
+
+def test_a_member_that_joins_keeps_the_limit_the_group_learned(tmp: Path, redis: Redis) -> None:
+    """A member learns the limit from the server's headers; others join later from hosts that
+    never saw it (their own runtime folders, no --rpm) with -j 20: they keep the group's
+    limit from their first request instead of sending 20 at once."""
+    import subprocess as run
+
+    limit = Limited(requests=20, window=2.0, headers=True)  # headers say 600 a minute
+    env = environment_for_processes(tmp)
+    with FakeLLM(limit) as server:
+
+        def joining(name: str, count: int) -> run.Popen[bytes]:
+            source = tmp / f"{name}.jsonl"
+            source.write_bytes(
+                b"".join(b'{"_id": "%s-%d", "word": "w%d"}\n' % (name.encode(), n, n)
+                         for n in range(count))
+            )  # fmt: skip
+            own = {**env, "AGENTS_RUNTIME_DIR": str(tmp / f"runtime-{name}")}
+            return run.Popen(
+                [str(BIN / "agents-map"), "--base-url", server.url, "--prompt", "{word}", "-q",
+                 "--rate-group", redis.url("learned"), "-j", "20"],
+                stdin=source.open("rb"), stdout=run.DEVNULL, stderr=run.PIPE, env=own,
+            )  # fmt: skip
+
+        first = joining("first", 40)
+        deadline = time.monotonic() + 30
+        while limit.answered < 15:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        others = [joining(f"late{k}", 10) for k in range(3)]
+        statuses = [process.wait(timeout=60) for process in (first, *others)]
+    assert statuses == [0, 0, 0, 0]
+    assert limit.most_requests <= 20
+    assert limit.refused <= 1, limit.refused

@@ -187,7 +187,9 @@ class Budgets:
 
     @property
     def active(self) -> bool:
-        return any(self.rates.values())
+        """Whether requests wait on these budgets: a limit of this process's, or a group,
+        whose other members may know limits this one has not learned yet."""
+        return self.group is not None or any(self.rates.values())
 
     @property
     def turn(self) -> asyncio.Lock:
@@ -287,12 +289,13 @@ class Budgets:
             members = _live_members(saved.get("members"), self.rates, me)
             buckets = {}
             for name, rate in self.rates.items():
-                if rate:
+                # Members that give different limits: the smallest holds for all, so that no
+                # member's limit is passed by the others' sending; a member that has none yet
+                # (it joined and has not learned it) keeps the others' from its first request.
+                given = [limits[name] for limits in members.values() if limits.get(name)]
+                if rate or given:
                     state = saved.get(name) or {}
-                    # Members that give different limits: the smallest holds for all, so
-                    # that no member's limit is passed by the others' sending.
-                    given = [limits[name] for limits in members.values() if limits.get(name)]
-                    buckets[name] = _shared_bucket(state, min([rate, *given]))
+                    buckets[name] = _shared_bucket(state, min([rate or math.inf, *given]))
             if self.owed and "tokens" in buckets:
                 buckets["tokens"].charge(self.owed)
             self.owed = 0.0

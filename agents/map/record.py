@@ -892,7 +892,7 @@ class Mapper:
             yield lane, reserved
             signal = Signal.OK
         except CallError as error:
-            budgeted = lane.budgets is not None and lane.budgets.active
+            budgeted = lane.budgets is not None and any(lane.budgets.rates.values())
             signal = signal_of(error, budgeted)
             if signal is not Signal.OK and slot is not None and lane.concurrency is not None:
                 error.window_epoch = slot.epoch
