@@ -233,3 +233,16 @@ def test_a_member_that_joins_keeps_the_limit_the_group_learned(tmp: Path, redis:
     assert statuses == [0, 0, 0, 0]
     assert limit.most_requests <= 20
     assert limit.refused <= 1, limit.refused
+
+
+def test_a_group_document_of_another_shape_is_started_afresh(tmp: Path, redis: Redis) -> None:
+    import redis as client
+
+    client.Redis(port=redis.port).set(
+        "agents:rate-group:odd", '{"requests": 5, "members": 3, "queue": "x"}'
+    )
+    limit = Limited(requests=20, window=2.0, headers=False)
+    with FakeLLM(limit) as server:
+        process = member(server, tmp, "odd", 10, 0, group=redis.url("odd"))
+        assert process.wait(timeout=60) == 0
+    assert limit.answered == 10 and limit.refused == 0

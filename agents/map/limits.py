@@ -294,7 +294,9 @@ class Budgets:
                 # (it joined and has not learned it) keeps the others' from its first request.
                 given = [limits[name] for limits in members.values() if limits.get(name)]
                 if rate or given:
-                    state = saved.get(name) or {}
+                    state = saved.get(name)
+                    if not isinstance(state, dict):  # (none yet, or not written by agents)
+                        state = {}
                     buckets[name] = _shared_bucket(state, min([rate or math.inf, *given]))
             if self.owed and "tokens" in buckets:
                 buckets["tokens"].charge(self.owed)

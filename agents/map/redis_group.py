@@ -108,7 +108,8 @@ class RedisGroup:
                 "pip install 'agents[redis]' (or pip install redis)",
             ) from None
         self.name = f"{parts.scheme}://{parts.hostname}:{port}/{name}"
-        self.member = f"{socket.gethostname()}:{os.getpid()}"
+        # (a random part too: hosts may share a name, and containers on one host PIDs)
+        self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.keys = [f"agents:rate-group:{name}:lock", f"agents:rate-group:{name}"]
         self.client = redis.Redis(
             host=parts.hostname,
