@@ -513,16 +513,18 @@ def _live_members(
     return members
 
 
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+#: What a rate group may be named (a file name here, a key in Redis).
+GROUP_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 def group_file(name: str) -> str:
-    if not _GROUP_NAME.match(name):
+    if not GROUP_NAME.match(name):
         raise UsageError(f"--rate-group {name!r}: use letters, digits, '.', '_' or '-'")
     return str(runtime_folder() / f"rate-group-{name}.json")
 
 
 __all__ = [
+    "GROUP_NAME",
     "Budgets",
     "FileGroup",
     "GroupBusy",

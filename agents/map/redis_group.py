@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import socket
 import time
 import urllib.parse
@@ -30,7 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from agents.errors import UsageError
-from agents.map.limits import GroupBusy, GroupUnavailable
+from agents.map.limits import GROUP_NAME, GroupBusy, GroupUnavailable
 
 #: How long the lock lasts: far longer than a change takes (a fraction of a millisecond), far
 #: shorter than anyone would notice a killed member's lock.
@@ -48,8 +47,6 @@ SOCKET_SECONDS = 1.0
 #: The environment variable that holds Redis's password (never a flag or in the URL: both are
 #: visible to every user of the host through ps).
 PASSWORD_VARIABLE = "AGENTS_REDIS_PASSWORD"
-
-_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 # KEYS: the lock, the document. ARGV: this holder's token, the lock's life in ms.
 # Gives {1, document} with the lock taken, else {0, the ms the lock still lives}.
@@ -82,7 +79,7 @@ class RedisGroup:
     def __init__(self, spelling: str) -> None:
         parts = urllib.parse.urlsplit(spelling)
         name = parts.path.strip("/")
-        if not parts.hostname or not _NAME.match(name):
+        if not parts.hostname or not GROUP_NAME.match(name):
             raise UsageError(
                 f"--rate-group {spelling!r}: expected redis://HOST:PORT/NAME, NAME of letters, "
                 "digits, '.', '_' or '-'",
