@@ -50,7 +50,9 @@ def scenario(name: str, seconds: float, kill_at: float | None, folder: Path) -> 
         total = int(LIMIT * 0.97 * (3 * seconds * kill_at + 2 * seconds * (1 - kill_at)))
     source = records(folder / f"{name[:3]}.jsonl", total, "r")
     env = {**os.environ, "AGENTS_RUNTIME_DIR": str(folder / "runtime")}
-    endpoints = [arg for port in ports for arg in ("--endpoint", f"http://127.0.0.1:{port}/v1 rpm=6000")]
+    endpoints = [
+        arg for port in ports for arg in ("--endpoint", f"http://127.0.0.1:{port}/v1 rpm=6000")
+    ]
     stats_file = folder / f"{name[:3]}-stats.json"
     killed: dict[str, float] = {}
     try:
@@ -113,9 +115,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as folder:
         print(scenario("(a) three endpoints", args.seconds, None, Path(folder)), flush=True)
-        print(
-            scenario("(b) the third killed halfway", args.seconds, 0.5, Path(folder)), flush=True
-        )
+        print(scenario("(b) the third killed halfway", args.seconds, 0.5, Path(folder)), flush=True)
 
 
 if __name__ == "__main__":

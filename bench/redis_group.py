@@ -3,7 +3,9 @@ requests in any one-second window (bench/limited_server.py, 50 ms latency), 4 ag
 processes, -j 16 each, sharing --rpm 6000 through (a) --rate-group NAME (a file on this host)
 and (b) --rate-group redis://127.0.0.1:PORT/NAME (a redis-server started here); then the cost
 of one admission (Budgets.reserve under a limit that never makes it wait), CPU and wall time
-per request, for both stores, in this process.
+per request, for both stores, in this process; and how many scripts Redis ran per request in (b),
+where four members change the document at once (one when no other member changed it since the
+member last saw it, one more for each time one had).
 
     python bench/redis_group.py [--seconds 30] [--admissions 20000]
 
@@ -49,6 +51,16 @@ def admission_cost(group: object, count: int) -> tuple[float, float]:
     )
 
 
+def scripts_run(port: int) -> int:
+    """How many scripts the Redis at ``port`` ran (EVAL and EVALSHA), from INFO commandstats."""
+    import redis
+
+    stats = redis.Redis(port=port).info("commandstats")
+    return sum(
+        int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("eval", "evalsha")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -67,12 +79,17 @@ def main() -> None:
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
                 flush=True,
             )
+            rows = {}
             for label, group in (
                 ("(a) 4 processes, --rate-group NAME (file)", "bench"),
                 ("(b) 4 processes, --rate-group redis", f"redis://127.0.0.1:{port}/bench"),
             ):
                 flags = ["--rpm", "6000", "--rate-group", group]
-                print(scenario(label, 4, flags, False, total, folder), flush=True)
+                rows[label] = scenario(label, 4, flags, False, total, folder)
+                print(rows[label], flush=True)
+            accepted = int(rows[label].split("|")[3].replace(",", ""))
+            print(f"\nscripts run by Redis in (b): {scripts_run(port):,}, "
+                  f"{scripts_run(port) / accepted:.2f} per request accepted")  # fmt: skip
             os.environ["AGENTS_RUNTIME_DIR"] = str(folder / "runtime")
             from agents.map.limits import FileGroup, group_file
             from agents.map.redis_group import RedisGroup
@@ -81,7 +98,10 @@ def main() -> None:
             print("\n| store | CPU µs per admission | wall µs per admission |\n|---|---:|---:|")
             for label, store in (
                 ("file (flock + JSON)", FileGroup(group_file("cost"))),
-                ("Redis (two scripts)", RedisGroup(f"redis://127.0.0.1:{port}/cost")),
+                (
+                    "Redis (one script, no other member)",
+                    RedisGroup(f"redis://127.0.0.1:{port}/cost"),
+                ),
             ):
                 cpu, wall = admission_cost(store, args.admissions)
                 print(f"| {label} | {cpu:.0f} | {wall:.0f} |", flush=True)

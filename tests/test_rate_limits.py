@@ -476,10 +476,10 @@ def test_a_group_file_keeps_a_debt_when_its_rate_changes() -> None:
     from agents.map.limits import _shared_bucket
 
     now = time.time()
-    bucket = _shared_bucket({"level": -10.0, "updated": now - 0.5, "rate": 10.0}, 5.0)
+    bucket = _shared_bucket({"level": -10.0, "updated": now - 0.5, "rate": 10.0}, 5.0, now)
     assert bucket.rate == 5.0
     assert -5.05 <= bucket.level <= -4.95  # half a second at 10 a second paid off 5 of 10
-    older = _shared_bucket({"level": -10.0, "updated": now - 0.5}, 5.0)  # a file from before
+    older = _shared_bucket({"level": -10.0, "updated": now - 0.5}, 5.0, now)  # from before
     assert (older.rate, older.level) == (5.0, -10.0)  # no rate kept: the new one, from now
 
 
@@ -574,13 +574,12 @@ def test_a_member_with_large_requests_gets_no_more_than_its_share(large: int) ->
     members: dict[str, dict[str, float]] = {"small": {}, "large": {}}
     queue: list[limits.Entry] = []
     cost = {"small": 24.0, "large": float(large)}
-    def as_member(name: str) -> limits._Shared:
-        return limits._Shared({"tokens": bucket}, members, queue, group=True, me=name)
+    def as_member(name: str, now: float) -> limits._Shared:
+        return limits._Shared({"tokens": bucket}, now, members, queue, group=True, me=name)
 
     def reserve(name: str, now: float) -> float:
-        shared = as_member(name)
-        bucket.reserve(cost[name], now)
-        wait = shared.enqueue({"tokens": cost[name]}, now)
+        shared = as_member(name, now)
+        wait = shared.reserve(cost[name])
         queue[:] = shared.queue
         return now + wait
 
@@ -591,8 +590,8 @@ def test_a_member_with_large_requests_gets_no_more_than_its_share(large: int) ->
         now, name = heapq.heappop(events)
         if now > 300.0:
             break
-        shared = as_member(name)
-        wait = shared.still_to_wait(now)
+        shared = as_member(name, now)
+        wait = shared.still_to_wait(cost[name])
         queue[:] = shared.queue
         if wait > limits.ON_TIME:
             heapq.heappush(events, (now + wait, name))

@@ -26,8 +26,8 @@ never changes how much it holds, so the group's limit holds as before.
 With ``--rate-group NAME`` the buckets live in a small JSON file in the runtime folder, changed
 under an exclusive ``flock``: every process of the group on this host draws from one budget. The
 kernel drops a dead process's lock, so a crash never leaves the budget locked. With
-``--rate-group redis://HOST:PORT/NAME`` the same document lives in Redis, changed under a lock
-that expires (:mod:`agents.map.redis_group`), so processes on many hosts draw from one budget.
+``--rate-group redis://HOST:PORT/NAME`` the same document lives in Redis, changed by one atomic
+script (:mod:`agents.map.redis_group`), so processes on many hosts draw from one budget.
 Either way the document is a :class:`GroupStore`'s, and this module's rules are the only ones.
 """
 
@@ -42,9 +42,9 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from agents.errors import AgentsError, UsageError
 from agents.paths import runtime_folder
@@ -103,14 +103,22 @@ class GroupUnavailable(AgentsError):
     until it is back, since the group's budget cannot be asked."""
 
 
+class GroupRefused(AgentsError):
+    """The group's store refuses this process (a wrong password, TLS that fails): waiting
+    would not help, so the run stops; ``hint`` says what to change."""
+
+
 class GroupBusy(GroupUnavailable):
-    """Another member holds the group's document for longer than a moment (or a dead one
-    holds it until its lock expires): ask again in ``seconds``, asleep, not blocking the
-    process's requests meanwhile."""
+    """The group's document is busy (other members changed it each time this one tried): ask
+    again in ``seconds``, asleep, not
+    blocking the process's requests meanwhile."""
 
     def __init__(self, message: str, seconds: float) -> None:
         super().__init__(message)
         self.seconds = seconds
+
+
+Decision = TypeVar("Decision")
 
 
 class GroupStore(Protocol):
@@ -122,9 +130,16 @@ class GroupStore(Protocol):
     #: How messages name the group.
     name: str
 
-    def state(self) -> contextlib.AbstractContextManager[dict[str, Any]]:
-        """The document, held exclusively: changed in place, saved when the block ends (not
-        when it raises). Raises GroupUnavailable when the store cannot be reached."""
+    def now(self) -> float:
+        """The group's clock, in seconds since the epoch: the document's times are all on it,
+        whichever host wrote them."""
+        ...
+
+    def change(self, decide: Callable[[dict[str, Any]], Decision]) -> Decision:
+        """Change the document atomically: ``decide`` changes it in place and returns what it
+        decided. It may be called again, with the newer document, when another member changed
+        it first, so it must do nothing else; only the call that was saved is answered.
+        Raises GroupUnavailable when the store cannot be reached (nothing was saved)."""
         ...
 
 
@@ -137,8 +152,10 @@ class FileGroup:
         self.name = path
         self.member = str(os.getpid())
 
-    @contextlib.contextmanager
-    def state(self) -> Iterator[dict[str, Any]]:
+    def now(self) -> float:
+        return time.time()
+
+    def change(self, decide: Callable[[dict[str, Any]], Decision]) -> Decision:
         with open(self.path, "a+") as stream:
             fcntl.flock(stream, fcntl.LOCK_EX)
             try:
@@ -149,11 +166,12 @@ class FileGroup:
                     saved = {}
                 if not isinstance(saved, dict):
                     saved = {}
-                yield saved
+                decision = decide(saved)
                 stream.seek(0)
                 stream.truncate()
                 stream.write(json.dumps(saved))
                 stream.flush()
+                return decision
             finally:
                 fcntl.flock(stream, fcntl.LOCK_UN)
 
@@ -179,6 +197,9 @@ class Budgets:
         self.group: GroupStore | None = FileGroup(group) if isinstance(group, str) else group
         #: Tokens charged while the group could not be reached, charged once it can.
         self.owed = 0.0
+        #: The tokens the request waiting for its time reserved (reserved again if the group
+        #: forgets it).
+        self.waiting = 0.0
         self.local = {name: Bucket(rate) for name, rate in self.rates.items() if rate}
         self._turn: asyncio.Lock | None = None
         if memory is not None:  # learned by an earlier run: no burst of -j into a fresh limit
@@ -227,44 +248,39 @@ class Budgets:
         """Never allow more before the server's window resets than it says is left."""
         if name not in self.local:
             return
-        # (a group that cannot be reached is told at the next request's admission, which waits)
-        with contextlib.suppress(GroupUnavailable), self._shared() as shared:
+
+        def lower(shared: _Shared) -> None:
             bucket = shared.buckets.get(name)
             if bucket is not None:
-                now = time.time()
-                bucket.reserve(0.0, now)  # bring the level up to date first
+                bucket.reserve(0.0, shared.now)  # bring the level up to date first
                 bucket.level = min(bucket.level, left - bucket.rate * reset)
+
+        # (a group that cannot be reached is told at the next request's admission, which waits)
+        with contextlib.suppress(GroupUnavailable):
+            self._change(lower)
 
     def reserve(self, tokens: float) -> float:
         """Take one request and ``tokens`` from the budgets: the seconds to wait before
         sending. In a group, wait that long, then ask :meth:`still_to_wait`. Raises
         GroupUnavailable when the group's store cannot be reached (nothing was taken)."""
-        now = time.time()
-        with self._shared() as shared:
-            amounts = {name: 1.0 if name == "requests" else tokens for name in shared.buckets}
-            wait = max(
-                (shared.buckets[name].reserve(amount, now) for name, amount in amounts.items()),
-                default=0.0,
-            )
-            if shared.group:
-                wait = shared.enqueue(amounts, now)
-            return wait
+        self.waiting = tokens
+        return self._change(lambda shared: shared.reserve(tokens))
 
     def still_to_wait(self) -> float:
         """In a group, the seconds this process's waiting request must still wait (members
         that spent less may have taken its place); 0 when it may go, and it leaves the queue."""
         if self.group is None:
             return 0.0
-        with self._shared() as shared:
-            return shared.still_to_wait(time.time())
+        return self._change(lambda shared: shared.still_to_wait(self.waiting))
 
     def withdraw(self) -> None:
         """The waiting request will not be sent (the run stops): it leaves the group's queue.
         What it reserved stays spent, so no window sees more than the limit."""
         if self.group is None:
             return
-        with contextlib.suppress(GroupUnavailable), self._shared() as shared:
-            shared.leave()  # (a store that cannot be reached forgets it with the member)
+        # (a store that cannot be reached forgets it with the member)
+        with contextlib.suppress(GroupUnavailable):
+            self._change(_Shared.leave)
 
     def correct_tokens(self, reserved: float, actual: float) -> None:
         """A request that reserved ``reserved`` tokens was counted at ``actual``: the excess is
@@ -272,21 +288,24 @@ class Budgets:
         if "tokens" not in self.local or actual <= reserved:
             return
         self.owed += actual - reserved
-        with contextlib.suppress(GroupUnavailable), self._shared():
-            pass  # (charged there; if the group cannot be reached, by the next that can)
+        with contextlib.suppress(GroupUnavailable):
+            self._change(lambda shared: None)  # (charged there; if the group cannot be
+            # reached, by the next change that can)
 
-    @contextlib.contextmanager
-    def _shared(self) -> Iterator[_Shared]:
-        """The budgets to change: this process's own, or the group's, held in its store."""
+    def _change(self, decide: Callable[[_Shared], Decision]) -> Decision:
+        """``decide`` on the budgets: this process's own, or the group's, in its store (where
+        ``decide`` may run more than once: see :meth:`GroupStore.change`)."""
         if self.group is None:
             owed, self.owed = self.owed, 0.0
             if owed and "tokens" in self.local:
                 self.local["tokens"].charge(owed)
-            yield _Shared(self.local)
-            return
-        me = self.group.member
-        with self.group.state() as saved:
-            members = _live_members(saved.get("members"), self.rates, me)
+            return decide(_Shared(self.local, now=time.time()))
+        group = self.group
+        me = group.member
+
+        def in_document(saved: dict[str, Any]) -> Decision:
+            now = group.now()
+            members = _live_members(saved.get("members"), self.rates, me, now)
             buckets = {}
             for name, rate in self.rates.items():
                 # Members that give different limits: the smallest holds for all, so that no
@@ -297,12 +316,12 @@ class Budgets:
                     state = saved.get(name)
                     if not isinstance(state, dict):  # (none yet, or not written by agents)
                         state = {}
-                    buckets[name] = _shared_bucket(state, min([rate or math.inf, *given]))
+                    buckets[name] = _shared_bucket(state, min([rate or math.inf, *given]), now)
             if self.owed and "tokens" in buckets:
                 buckets["tokens"].charge(self.owed)
-            self.owed = 0.0
-            shared = _Shared(buckets, members, _queue(saved.get("queue"), members), True, me)
-            yield shared
+            queue = _queue(saved.get("queue"), members)
+            shared = _Shared(buckets, now, members, queue, True, me)
+            decision = decide(shared)
             saved.clear()
             saved.update(
                 {
@@ -318,6 +337,11 @@ class Budgets:
                     "queue": shared.queue,
                 }
             )
+            return decision
+
+        decision = group.change(in_document)
+        self.owed = 0.0  # (charged in the document just saved)
+        return decision
 
 
 #: How long a member's spending is remembered, to order the group's queue: it decays by e in
@@ -336,15 +360,25 @@ Entry = tuple[str, dict[str, float]]  # a waiting request: its member, what it r
 
 @dataclass
 class _Shared:
-    """The budgets, and in a group its live members and queue, as read under the lock."""
+    """The budgets, and in a group its live members and queue, as read from its document."""
 
     buckets: dict[str, Bucket]
+    now: float  # on the group's clock, in a group
     members: dict[str, dict[str, float]] = field(default_factory=dict)
     queue: list[Entry] = field(default_factory=list)
     group: bool = False
     me: str = ""  # this process's name among the members
 
-    def enqueue(self, amounts: dict[str, float], now: float) -> float:
+    def reserve(self, tokens: float) -> float:
+        """One request and ``tokens`` taken from the buckets: the seconds to wait."""
+        amounts = {name: 1.0 if name == "requests" else tokens for name in self.buckets}
+        wait = max(
+            (self.buckets[name].reserve(amount, self.now) for name, amount in amounts.items()),
+            default=0.0,
+        )
+        return self.enqueue(amounts) if self.group else wait
+
+    def enqueue(self, amounts: dict[str, float]) -> float:
         """Queue this process's request (already charged to the buckets) ahead of those of
         members not yet due that will have spent more once theirs is sent than this member once
         this one is (as fair queuing orders by finish time): the seconds it waits.
@@ -353,7 +387,7 @@ class _Shared:
         twenty times larger went twice in a row whenever it was a little behind, each time a
         lump of the budget: 115 % of an equal share for 514-token requests beside 24-token
         ones, 106 % by finish time (simulated, same decay)."""
-        me = self.me
+        me, now = self.me, self.now
         if "spent_at" in self.members[me]:
             spent = _spent(self.members[me], now)
         else:  # a newcomer starts level with the least spent, not ahead of all until it caught up
@@ -378,13 +412,17 @@ class _Shared:
             return 0.0
         return wait
 
-    def still_to_wait(self, now: float) -> float:
+    def still_to_wait(self, tokens: float) -> float:
         me = self.me
         place = next((k for k, (pid, _) in enumerate(self.queue) if pid == me), None)
-        if place is None:  # forgotten (the group file was removed): it has waited its time
-            return 0.0
+        if place is None:
+            # The document was forgotten while this request waited in its queue (Redis
+            # restarted or was flushed, the group file removed): what it reserved is counted no
+            # more, and sent on the old reservation it would pass the limit with the others
+            # that were waiting (1.2 times it, measured). So it reserves again.
+            return self.reserve(tokens)
         for bucket in self.buckets.values():
-            bucket.reserve(0.0, now)  # refilled until now
+            bucket.reserve(0.0, self.now)  # refilled until now
         wait = self._unpaid(place)
         if wait <= ON_TIME:
             del self.queue[place]
@@ -436,7 +474,7 @@ def _queue(saved: object, members: dict[str, dict[str, float]]) -> list[Entry]:
     return queue
 
 
-def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
+def _shared_bucket(state: dict[str, object], rate: float, now: float) -> Bucket:
     """A group's bucket as the file keeps it, refilling at ``rate`` from now on (the rate may
     have changed: a limit learned anew, a member with a smaller one)."""
 
@@ -446,7 +484,7 @@ def _shared_bucket(state: dict[str, object], rate: float) -> Bucket:
 
     before = number("rate", rate)
     bucket = Bucket(before if before > 0 else rate, number("level", 0.0), number("updated", 0.0))
-    bucket.retime(rate, time.time())
+    bucket.retime(rate, now)
     return bucket
 
 
@@ -490,12 +528,11 @@ MEMBER_TIMEOUT = 10.0
 
 
 def _live_members(
-    saved: object, rates: dict[str, float | None], me: str
+    saved: object, rates: dict[str, float | None], me: str, now: float
 ) -> dict[str, dict[str, float]]:
     """The group's members heard from lately, this process (``me``) among them with its own
     limits (per second), from the group document's ``members`` (member -> limits and when
     last seen)."""
-    now = time.time()
     members: dict[str, dict[str, float]] = {}
     if isinstance(saved, dict):
         for pid, entry in saved.items():
@@ -526,8 +563,10 @@ def group_file(name: str) -> str:
 __all__ = [
     "GROUP_NAME",
     "Budgets",
+    "Decision",
     "FileGroup",
     "GroupBusy",
+    "GroupRefused",
     "GroupStore",
     "GroupUnavailable",
     "LimitMemory",

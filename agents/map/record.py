@@ -39,7 +39,7 @@ from agents.map.caps import CostCap
 from agents.map.congestion import Concurrency, Signal, Window, signal_of
 from agents.map.endpoints import Lane, Router
 from agents.map.http import Client, Completion, Usage
-from agents.map.limits import Budgets, GroupBusy, GroupUnavailable
+from agents.map.limits import Budgets, GroupBusy, GroupRefused, GroupUnavailable
 from agents.map.logs import LOGGER
 from agents.map.prompt import (
     Message,
@@ -295,6 +295,7 @@ class Mapper:
         self.paused_until = 0.0
         self.warned_long_wait = False
         self.group_down: float | None = None  # since when the rate group cannot be reached
+        self.group_answered = False  # whether it ever did
         # How the server counts prompt tokens: what rate budgets and --max-cost reserve.
         self.server_count = ServerCount()
         params = shape.params
@@ -776,9 +777,11 @@ class Mapper:
         while True:
             try:
                 answer = ask(*args)
-            except GroupBusy as busy:  # (another member is changing it: in a moment)
+            except GroupBusy as busy:  # (others are changing it: in a moment)
                 await self._unless_stopped(asyncio.sleep(busy.seconds))
                 continue
+            except GroupRefused as refused:  # (the password, TLS: waiting would not help)
+                raise Fatal("rate_group", f"{refused.message}; {refused.hint}") from None
             except GroupUnavailable as error:
                 if self.group_down is None:
                     self.group_down = time.monotonic()
@@ -794,7 +797,9 @@ class Mapper:
 
                 down = duration(time.monotonic() - self.group_down)
                 self.group_down = None
-                self.warn(f"--rate-group: the group answers again (after {down}); going on")
+                again = " again" if self.group_answered else ""
+                self.warn(f"--rate-group: the group answers{again} (after {down}); going on")
+            self.group_answered = True
             return answer
 
     async def _hold_cost(
@@ -874,9 +879,7 @@ class Mapper:
         """
         router = self.router
         taken = router.try_take(model)  # (most requests find a slot: no await, no task)
-        lane, slot = (
-            taken if taken is not None else await self._unless_stopped(router.take(model))
-        )
+        lane, slot = taken if taken is not None else await self._unless_stopped(router.take(model))
         signal: Signal | None = None  # not sent
         try:
             if lane.paused_until:  # (checked here: a coroutine call per request costs CPU)

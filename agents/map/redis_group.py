@@ -1,71 +1,67 @@
 """A rate group shared by processes on many hosts: ``--rate-group redis://HOST:PORT/NAME``.
 
 The group's document (the buckets, the members, the queue: see :mod:`agents.map.limits`, whose
-rules are the only ones) is one Redis string, changed under a lock, the way the file group's is
-changed under ``flock``. Each change is two atomic scripts: one takes the lock and reads the
-document, the other writes it and lets go, only if the lock is still this process's. The lock
-expires after ``LOCK_MS``, so a member killed while holding it (kill -9, a lost host) blocks the
-others for at most that long; a member that stalls longer than that loses its change, never the
-others' (its write is refused, and it asks again before sending anything).
+rules are the only ones) is one Redis string, changed by one atomic script that saves a member's
+new document only if the document is still the one the member decided on (compare and set, on
+its SHA-1). A member keeps the last document it saw: when no other member changed it since, a
+change is that one script; when one did, the script answers with the current document, and the
+member decides again on it. No lock is ever held, so a member killed mid-change (kill -9, a lost
+host) holds up nobody, and one that stalls only has its own change refused.
+
+Times in the document are on Redis's clock (each member measures how far its own is from it),
+so hosts whose clocks disagree still share one budget.
 
 Redis that cannot be reached (down, restarting, a network cut) raises
 :class:`~agents.map.limits.GroupUnavailable`: the request waits (``agents.map.record``), so the
-group's limit holds whatever happens to Redis. A restarted Redis has forgotten the document: the
-buckets start empty, which lets no burst through (they hold at most a hundredth of a second).
+group's limit holds whatever happens to Redis. A Redis that restarted or was flushed has
+forgotten the document: the buckets start empty (they hold at most a hundredth of a second) and
+a request that was waiting in the forgotten queue reserves again. A Redis that refuses this
+process (the password, TLS) raises :class:`~agents.map.limits.GroupRefused`: waiting would not
+help, the run stops.
 
 The client is the ``redis`` package, an optional extra (``pip install 'agents[redis]'``).
 """
 
 from __future__ import annotations
 
-import contextlib
+import hashlib
 import json
 import os
 import socket
+import ssl
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 from agents.errors import UsageError
-from agents.map.limits import GROUP_NAME, GroupBusy, GroupUnavailable
+from agents.map.limits import GROUP_NAME, Decision, GroupBusy, GroupRefused, GroupUnavailable
 
-#: How long the lock lasts: far longer than a change takes (a fraction of a millisecond), far
-#: shorter than anyone would notice a killed member's lock.
-LOCK_MS = 2000
-#: A lock held by another member is asked for BUSY_TRIES times, BUSY_PAUSE seconds apart (a
-#: change takes a fraction of a millisecond), then again after BUSY_WAIT seconds, asleep.
-BUSY_TRIES = 4
-BUSY_PAUSE = 0.0003
+#: A change whose document another member changed first is decided again this many times at
+#: once (each time on the document the script answered with), then after BUSY_WAIT, asleep.
+CHANGE_TRIES = 8
 BUSY_WAIT = 0.005
 #: A group nobody has used for this long is forgotten by Redis.
 IDLE_MS = 24 * 3600 * 1000
 #: How long one command may take before Redis counts as unreachable (the event loop waits
 #: that long: a cut network, not a stopped Redis, which refuses at once).
 SOCKET_SECONDS = 1.0
+#: How often the distance from this host's clock to Redis's is measured again.
+CLOCK_SECONDS = 30.0
 #: The environment variable that holds Redis's password (never a flag or in the URL: both are
 #: visible to every user of the host through ps).
 PASSWORD_VARIABLE = "AGENTS_REDIS_PASSWORD"
 
-# KEYS: the lock, the document. ARGV: this holder's token, the lock's life in ms.
-# Gives {1, document} with the lock taken, else {0, the ms the lock still lives}.
-_TAKE = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('GET', KEYS[2]) or ''}
+# KEYS: the document. ARGV: the SHA-1 of the document the change was decided on ('' when there
+# was none), the new document, its life in ms. Gives {1} when saved, else {0, the document}.
+_CHANGE = """
+local current = redis.call('GET', KEYS[1]) or ''
+if redis.sha1hex(current) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return {1}
 end
-return {0, redis.call('PTTL', KEYS[1])}
-"""
-
-# KEYS: the lock, the document. ARGV: the token, the document, its life in ms.
-# Writes only while the lock is the token's: 1, else 0 (it expired and another took it).
-_PUT = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
+return {0, current}
 """
 
 
@@ -79,22 +75,28 @@ class RedisGroup:
     def __init__(self, spelling: str) -> None:
         parts = urllib.parse.urlsplit(spelling)
         name = parts.path.strip("/")
+        example = "e.g. --rate-group redis://10.0.0.5:6379/openai-key-1 (rediss:// for TLS)"
         if not parts.hostname or not GROUP_NAME.match(name):
             raise UsageError(
                 f"--rate-group {spelling!r}: expected redis://HOST:PORT/NAME, NAME of letters, "
                 "digits, '.', '_' or '-'",
-                "e.g. --rate-group redis://10.0.0.5:6379/openai-key-1 (rediss:// for TLS)",
+                example,
             )
-        if parts.password is not None or parts.username is not None:
+        if parts.password is not None:
             raise UsageError(
-                "--rate-group: the URL holds a user name or password, visible to every user "
-                "through ps",
-                f"give Redis's password in {PASSWORD_VARIABLE}",
+                "--rate-group: the URL holds a password, visible to every user through ps",
+                f"give Redis's password in {PASSWORD_VARIABLE} (and a user name, if any, as "
+                "redis://USER@HOST:PORT/NAME)",
             )
         try:
-            port = parts.port or 6379
+            port = 6379 if parts.port is None else parts.port
         except ValueError:
-            raise UsageError(f"--rate-group {spelling!r}: the port is not a number") from None
+            port = 0
+        if not 0 < port < 65536:
+            raise UsageError(
+                f"--rate-group {spelling!r}: the port must be a number from 1 to 65535", example
+            )
+        database = self._database(spelling, parts.query)
         try:
             import redis
             from redis.backoff import NoBackoff
@@ -104,15 +106,20 @@ class RedisGroup:
                 f"--rate-group {spelling}: the Redis client is not installed",
                 "pip install 'agents[redis]' (or pip install redis)",
             ) from None
-        self.name = f"{parts.scheme}://{parts.hostname}:{port}/{name}"
+        where = f"{parts.hostname}:{port}" + (f"?db={database}" if database else "")
+        self.name = f"{parts.scheme}://{where}/{name}"
         # (a random part too: hosts may share a name, and containers on one host PIDs)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.keys = [f"agents:rate-group:{name}:lock", f"agents:rate-group:{name}"]
+        self.key = f"agents:rate-group:{name}"
+        self.address = (parts.hostname, port)
+        self.tls = parts.scheme == "rediss"
         self.client = redis.Redis(
             host=parts.hostname,
             port=port,
+            db=database,
+            username=urllib.parse.unquote(parts.username) if parts.username else None,
             password=os.environ.get(PASSWORD_VARIABLE) or None,
-            ssl=parts.scheme == "rediss",
+            ssl=self.tls,
             socket_timeout=SOCKET_SECONDS,
             socket_connect_timeout=SOCKET_SECONDS,
             # No retries inside the client: they would block the event loop for seconds; a
@@ -120,61 +127,148 @@ class RedisGroup:
             # floor, has no types for these two.)
             retry=Retry(NoBackoff(), 0),  # type: ignore[no-untyped-call, unused-ignore]
         )
-        self.take = self.client.register_script(_TAKE)
-        self.put = self.client.register_script(_PUT)
-        self.failures = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-        self.refused = redis.ResponseError  # (a wrong password, a Redis without scripting)
+        self.script = self.client.register_script(_CHANGE)
+        errors = redis.exceptions
+        # (AuthorizationError and OutOfMemoryError are not in every client the floor allows)
+        self.refusals = tuple(
+            getattr(errors, name)
+            for name in ("AuthenticationError", "AuthorizationError")
+            if hasattr(errors, name)
+        )
+        self.waits = tuple(
+            getattr(errors, name)
+            for name in ("TimeoutError", "ReadOnlyError", "OutOfMemoryError")
+            if hasattr(errors, name)
+        )
+        self.redis = redis
+        #: The document as this member last saw it (the text the script compares).
+        self.seen = ""
+        #: This host's clock, and Redis's minus it, and when that was last measured (monotonic).
+        self.local_clock: Callable[[], float] = time.time
+        self.offset = 0.0
+        self.measured: float | None = None
+
+    @staticmethod
+    def _database(spelling: str, query: str) -> int:
+        values = urllib.parse.parse_qs(query)
+        unknown = set(values) - {"db"}
+        number = values.get("db", ["0"])[-1]
+        if unknown or not number.isdigit():
+            raise UsageError(
+                f"--rate-group {spelling!r}: the only option after '?' is db=NUMBER",
+                "e.g. --rate-group redis://10.0.0.5:6379/openai-key-1?db=2",
+            )
+        return int(number)
 
     def check(self) -> None:
-        """At the start: a wrong password or a server that is not Redis is the user's to fix
-        (exit status 2); one that cannot be reached yet is waited for, as later in the run."""
-        import redis
-
+        """At the start: what waiting cannot fix (the password, TLS, a server that is not
+        Redis) is the user's (exit status 2); a Redis that cannot be reached yet is waited
+        for, as later in the run."""
         try:
-            self.client.ping()
-        except redis.AuthenticationError as error:
-            raise UsageError(
-                f"--rate-group {self.name}: Redis refuses the password ({error})",
-                f"set {PASSWORD_VARIABLE} to Redis's password (requirepass)",
-            ) from None
-        except self.failures:
-            pass  # (said and waited for at the first request)
-        except redis.RedisError as error:
-            raise UsageError(f"--rate-group {self.name}: {error}") from None
+            self._measure_clock()
+        except GroupRefused as refused:
+            raise UsageError(refused.message, refused.hint) from None
+        except GroupUnavailable:
+            scheme = self._other_scheme()
+            if scheme is not None:
+                raise UsageError(
+                    f"--rate-group {self.name}: the server there speaks {scheme}, not "
+                    f"{'rediss://' if self.tls else 'redis://'}",
+                    f"--rate-group {scheme}{self.name.split('://', 1)[1]}",
+                ) from None
+            # (said and waited for at the first request)
 
-    @contextlib.contextmanager
-    def state(self) -> Iterator[dict[str, Any]]:
-        token = uuid.uuid4().hex
-        document = self._take(token)
-        yield document
-        if not self._call(self.put, [token, json.dumps(document), IDLE_MS]):
-            # This process stalled past LOCK_MS and another member changed the document
-            # meanwhile: the change is lost, so what it decided must not be acted on.
-            raise GroupUnavailable(f"the lock on {self.name} expired during a change")
+    def _other_scheme(self) -> str | None:
+        """When Redis cannot be reached at the start: whether the server there speaks the
+        other scheme (plain Redis asked for TLS, or TLS asked in plain: the client only sees
+        a timeout or a closed connection), which waiting would never fix."""
+        try:
+            with socket.create_connection(self.address, timeout=SOCKET_SECONDS) as raw:
+                raw.settimeout(SOCKET_SECONDS)
+                if self.tls:
+                    raw.sendall(b"PING\r\n")
+                    return "redis://" if raw.recv(16)[:1] in (b"+", b"-") else None
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # (only to see whether it speaks TLS)
+                with context.wrap_socket(raw):
+                    return "rediss://"
+        except (OSError, ssl.SSLError):
+            return None
 
-    def _take(self, token: str) -> dict[str, Any]:
-        """The lock taken and the document read. Another member holds it for a fraction of a
-        millisecond: a few short pauses; longer (a dead member, until its lock expires):
-        GroupBusy, so that the process waits asleep, its answers still read (a blocked event
-        loop would send requests it admitted late, bunched with the next ones)."""
-        for _ in range(BUSY_TRIES):
-            taken, value = self._call(self.take, [token, LOCK_MS])
-            if taken:
-                try:
-                    document = json.loads(value or b"{}")
-                except ValueError:
-                    document = {}
-                return document if isinstance(document, dict) else {}
-            time.sleep(BUSY_PAUSE)
+    def now(self) -> float:
+        return self.local_clock() + self.offset
+
+    def change(self, decide: Callable[[dict[str, Any]], Decision]) -> Decision:
+        if self.measured is None or time.monotonic() - self.measured > CLOCK_SECONDS:
+            self._measure_clock()
+        for _ in range(CHANGE_TRIES):
+            try:
+                document = json.loads(self.seen or "{}")
+            except ValueError:
+                document = {}
+            if not isinstance(document, dict):  # (a key of this name not written by agents)
+                document = {}
+            decision = decide(document)
+            text = json.dumps(document)
+            before = hashlib.sha1(self.seen.encode()).hexdigest()
+            answer = self._run(self.script, keys=[self.key], args=[before, text, IDLE_MS])
+            if answer[0] == 1:
+                self.seen = text
+                return decision
+            current = answer[1]
+            self.seen = current.decode() if isinstance(current, bytes) else str(current)
         raise GroupBusy(f"the group at {self.name} is busy", BUSY_WAIT)
 
-    def _call(self, script: Any, args: list[Any]) -> Any:
+    def _measure_clock(self) -> None:
+        """How far Redis's clock is from this host's (half a round trip at most off)."""
+        before = self.local_clock()
+        seconds, microseconds = self._run(self.client.time)
+        after = self.local_clock()
+        self.offset = seconds + microseconds / 1e6 - (before + after) / 2
+        self.measured = time.monotonic()
+
+    def _run(self, command: Callable[..., Any], **arguments: Any) -> Any:
+        redis = self.redis
         try:
-            return script(keys=self.keys, args=args)
-        except self.failures as error:
+            return command(**arguments)
+        except self.refusals as error:
+            self.measured = None
+            raise GroupRefused(
+                f"--rate-group {self.name}: Redis refuses this process ({error})",
+                f"set {PASSWORD_VARIABLE} to the password Redis expects (requirepass, or the "
+                "ACL user's, named as redis://USER@HOST:PORT/NAME)",
+            ) from None
+        except redis.ConnectionError as error:
+            self.measured = None  # (measured again when it is back: it may be another host)
+            if _cause(error, ssl.SSLError):
+                raise GroupRefused(
+                    f"--rate-group {self.name}: the TLS connection to Redis fails ({error})",
+                    "rediss:// is for a Redis with TLS, redis:// without; a certificate that is "
+                    "not trusted here can be given in SSL_CERT_FILE",
+                ) from None
             raise GroupUnavailable(f"cannot reach Redis at {self.name} ({error})") from None
-        except self.refused as error:
-            raise GroupUnavailable(f"Redis at {self.name} refuses the group ({error})") from None
+        except self.waits as error:
+            # (a replica being promoted, a full Redis: for its operator to fix, meanwhile wait)
+            self.measured = None
+            raise GroupUnavailable(f"cannot reach Redis at {self.name} ({error})") from None
+        except redis.ResponseError as error:
+            # (NOSCRIPT after a restart is retried by the client; what is left is a Redis that
+            # cannot run scripts, or a proxy that is not Redis)
+            raise GroupRefused(
+                f"--rate-group {self.name}: Redis refuses the group's script ({error})",
+                "the group needs Redis 5 or later with Lua scripting",
+            ) from None
+
+
+def _cause(error: BaseException, kind: type[BaseException]) -> bool:
+    """Whether ``error`` came from an error of ``kind`` (the client wraps what it met)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, kind):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 __all__ = ["PASSWORD_VARIABLE", "RedisGroup", "is_redis_group"]
