@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from itertools import islice
 from typing import Any
 
-from agents.cli import cache, flags
+from agents.cli import cache, flags, watch
 from agents.cli._run import EXIT_STATUS_EPILOG, Parser, Reporter, Streams, exit_with, run
 from agents.cli.map import finish, show_dry_run, side_outputs
 from agents.cli.map_options import add_map_options
@@ -30,6 +30,7 @@ from agents.formats.read import Selection, read_records
 from agents.map.job import Job, build, merge
 from agents.map.record import Sleep
 from agents.map.run import Telling
+from agents.map.status import Ending
 from agents.process import (
     BatchProcessed,
     Source,
@@ -67,6 +68,7 @@ PATH_OPTIONS = (
     "schema",
     "errors",
     "stats",
+    "status",
     "log_file",
     "cache",
 )
@@ -115,6 +117,7 @@ def build_parser(streams: Streams) -> Parser:
     )
     resume.add_argument("output", metavar="OUTPUT", help="the OUTPUT of an agents process run")
     cache.add_parser(commands, streams, EXIT_STATUS_EPILOG)
+    watch.add_parser(commands, streams, EXIT_STATUS_EPILOG)
     return parser
 
 
@@ -122,16 +125,25 @@ def main(
     argv: Sequence[str] | None = None, streams: Streams | None = None, sleep: Sleep | None = None
 ) -> int:
     streams = streams or Streams()
-    return run(PROG, lambda reporter: _agents(argv, streams, reporter, sleep), streams)
+    ending = Ending()
+    status = run(PROG, lambda reporter: _agents(argv, streams, reporter, sleep, ending), streams)
+    ending.finish(status)
+    return status
 
 
 def _agents(
-    argv: Sequence[str] | None, streams: Streams, reporter: Reporter, sleep: Sleep | None
+    argv: Sequence[str] | None,
+    streams: Streams,
+    reporter: Reporter,
+    sleep: Sleep | None,
+    ending: Ending,
 ) -> int:
     args = vars(build_parser(streams).parse_args(argv))
     command = args.pop("command")
     if command == "cache":
         return cache.run(args, streams, reporter)
+    if command == "watch":
+        return watch.run(args, streams, reporter)
     if command == "resume":
         output = output_location(args["output"])
         args = dict(load_settings(output)["arguments"])
@@ -141,11 +153,15 @@ def _agents(
                 "run 'agents process - OUTPUT ...' again with the same input",
             )
         reporter.info(f"resuming the job from {args['input']} into {output.path}")
-    return _process(args, streams, reporter, sleep)
+    return _process(args, streams, reporter, sleep, ending)
 
 
 def _process(
-    args: dict[str, Any], streams: Streams, reporter: Reporter, sleep: Sleep | None
+    args: dict[str, Any],
+    streams: Streams,
+    reporter: Reporter,
+    sleep: Sleep | None,
+    ending: Ending,
 ) -> int:
     output = output_location(args["output"])
     settings = _absolute(args)
@@ -179,7 +195,10 @@ def _process(
     # choices for this run, not for every resume
     for once in ("force_resume", "dry_run", "batch_detach", "batch_cancel"):
         settings.pop(once, None)
-    telling = Telling(reporter.warning, reporter.info, streams.stderr)
+    status_file = None
+    if not job.options.batch:
+        status_file = ending.start(job.options.status, job.fingerprint, job.shape.model, PROG)
+    telling = Telling(reporter.warning, reporter.info, streams.stderr, status_file)
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
         done = process(
@@ -198,6 +217,7 @@ def _process(
 
         status = finish_batch(job, done.outcome, reporter, seconds)
     else:
+        ending.stopped = done.outcome.stopped
         status = finish(job, done.outcome, done.mapper, reporter, seconds)
     if status in (ExitStatus.OK, ExitStatus.PARTIAL):
         written, failed = render(output, WriteOptions(table=output.table, field=job.options.field))
@@ -249,7 +269,9 @@ def _absolute(arguments: dict[str, Any]) -> dict[str, Any]:
 def absolute_spelling(spelling: str) -> str:
     """A path, or the path inside a sqlite:// URL, made absolute (the rest kept as it is)."""
     if not spelling.startswith("sqlite://"):
-        return os.path.abspath(spelling)
+        absolute = os.path.abspath(spelling)
+        folder = spelling.endswith(os.sep) and absolute != os.sep  # (--status DIR/ says "a folder")
+        return absolute + os.sep if folder else absolute
     parts = urllib.parse.urlsplit(spelling)
     path = os.path.abspath(urllib.parse.unquote(parts.netloc + parts.path))
     query = f"?{parts.query}" if parts.query else ""

@@ -35,6 +35,7 @@ def check_batch_options(job: Job, reporter: Reporter) -> None:
             ("--rate-group", o.rate_group is not None),
             ("--cache", o.cache is not None),
             ("--keep-order", bool(o.keep_order)),
+            ("--status", bool(o.status)),
         )
         if given
     ]

@@ -22,6 +22,7 @@ from agents.formats._options import BadRowHandler
 from agents.map.job import Job, build, merge
 from agents.map.record import Mapper, Sleep
 from agents.map.run import Telling, event_loop, run_job
+from agents.map.status import Ending
 from agents.map.window import Outcome
 
 
@@ -30,11 +31,18 @@ def main(
 ) -> int:
     """The command; ``sleep`` replaces the backoff waits in tests."""
     streams = streams or Streams()
-    return run(PROG, lambda reporter: _map(argv, streams, reporter, sleep), streams)
+    ending = Ending()
+    status = run(PROG, lambda reporter: _map(argv, streams, reporter, sleep, ending), streams)
+    ending.finish(status)
+    return status
 
 
 def _map(
-    argv: Sequence[str] | None, streams: Streams, reporter: Reporter, sleep: Sleep | None
+    argv: Sequence[str] | None,
+    streams: Streams,
+    reporter: Reporter,
+    sleep: Sleep | None,
+    ending: Ending,
 ) -> int:
     args = build_parser(streams).parse_args(argv)
     flags = {key: value for key, value in vars(args).items() if key != "config"}
@@ -70,7 +78,8 @@ def _map(
     with side_outputs(job, PROG) as errors_out:
         # -q: errors and warnings only, so no "resuming ..." or "skipped ..." notes either
         info = reporter.info if not job.options.quiet else _silent
-        telling = Telling(reporter.warning, info, streams.stderr)
+        status_file = ending.start(o.status, job.fingerprint, job.shape.model, PROG)
+        telling = Telling(reporter.warning, info, streams.stderr, status_file)
         outcome, mapper = event_loop().run_until_complete(
             run_job(
                 job,
@@ -82,6 +91,7 @@ def _map(
                 bad=bad,
             )
         )
+    ending.stopped = outcome.stopped
     status = finish(job, outcome, mapper, reporter, time.monotonic() - started)
     if outcome.duplicates and status == ExitStatus.OK:
         status = int(ExitStatus.PARTIAL)

@@ -361,6 +361,13 @@ def add_map_options(parser: Parser) -> None:
         metavar="FILE",
         help="write the run's figures as JSON to FILE at the end (default: none)",
     )
+    output.add_argument(
+        "--status",
+        metavar="FILE|DIR/",
+        help="keep the run's live figures in FILE, rewritten whole about once a second, the "
+        "outcome at the end; in DIR/, one HOST-PID.json per process, for 'agents watch DIR' "
+        "(default: none)",
+    )
     report = parser.add_argument_group("progress and logs (all on stderr)")
     report.add_argument(
         "--progress",

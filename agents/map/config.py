@@ -85,6 +85,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "accept_truncated": Key("accept_truncated", "bool"),
         "errors": Key("errors", "str", path=True),
         "stats": Key("stats", "str", path=True),
+        "status": Key("status", "str", path=True),
         "progress": Key("progress", "bool"),
         "quiet": Key("quiet", "bool"),
         "log_level": Key("log_level", "str", choices=("DEBUG", "INFO", "WARNING", "ERROR")),

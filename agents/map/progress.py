@@ -81,11 +81,14 @@ class Tally:
     failed: int = 0
     last_error: str | None = None
     started: float = field(default_factory=time.monotonic)
+    errors: dict[str, int] = field(default_factory=dict)  # failed records by error type
 
     def record(self, output: Record, succeeded: bool) -> None:
         self.done += 1
         if not succeeded:
             self.failed += 1
+            kind = str(output.get("error_type"))
+            self.errors[kind] = self.errors.get(kind, 0) + 1
             identifier = output.get(ID_KEY)
             shown = f"{identifier:,}" if isinstance(identifier, int) else str(identifier)
             self.last_error = f"{output.get('error_type')}: {output.get('error')} (item #{shown})"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, BinaryIO, cast
@@ -24,6 +25,7 @@ from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
 if TYPE_CHECKING:
     from agents.map.limits import Budgets, GroupStore
+    from agents.map.status import StatusFile
 
 
 def input_total(stdin: BinaryIO, explicit: int | None, limit: int | None) -> int | None:
@@ -55,6 +57,8 @@ class Telling:
     warn: Callable[..., None] = lambda message, hint=None: None
     info: Callable[[str], None] = lambda message: None
     progress: IO[str] | None = None
+    #: --status: the figures, rewritten about once a second for ``agents watch``.
+    status: StatusFile | None = None
 
 
 async def run_job(
@@ -79,12 +83,13 @@ async def run_job(
     telling = telling or Telling()
     tally = Tally()
     progress = None
+    total = None
+    if telling.progress is not None or telling.status is not None:
+        total = input_total(stdin, o.total, o.limit)
     if telling.progress is not None:
         terminal = is_terminal(telling.progress)
         if not o.quiet and (terminal or o.progress):
-            progress = Progress(
-                telling.progress, tally, input_total(stdin, o.total, o.limit), terminal
-            )
+            progress = Progress(telling.progress, tally, total, terminal)
     if progress is not None and progress.terminal:
         telling, bad = _above_progress(progress, telling, bad)
         if is_terminal(stdout):  # results on the same screen: written above the progress
@@ -163,11 +168,23 @@ async def run_job(
             ),
         )
         drawing = asyncio.create_task(progress.run()) if progress else None
+        status = telling.status
+        if status is not None:
+            figures = _Figures(tally, mapper, budgets, job, total)
+            status.figures = figures.document
+        writing = asyncio.create_task(status.run()) if status is not None else None
         try:
             outcome = await scheduler.run(stdin)
-            if progress is not None and progress.total is not None and outcome.stopped is None:
-                progress.total = tally.done  # all of it: bad lines and --limit do not count
+            if total is not None and outcome.stopped is None:
+                total = tally.done  # all of it: bad lines and --limit do not count
+                if progress is not None:
+                    progress.total = total
+                if status is not None:
+                    figures.total = total
         finally:
+            if writing is not None:
+                writing.cancel()
+                await asyncio.gather(writing, return_exceptions=True)
             if drawing is not None:
                 drawing.cancel()
                 await asyncio.gather(drawing, return_exceptions=True)
@@ -209,6 +226,63 @@ async def run_job(
                 cache.store.close()
             except AgentsError as error:  # the last answers are not kept: the results are
                 telling.warn(f"{error.message}; the last answers are not kept in it")
+
+
+@dataclass
+class _Figures:
+    """A running job's figures, for its --status document."""
+
+    tally: Tally
+    mapper: Mapper
+    budgets: Budgets
+    job: Job
+    total: int | None
+
+    def document(self) -> dict[str, object]:
+        from agents.map.usage import models_cost
+
+        tally, mapper, o = self.tally, self.mapper, self.job.options
+        elapsed = max(1e-9, time.monotonic() - tally.started)
+        per_second = tally.done / elapsed
+        eta = None
+        if self.total is not None and per_second > 0:
+            eta = round(max(0, self.total - tally.done) / per_second, 1)
+        usage = mapper.counters.usage
+        if mapper.fallbacks:
+            cost, _ = models_cost(mapper.counters.by_model, mapper.prices)
+        else:
+            cost = self.job.price.cost(usage) if self.job.price is not None else None
+        lanes = mapper.router.lanes
+        windows = [lane.concurrency for lane in lanes if lane.concurrency is not None]
+        learned = self.budgets.learned
+        return {
+            "records": {
+                "done": tally.done,
+                "succeeded": tally.done - tally.failed,
+                "failed": tally.failed,
+                "total": self.total,
+            },
+            "rate_per_minute": round(per_second * 60, 2),
+            "eta_seconds": eta,
+            "errors": dict(sorted(tally.errors.items())),
+            "last_error": tally.last_error,
+            "requests": mapper.counters.requests,
+            "retries": dict(sorted(mapper.counters.retries.items())),
+            "tokens": {
+                "input": usage.prompt,
+                "output": usage.completion,
+                "total": usage.prompt + usage.completion,
+            },
+            "cost_usd": round(cost, 6) if cost is not None else None,
+            "limits": {
+                "rpm": o.rpm or learned.get("requests"),
+                "tpm": o.tpm or learned.get("tokens"),
+                "jobs": o.jobs,
+                "concurrency": sum(window.window.limit for window in windows),
+                "rate_group": o.rate_group,
+            },
+            "in_flight": sum(window.in_flight for window in windows),
+        }
 
 
 def rate_group(spelling: str) -> GroupStore:

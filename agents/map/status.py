@@ -1,0 +1,150 @@
+"""--status FILE (or DIR/): a running job's figures, for ``agents watch`` and for scripts.
+
+A small JSON document, rewritten about once a second and once at the end, always whole: it is
+written to a temporary file beside it and renamed over it, so a reader sees the old document
+or the new one, never part of one. With a folder (``--status DIR/``), each process writes its
+own file in it (``HOST-PID.json``), so the processes of one job under ``parallel --pipe`` or
+on several hosts share a folder.
+
+The document::
+
+    {"version": 1, "job": "3f2a…", "model": "…", "state": "running" | "finished",
+     "process": {"host", "pid", "command", "started"}, "updated": 1765000000.5, "interval": 1.0,
+     "records": {"done", "succeeded", "failed", "total"}, "rate_per_minute", "eta_seconds",
+     "errors": {type: count}, "last_error", "requests", "retries", "tokens": {"input",
+     "output", "total"}, "cost_usd", "limits": {"rpm", "tpm", "concurrency", "rate_group"},
+     "in_flight", "outcome": null | {"exit_status", "meaning", "stopped"}}
+
+``job`` is a hash of the job's fingerprint (prompt, model, format…: what resume compares), so
+that the processes of one job are seen together. ``updated`` is seconds since the epoch on the
+writer's clock: a document not updated for a while belongs to a process that is gone (kill -9,
+a lost host), which ``agents watch`` shows as stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.errors import ExitStatus
+
+#: How often the document is rewritten, in seconds.
+INTERVAL = 1.0
+VERSION = 1
+
+Figures = Callable[[], dict[str, Any]]
+
+
+def job_id(fingerprint: dict[str, Any]) -> str:
+    """The job's name in status documents: the same for every process of one job."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def status_path(spelling: str) -> Path:
+    """The file to write: ``spelling``, or ``HOST-PID.json`` in it when it names a folder
+    (ends with ``/`` or is one)."""
+    path = Path(spelling)
+    if spelling.endswith(os.sep) or path.is_dir():
+        return path / f"{socket.gethostname()}-{os.getpid()}.json"
+    return path
+
+
+class Ending:
+    """The --status file of a command's run, if it has one: finished with the command's exit
+    status whatever ended it (Ctrl-C and SIGTERM included), once that status is known."""
+
+    def __init__(self) -> None:
+        self.file: StatusFile | None = None
+        self.stopped: str | None = None  # what stopped the run (a cap, an error rate…)
+
+    def start(
+        self, spelling: str | None, fingerprint: dict[str, Any], model: str, command: str
+    ) -> StatusFile | None:
+        if not spelling:
+            return None
+        self.file = StatusFile(spelling, job_id(fingerprint), model, command)
+        self.file.check()
+        return self.file
+
+    def finish(self, status: int) -> None:
+        if self.file is not None:
+            self.file.finish(status, self.stopped)
+
+
+class StatusFile:
+    """The document of one process (see the module's docstring)."""
+
+    def __init__(self, spelling: str, job: str, model: str, command: str) -> None:
+        self.path = status_path(spelling)
+        self.base: dict[str, Any] = {
+            "version": VERSION,
+            "job": job,
+            "model": model,
+            "process": {
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "command": command,
+                "started": round(time.time(), 3),
+            },
+            "interval": INTERVAL,
+        }
+        self.figures: Figures = dict
+        self.failed: str | None = None  # why it could not be written (said once)
+        self.finished = False
+
+    def check(self) -> None:
+        """Before anything is sent: a folder that does not exist is a usage error."""
+        from agents.errors import UsageError
+
+        folder = self.path.parent
+        if not folder.is_dir():
+            raise UsageError(
+                f"--status {self.path}: the folder {folder} does not exist",
+                f"mkdir -p {folder}",
+            )
+        self.write()
+
+    def write(self, outcome: dict[str, Any] | None = None) -> None:
+        document = {
+            **self.base,
+            "state": "finished" if outcome is not None else "running",
+            "updated": round(time.time(), 3),
+            **self.figures(),
+            "outcome": outcome,
+        }
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(json.dumps(document, indent=1) + "\n")
+            os.replace(temporary, self.path)
+        except OSError as error:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            self.failed = f"--status {self.path}: cannot write: {error.strerror}"
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(INTERVAL)
+            self.write()
+
+    def finish(self, status: int, stopped: str | None = None) -> None:
+        """The last document: the run's outcome and its exit status."""
+        if self.finished:
+            return
+        self.finished = True
+        try:
+            meaning = ExitStatus(status).description
+        except ValueError:
+            meaning = "unknown"
+        self.write({"exit_status": status, "meaning": meaning, "stopped": stopped})
+
+
+__all__ = ["INTERVAL", "StatusFile", "job_id", "status_path"]
