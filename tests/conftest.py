@@ -78,8 +78,8 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "service: needs a real service the tests start (redis-server, sshd); skipped with the "
-        "reason where it is not installed, and with CI=true a skipped one is a failure",
+        "service: needs a real service the tests start (redis-server, sshd, chromium); skipped "
+        "with the reason where it is not installed, and with CI=true a skipped one is a failure",
     )
 
 

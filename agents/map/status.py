@@ -58,6 +58,11 @@ def status_path(spelling: str) -> Path:
     return path
 
 
+def _starting() -> dict[str, Any]:
+    """The figures before the run has any (its first document, written at the start)."""
+    return {"records": {"done": 0, "succeeded": 0, "failed": 0, "total": None}}
+
+
 class Ending:
     """The --status file of a command's run, if it has one: finished with the command's exit
     status whatever ended it (Ctrl-C and SIGTERM included), once that status is known."""
@@ -97,7 +102,7 @@ class StatusFile:
             },
             "interval": INTERVAL,
         }
-        self.figures: Figures = dict
+        self.figures: Figures = _starting
         self.failed: str | None = None  # why it could not be written (said once)
         self.finished = False
 

@@ -1,0 +1,218 @@
+"""--status FILE|DIR/ and agents watch: the live figures of a run, read by another process.
+
+Against the test suite's fake server (figures, faults and timing it can be told to show); the
+watcher over processes under GNU parallel --pipe, in tmux at 80 columns, and piped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN
+from fake_llm import FakeLLM, Reply, last_user_message
+from test_rate_limits import environment_for_processes
+
+
+def slow(seconds: float, failing: str = "") -> Any:
+    """Answers that take ``seconds``, with usage; words in ``failing`` get a 400."""
+
+    def script(request: dict[str, Any], number: int) -> Reply:
+        word = last_user_message(request)
+        if failing and word in failing.split():
+            return Reply(status=400, body={"error": {"message": "bad word", "type": "invalid"}})
+        usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+        return Reply(content=f"answer {word}", delay=seconds, usage=usage)
+
+    return script
+
+
+def words(path: Path, count: int, prefix: str = "w") -> Path:
+    path.write_text(
+        "".join(f'{{"_id": "{prefix}{n}", "w": "{prefix}{n}"}}\n' for n in range(count))
+    )
+    return path
+
+
+def start_map(
+    tmp: Path, server: FakeLLM, source: Path, status: str, *extra: str
+) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [str(BIN / "agents-map"), "--base-url", server.url, "--prompt", "{w}", "-q",
+         "--status", status, "--price", "1,2", *extra],
+        stdin=source.open("rb"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env=environment_for_processes(tmp),
+    )  # fmt: skip
+
+
+def read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+def test_a_reader_never_sees_a_torn_document_and_the_figures_are_right(tmp: Path) -> None:
+    status = tmp / "status.json"
+    seen: list[dict[str, Any]] = []
+    torn: list[str] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                text = status.read_text()
+            except FileNotFoundError:
+                continue
+            try:
+                seen.append(json.loads(text))
+            except ValueError:
+                torn.append(text)
+
+    with FakeLLM(slow(0.1, failing="w7 w13")) as server:
+        thread = threading.Thread(target=reader)
+        thread.start()
+        process = start_map(tmp, server, words(tmp / "in.jsonl", 60), str(status), "-j", "4",
+                            "--stats", str(tmp / "stats.json"), "--max-retries", "0")  # fmt: skip
+        assert process.wait(timeout=60) == 3  # (two records failed)
+        stop.set()
+        thread.join()
+    assert not torn
+    running = [document for document in seen if document["state"] == "running"]
+    assert len({document["updated"] for document in running}) >= 2  # rewritten as it went
+    done = [document["records"]["done"] for document in running if "records" in document]
+    assert done == sorted(done) and max(done) > 0
+    final = read(status)
+    stats = read(tmp / "stats.json")
+    assert final["state"] == "finished"
+    assert final["outcome"]["exit_status"] == 3 and final["outcome"]["stopped"] is None
+    assert final["records"] == {"done": 60, "succeeded": 58, "failed": 2, "total": 60}
+    assert final["errors"] == stats["errors"] and sum(final["errors"].values()) == 2
+    assert final["tokens"]["total"] == stats["tokens"]["total"] == 58 * 15
+    assert final["cost_usd"] == stats["cost_usd"]
+    assert final["requests"] == stats["requests"]
+    assert "item #" in final["last_error"]
+    assert final["limits"]["jobs"] == 4 and final["in_flight"] == 0
+    assert final["process"]["pid"] == process.pid
+
+
+def test_a_folder_holds_one_file_per_process_and_the_watcher_adds_them_up(tmp: Path) -> None:
+    """Four processes under GNU parallel --pipe, one --status folder: agents watch, piped,
+    prints JSON lines whose totals are the sums of the processes', and exits 0 when all
+    finished."""
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (Debian: apt-get install parallel)")
+    folder = tmp / "status"
+    folder.mkdir()
+    words(tmp / "in.jsonl", 200)
+    env = environment_for_processes(tmp)
+    with FakeLLM(slow(0.02)) as server:
+        job = subprocess.Popen(
+            ["bash", "-o", "pipefail", "-c",
+             f"parallel --pipe -N 50 -j 4 agents-map --base-url {server.url} --prompt '{{w}}' "
+             f"-q --price 1,2 --status {folder}/ < {tmp}/in.jsonl > {tmp}/out.jsonl"],
+            env=env,
+        )  # fmt: skip
+        watcher = subprocess.run(
+            [str(BIN / "agents"), "watch", str(folder), "--interval", "0.3"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert job.wait(timeout=60) == 0
+    assert watcher.returncode == 0, watcher.stderr
+    lines = [json.loads(line) for line in watcher.stdout.splitlines()]
+    assert len(lines) >= 2
+    last = lines[-1]
+    (only,) = last["jobs"]
+    assert only["processes"] == 4 and only["finished"] == 4
+    assert only["records"]["done"] == 200 == sum(p["records"]["done"] for p in only["each"])
+    assert only["cost_usd"] == pytest.approx(sum(p["cost_usd"] for p in only["each"]))
+    assert {p["exit_status"] for p in only["each"]} == {0}
+    assert len(list(folder.glob("*.json"))) == 4
+    for line in lines:  # every line's totals are its processes' sums
+        for job_totals in line["jobs"]:
+            each = job_totals["each"]
+            assert job_totals["records"]["done"] == sum(
+                (p["records"] or {}).get("done", 0) for p in each
+            )
+
+
+def test_a_cap_ctrl_c_and_kill_9_each_leave_the_right_outcome(tmp: Path) -> None:
+    with FakeLLM(slow(0.05)) as server:
+        capped = start_map(tmp, server, words(tmp / "a.jsonl", 400), str(tmp / "cap.json"),
+                           "--max-cost", "0.0003", "-j", "2")  # fmt: skip
+        interrupted = start_map(
+            tmp, server, words(tmp / "b.jsonl", 400, "b"), str(tmp / "int.json")
+        )
+        killed = start_map(tmp, server, words(tmp / "c.jsonl", 400, "c"), str(tmp / "kill.json"))
+        time.sleep(1.5)
+        interrupted.send_signal(signal.SIGINT)
+        killed.kill()
+        assert capped.wait(timeout=60) == 4
+        assert interrupted.wait(timeout=60) == 130
+        killed.wait()
+        cap = read(tmp / "cap.json")
+        assert cap["outcome"]["exit_status"] == 4 and cap["outcome"]["stopped"] == "max_cost"
+        assert read(tmp / "int.json")["outcome"]["exit_status"] == 130
+        left = read(tmp / "kill.json")
+        assert left["state"] == "running" and left["outcome"] is None
+        watcher = subprocess.run(
+            [str(BIN / "agents"), "watch", str(tmp / "cap.json"), str(tmp / "int.json"),
+             str(tmp / "kill.json"), "--interval", "0.2"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    states = {p["path"]: (p["state"], p["exit_status"])
+              for p in json.loads(watcher.stdout.splitlines()[-1])["jobs"][0]["each"]}  # fmt: skip
+    assert states == {
+        str(tmp / "cap.json"): ("finished", 4),
+        str(tmp / "int.json"): ("finished", 130),
+        str(tmp / "kill.json"): ("stale", None),  # (its PID is gone: at once)
+    }
+    assert watcher.returncode == 1  # a process went stale: it never said how it ended
+
+
+def test_a_status_folder_that_does_not_exist_is_a_usage_error(tmp: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}",
+         "--status", str(tmp / "missing" / "status.json")],
+        input='{"_id": 1, "w": "x"}\n', capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "mkdir -p" in done.stderr
+
+
+def test_the_watcher_in_tmux_at_80_columns(tmp: Path) -> None:
+    """On a terminal the view is redrawn in place, every line within 80 columns."""
+    tmux = shutil.which("tmux")
+    if tmux is None:
+        pytest.skip("tmux is not installed (Debian: apt-get install tmux)")
+    folder = tmp / "status"
+    folder.mkdir()
+    socket_name = f"agents-watch-{os.getpid()}"
+    with FakeLLM(slow(0.05, failing="w3")) as server:
+        runs = [start_map(tmp, server, words(tmp / f"in{k}.jsonl", 150, f"w{k}x" if k else "w"),
+                          f"{folder}/", "-j", "2", "--max-retries", "0") for k in range(2)]  # fmt: skip
+        time.sleep(0.5)
+        command = f"{BIN}/agents watch {folder} --interval 0.2; sleep 30"
+        subprocess.run([tmux, "-L", socket_name, "new-session", "-d", "-x", "80", "-y", "24",
+                        command], check=True, env=environment_for_processes(tmp))  # fmt: skip
+        try:
+            time.sleep(2.0)
+            screen = subprocess.run([tmux, "-L", socket_name, "capture-pane", "-p"],
+                                    capture_output=True, text=True, check=True).stdout  # fmt: skip
+            for run in runs:
+                run.wait(timeout=60)
+            time.sleep(1.0)
+            after = subprocess.run([tmux, "-L", socket_name, "capture-pane", "-p"],
+                                   capture_output=True, text=True, check=True).stdout  # fmt: skip
+        finally:
+            subprocess.run([tmux, "-L", socket_name, "kill-server"], check=False)
+    for text in (screen, after):
+        lines = [line for line in text.splitlines() if line.strip()]
+        assert all(len(line) <= 80 for line in lines), lines
+        assert sum(line.startswith("job ") for line in lines) == 1, lines  # drawn once, in place
+    assert "2 running" in screen and "/min" in screen
+    assert "2 finished" in after and "finished 3" in after  # (w3 failed: exit status 3)
+    assert "last error: " in after
