@@ -27,10 +27,10 @@ from agents.errors import DataError, ExitStatus, UsageError
 from agents.formats import resolve
 from agents.formats._options import ReadOptions, WriteOptions, raise_bad
 from agents.formats.read import Selection, read_records
+from agents.map.ending import Ending
 from agents.map.job import Job, build, merge
 from agents.map.record import Sleep
 from agents.map.run import Telling
-from agents.map.status import Ending
 from agents.process import (
     BatchProcessed,
     Source,
@@ -195,9 +195,10 @@ def _process(
     # choices for this run, not for every resume
     for once in ("force_resume", "dry_run", "batch_detach", "batch_cancel"):
         settings.pop(once, None)
-    status_file = None
-    if not job.options.batch:
-        status_file = ending.start(job.options.status, job.fingerprint, job.shape.model, PROG)
+    status_file = ending.start(
+        job.options, job.fingerprint, job.shape.model, PROG, reporter.warning,
+        status=not job.options.batch,
+    )  # fmt: skip
     telling = Telling(reporter.warning, reporter.info, streams.stderr, status_file)
     started = time.monotonic()
     with side_outputs(job, PROG) as errors_out:
@@ -215,10 +216,9 @@ def _process(
     if isinstance(done, BatchProcessed):
         from agents.cli.batch import finish_batch
 
-        status = finish_batch(job, done.outcome, reporter, seconds)
+        status = finish_batch(job, done.outcome, reporter, seconds, ending)
     else:
-        ending.stopped = done.outcome.stopped
-        status = finish(job, done.outcome, done.mapper, reporter, seconds)
+        status = finish(job, done.outcome, done.mapper, reporter, seconds, ending)
     if status in (ExitStatus.OK, ExitStatus.PARTIAL):
         written, failed = render(output, WriteOptions(table=output.table, field=job.options.field))
         if not job.options.quiet:

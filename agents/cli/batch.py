@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from agents.batch.run import BatchOutcome, collect_command, run_batch
 from agents.cli._run import Reporter, Streams, save_stats
 from agents.errors import ExitStatus, UsageError
 from agents.formats._options import BadRowHandler
+from agents.map.ending import Ending
 from agents.map.job import DEFAULTS, Job
 from agents.map.run import Telling
 
@@ -52,6 +53,7 @@ def map_batch(
     reporter: Reporter,
     bad: BadRowHandler,
     errors_out: BinaryIO | None,
+    ending: Ending | None = None,
     sleep: Callable[[float], None] | None = None,
 ) -> int:
     o = job.options
@@ -66,26 +68,34 @@ def map_batch(
         errors_out=errors_out,
         bad=bad,
     )
-    return finish_batch(job, outcome, reporter, time.monotonic() - started)
+    return finish_batch(job, outcome, reporter, time.monotonic() - started, ending)
 
 
-def finish_batch(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: float) -> int:
-    """The closing lines, --stats and the exit status of a batch run."""
+def finish_batch(
+    job: Job,
+    outcome: BatchOutcome,
+    reporter: Reporter,
+    seconds: float,
+    ending: Ending | None = None,
+) -> int:
+    """The closing lines, --stats and the exit status of a batch run; its figures are kept
+    for ``ending`` (--notify)."""
     if outcome.broken_pipe:
         raise BrokenPipeError
-    stats_written = _write_stats(job, outcome, reporter, seconds)
+    document = _stats_of(job, outcome, seconds)
+    if ending is not None:
+        ending.stats, ending.stopped = document, document["stopped"]
+    stats_written = save_stats(job.options.stats, document, reporter) if job.options.stats else True
     status = _closing(job, outcome, reporter)
     if not stats_written and status in (ExitStatus.OK, ExitStatus.PARTIAL):
         return int(ExitStatus.FAILURE)
     return status
 
 
-def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: float) -> bool:
+def _stats_of(job: Job, outcome: BatchOutcome, seconds: float) -> dict[str, Any]:
+    """A batch run's figures: the --stats document."""
     from agents.map.usage import stats_document
 
-    o = job.options
-    if not o.stats:
-        return True
     document = stats_document(
         usage=outcome.total_usage(),
         price=None,
@@ -110,7 +120,7 @@ def _write_stats(job: Job, outcome: BatchOutcome, reporter: Reporter, seconds: f
             "requests": outcome.online_requests,
             "cost_usd": round(price.cost(outcome.online_usage), 6) if price else None,
         }
-    return save_stats(o.stats, document, reporter)
+    return document
 
 
 def _closing(job: Job, outcome: BatchOutcome, reporter: Reporter) -> int:

@@ -19,10 +19,10 @@ from agents.cli.map_options import PROG, build_parser
 from agents.errors import DataError, ExitStatus, TargetError, UsageError
 from agents.formats._io import check_writable
 from agents.formats._options import BadRowHandler
+from agents.map.ending import Ending
 from agents.map.job import Job, build, merge
 from agents.map.record import Mapper, Sleep
 from agents.map.run import Telling, event_loop, run_job
-from agents.map.status import Ending
 from agents.map.window import Outcome
 
 
@@ -66,11 +66,14 @@ def _map(
         else:
             status = show_dry_run(job, streams, reporter, bad)
         return int(ExitStatus.PARTIAL) if bad_lines and not status else status
+    status_file = ending.start(
+        o, job.fingerprint, job.shape.model, PROG, reporter.warning, status=not o.batch
+    )
     if o.batch:
         from agents.cli.batch import map_batch
 
         with side_outputs(job, PROG) as errors_out:
-            status = map_batch(job, streams, reporter, bad, errors_out)
+            status = map_batch(job, streams, reporter, bad, errors_out, ending)
         if bad_lines and status == ExitStatus.OK:
             return int(ExitStatus.PARTIAL)
         return status
@@ -78,7 +81,6 @@ def _map(
     with side_outputs(job, PROG) as errors_out:
         # -q: errors and warnings only, so no "resuming ..." or "skipped ..." notes either
         info = reporter.info if not job.options.quiet else _silent
-        status_file = ending.start(o.status, job.fingerprint, job.shape.model, PROG)
         telling = Telling(reporter.warning, info, streams.stderr, status_file)
         outcome, mapper = event_loop().run_until_complete(
             run_job(
@@ -91,8 +93,7 @@ def _map(
                 bad=bad,
             )
         )
-    ending.stopped = outcome.stopped
-    status = finish(job, outcome, mapper, reporter, time.monotonic() - started)
+    status = finish(job, outcome, mapper, reporter, time.monotonic() - started, ending)
     if outcome.duplicates and status == ExitStatus.OK:
         status = int(ExitStatus.PARTIAL)
     if bad_lines and status == ExitStatus.OK:
@@ -183,9 +184,20 @@ def show_dry_run(job: Job, streams: Streams, reporter: Reporter, bad: BadRowHand
     return int(ExitStatus.PARTIAL if estimate.missing else ExitStatus.OK)
 
 
-def finish(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float) -> int:
-    """The closing lines and the exit status of a run that went through the window."""
-    stats_written = write_stats(job, outcome, mapper, reporter, seconds)
+def finish(
+    job: Job,
+    outcome: Outcome,
+    mapper: Mapper,
+    reporter: Reporter,
+    seconds: float,
+    ending: Ending | None = None,
+) -> int:
+    """The closing lines and the exit status of a run that went through the window; its
+    figures are written (--stats) and kept for ``ending`` (--notify)."""
+    document = stats_of(job, outcome, mapper, seconds)
+    if ending is not None:
+        ending.stats, ending.stopped = document, outcome.stopped
+    stats_written = save_stats(job.options.stats, document, reporter) if job.options.stats else True
     if outcome.broken_pipe:
         raise BrokenPipeError
     status = closing(job, outcome, mapper, reporter)
@@ -203,38 +215,32 @@ def _by_model(mapper: Mapper) -> dict[str, Any]:
     return {"by_model": mapper.counters.by_model, "prices": mapper.prices}
 
 
-def write_stats(
-    job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter, seconds: float
-) -> bool:
-    """--stats FILE, when asked for; False when it could not be written."""
+def stats_of(job: Job, outcome: Outcome, mapper: Mapper, seconds: float) -> dict[str, Any]:
+    """The run's figures: the --stats document."""
     from agents.map.usage import cache_stats, endpoint_stats, stats_document
 
-    o = job.options
     counters = mapper.counters
-    stopped = outcome.stopped
-    if o.stats:
-        document = stats_document(
-            usage=counters.usage,
-            price=job.price,
-            model=job.shape.model,
-            succeeded=outcome.written,
-            failed=outcome.failed,
-            errors=outcome.errors,
-            retries=counters.retries,
-            requests=counters.requests,
-            latencies=counters.latencies.values,
-            seconds=seconds,
-            stopped=stopped,
-            **_by_model(mapper),
-        )
-        if mapper.cache is not None:
-            document["cache"] = cache_stats(mapper.cache, job.price)
-        # requests not sent because an identical one was in flight (null: --no-dedup)
-        document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
-        if mapper.router.several:
-            document["endpoints"] = endpoint_stats(mapper.router.lanes, mapper.prices)
-        return save_stats(o.stats, document, reporter)
-    return True
+    document = stats_document(
+        usage=counters.usage,
+        price=job.price,
+        model=job.shape.model,
+        succeeded=outcome.written,
+        failed=outcome.failed,
+        errors=outcome.errors,
+        retries=counters.retries,
+        requests=counters.requests,
+        latencies=counters.latencies.values,
+        seconds=seconds,
+        stopped=outcome.stopped,
+        **_by_model(mapper),
+    )
+    if mapper.cache is not None:
+        document["cache"] = cache_stats(mapper.cache, job.price)
+    # requests not sent because an identical one was in flight (null: --no-dedup)
+    document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
+    if mapper.router.several:
+        document["endpoints"] = endpoint_stats(mapper.router.lanes, mapper.prices)
+    return document
 
 
 def closing(job: Job, outcome: Outcome, mapper: Mapper, reporter: Reporter) -> int:

@@ -368,6 +368,14 @@ def add_map_options(parser: Parser) -> None:
         "outcome at the end; in DIR/, one HOST-PID.json per process, for 'agents watch DIR' "
         "(default: none)",
     )
+    output.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL|cmd:COMMAND",
+        help="when the run ends, POST its figures and outcome as JSON to URL, or give them to "
+        "COMMAND's stdin (repeatable; waited for 5 s at most, and never changes the exit "
+        "status; default: none)",
+    )
     report = parser.add_argument_group("progress and logs (all on stderr)")
     report.add_argument(
         "--progress",

@@ -23,7 +23,8 @@ class Key:
     """Where a config key lands (an argparse destination) and what it must be."""
 
     dest: str
-    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap", "endpoints", "names"
+    kind: str  # "str", "int", "number", "bool", "mapping", "price", "cap", "endpoints", "names",
+    # "texts"
     path: bool = False  # a file path, resolved against the config file's folder
     choices: tuple[str, ...] = ()
 
@@ -86,6 +87,7 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "errors": Key("errors", "str", path=True),
         "stats": Key("stats", "str", path=True),
         "status": Key("status", "str", path=True),
+        "notify": Key("notify", "texts"),
         "progress": Key("progress", "bool"),
         "quiet": Key("quiet", "bool"),
         "log_level": Key("log_level", "str", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
@@ -238,11 +240,11 @@ def _value(place: str, key: Key, value: Any, folder: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise _wrong(place, "a count (50) or a percentage ('5%')", value)
         return str(value)
-    if kind == "names":
+    if kind in ("names", "texts"):
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-            raise _wrong(place, "a list of model names", value)
+            raise _wrong(place, "a list of model names" if kind == "names" else "a list", value)
         return value
     if kind == "endpoints":
         from agents.map.endpoints import endpoint_text

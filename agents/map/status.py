@@ -63,28 +63,6 @@ def _starting() -> dict[str, Any]:
     return {"records": {"done": 0, "succeeded": 0, "failed": 0, "total": None}}
 
 
-class Ending:
-    """The --status file of a command's run, if it has one: finished with the command's exit
-    status whatever ended it (Ctrl-C and SIGTERM included), once that status is known."""
-
-    def __init__(self) -> None:
-        self.file: StatusFile | None = None
-        self.stopped: str | None = None  # what stopped the run (a cap, an error rate…)
-
-    def start(
-        self, spelling: str | None, fingerprint: dict[str, Any], model: str, command: str
-    ) -> StatusFile | None:
-        if not spelling:
-            return None
-        self.file = StatusFile(spelling, job_id(fingerprint), model, command)
-        self.file.check()
-        return self.file
-
-    def finish(self, status: int) -> None:
-        if self.file is not None:
-            self.file.finish(status, self.stopped)
-
-
 class StatusFile:
     """The document of one process (see the module's docstring)."""
 

@@ -1,0 +1,71 @@
+"""What happens once a command's run has ended, whatever ended it (Ctrl-C and SIGTERM
+included), when its exit status is known: the --status file's last document, and the
+--notify targets told (see :mod:`agents.map.status` and :mod:`agents.map.notify`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from agents.errors import ExitStatus
+from agents.map.status import StatusFile, job_id
+
+
+class Ending:
+    """Filled in as the command learns about its run; :meth:`finish` once it has ended."""
+
+    def __init__(self) -> None:
+        self.file: StatusFile | None = None
+        self.targets: list[str] = []
+        self.warn: Callable[[str], None] = lambda message: None
+        self.stopped: str | None = None  # what stopped the run (a cap, an error rate…)
+        #: The run's final figures (the --stats document), once it has them.
+        self.stats: dict[str, Any] | None = None
+        self.base: dict[str, Any] = {}
+
+    def start(
+        self,
+        options: Any,
+        fingerprint: dict[str, Any],
+        model: str,
+        command: str,
+        warn: Callable[[str], None],
+        status: bool = True,
+    ) -> StatusFile | None:
+        """Before anything is sent: the status file made (its folder checked), the
+        notification targets checked. ``status``: whether this run keeps a status file."""
+        from agents.map import notify
+
+        self.targets = list(getattr(options, "notify", None) or [])
+        notify.check(self.targets)
+        self.warn = warn
+        self.base = {"job": job_id(fingerprint), "model": model}
+        spelling = getattr(options, "status", None)
+        if spelling and status:
+            self.file = StatusFile(spelling, self.base["job"], model, command)
+            self.file.check()
+            self.base["process"] = self.file.base["process"]
+        return self.file
+
+    def finish(self, status: int) -> None:
+        if self.file is not None:
+            self.file.finish(status, self.stopped)
+        if self.targets:
+            from agents.map import notify
+
+            try:
+                meaning = ExitStatus(status).description
+            except ValueError:
+                meaning = "unknown"
+            figures = self.stats
+            if figures is None and self.file is not None:
+                figures = self.file.figures()  # (the run ended before its summary)
+            document = {
+                **self.base,
+                **(figures or {}),
+                "outcome": {"exit_status": status, "meaning": meaning, "stopped": self.stopped},
+            }
+            notify.notify(self.targets, document, self.warn)
+
+
+__all__ = ["Ending"]
