@@ -31,6 +31,13 @@ class Reply:
     usage: dict[str, Any] | None = None
     action: str | None = None  # "drop": close the connection; "hang": never answer;
     # "truncate": promise more bytes than are sent
+    # A request with "stream": true is answered as server-sent events (SSE mode): the content
+    # in chunks of ``chunk`` characters, ``chunk_delay`` seconds apart; ``stall`` chunks in,
+    # the stream goes silent until the server stops ("cut": the connection is closed instead).
+    chunk: int = 3
+    chunk_delay: float = 0.0
+    stall: int | None = None
+    stall_action: str = "hang"
 
 
 def last_user_message(request: dict[str, Any]) -> str:
@@ -138,6 +145,8 @@ class FakeLLM:
                 if http.transport is not None:
                     http.transport.close()
                 return web.Response(status=500)
+            if body.get("stream") and reply.status == 200 and reply.body is None:
+                return await self._stream(http, reply, body, arrived)
             payload = self._payload(reply, body)
             if reply.action == "truncate":
                 response = web.StreamResponse(
@@ -171,6 +180,53 @@ class FakeLLM:
             return response
         finally:
             free()
+
+    async def _stream(
+        self, http: web.Request, reply: Reply, request: dict[str, Any], arrived: float
+    ) -> web.StreamResponse:
+        """The answer as OpenAI streams it: chat.completion.chunk events, the usage in a last
+        chunk when stream_options.include_usage asks for it, then [DONE]."""
+        response = web.StreamResponse(
+            status=200, headers={"Content-Type": "text/event-stream", **reply.headers}
+        )
+        await response.prepare(http)
+
+        def event(choices: list[dict[str, Any]], **more: Any) -> bytes:
+            chunk = {"id": "chatcmpl-test", "object": "chat.completion.chunk",
+                     "model": request.get("model"), "choices": choices, **more}  # fmt: skip
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        text = reply.content or ""
+        pieces = [text[k : k + reply.chunk] for k in range(0, len(text), reply.chunk)] or [""]
+        try:
+            await response.write(event([{"index": 0, "delta": {"role": "assistant"}}]))
+            for number, piece in enumerate(pieces):
+                if reply.stall is not None and number == reply.stall:
+                    if reply.stall_action == "cut":
+                        assert http.transport is not None
+                        http.transport.close()
+                        return response
+                    await self.closing.wait()
+                    return response
+                if reply.chunk_delay:
+                    await asyncio.sleep(reply.chunk_delay)
+                await response.write(event([{"index": 0, "delta": {"content": piece}}]))
+            await response.write(
+                event([{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])
+            )
+            if (request.get("stream_options") or {}).get("include_usage"):
+                usage = reply.usage or {"prompt_tokens": 10, "completion_tokens": 5,
+                                        "total_tokens": 15}  # fmt: skip
+                await response.write(event([], usage=usage))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except ConnectionResetError:
+            return response
+        with self.lock:
+            self.answered += 1
+        if self.on_answer is not None:
+            self.on_answer(request, arrived)
+        return response
 
     @staticmethod
     def _payload(reply: Reply, request: dict[str, Any]) -> bytes:

@@ -197,7 +197,7 @@ def test_the_local_model_is_found_by_name_and_costs_nothing(
 ) -> None:
     # no --model: agents-map asks the server, which serves one model
     done = sh(
-        "echo '{\"_id\": 1, \"w\": \"cat\"}' | agents-map --prompt 'Say {w}' --max-tokens 4 "
+        'echo \'{"_id": 1, "w": "cat"}\' | agents-map --prompt \'Say {w}\' --max-tokens 4 '
         "--accept-truncated --stats stats.json",
         local,
         tmp,
@@ -275,3 +275,24 @@ def test_two_local_servers_side_by_side_share_a_job(local: dict[str, str], tmp: 
     stats = orjson.loads((tmp / "stats.json").read_bytes())
     assert [entry["url"] for entry in stats["endpoints"]] == [local["OPENAI_BASE_URL"], second]
     assert all(entry["answers"] > 0 for entry in stats["endpoints"]), stats["endpoints"]
+
+
+def test_streamed_and_whole_answers_are_the_same(local: dict[str, str], tmp: Path) -> None:
+    """--stream against llama.cpp's server (which streams): at temperature 0 the same results,
+    tokens and all, as whole answers, and the time to the first token in the statistics."""
+    source = tmp / "words.jsonl"
+    source.write_text("".join(f'{{"_id": {n}, "word": "{w}"}}\n' for n, w in
+                              enumerate(["cat", "house", "river", "bread", "green"])))  # fmt: skip
+    outputs = {}
+    for mode in ("", "--stream --idle-timeout 60"):
+        done = sh(
+            f"agents-map --prompt 'Translate into French, one word: {{word}}' --temperature 0 "
+            f"--max-tokens 40 -k -q {mode} --stats stats.json < {source} > out.jsonl",
+            local, tmp,
+        )  # fmt: skip
+        assert done.returncode in (0, 3), done.stderr
+        stats = orjson.loads((tmp / "stats.json").read_bytes())
+        outputs[mode] = ((tmp / "out.jsonl").read_text(), stats["tokens"]["output"])
+        assert (stats["first_token_seconds"] is not None) == bool(mode)
+    assert outputs[""] == outputs["--stream --idle-timeout 60"]
+    assert "result" in outputs[""][0]

@@ -37,6 +37,7 @@ def check_batch_options(job: Job, reporter: Reporter) -> None:
             ("--cache", o.cache is not None),
             ("--keep-order", bool(o.keep_order)),
             ("--status", bool(o.status)),
+            ("--stream", bool(o.stream)),
         )
         if given
     ]

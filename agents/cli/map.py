@@ -232,6 +232,7 @@ def stats_of(job: Job, outcome: Outcome, mapper: Mapper, seconds: float) -> dict
         latencies=counters.latencies.values,
         seconds=seconds,
         stopped=outcome.stopped,
+        first_tokens=counters.first_tokens.values,
         **_by_model(mapper),
     )
     if mapper.cache is not None:

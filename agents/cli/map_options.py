@@ -124,6 +124,20 @@ def add_map_options(parser: Parser) -> None:
         help=f"time limit of one request (default: {DEFAULTS['timeout']:g})",
     )
     model.add_argument(
+        "--stream",
+        action="store_true",
+        default=None,
+        help="ask for each answer as a stream of events and put it together; gives "
+        "--idle-timeout and the time to the first token (default: off)",
+    )
+    model.add_argument(
+        "--idle-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="with --stream, the longest silence in an answer before it is given up and "
+        "retried (default: none, --timeout only)",
+    )
+    model.add_argument(
         "--param",
         action="append",
         metavar="KEY=JSON",

@@ -44,6 +44,8 @@ SECTIONS: dict[str, dict[str, Key]] = {
         "max_completion_tokens": Key("max_completion_tokens", "int"),
         "seed": Key("seed", "int"),
         "timeout": Key("timeout", "number"),
+        "stream": Key("stream", "bool"),
+        "idle_timeout": Key("idle_timeout", "number"),
         "params": Key("param", "mapping"),
         "price": Key("price", "price"),
     },

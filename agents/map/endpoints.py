@@ -43,7 +43,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from agents.errors import CallError, Fatal, UsageError
 from agents.map.congestion import Concurrency, Signal, Slot
@@ -195,7 +195,7 @@ def lane_endpoint(spec: EndpointSpec, base: Endpoint, need: bool = True) -> Endp
                 f"--endpoint {display_name(spec.url)}: ${spec.key_env} is not set",
                 f"export {spec.key_env} with that endpoint's API key",
             )
-    return Endpoint(spec.url, key, dict(base.headers), base.timeout)
+    return replace(base, base_url=spec.url, api_key=key, headers=dict(base.headers))
 
 
 @dataclass

@@ -37,6 +37,10 @@ class Endpoint:
     api_key: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = 60.0
+    #: --stream: answers asked for as server-sent events and put together (see
+    #: :mod:`agents.map.streaming`); ``idle_timeout``: the longest silence between two events.
+    stream: bool = False
+    idle_timeout: float | None = None
 
     @property
     def url(self) -> str:
@@ -144,6 +148,7 @@ class Completion:
     limits: dict[str, float] = field(default_factory=dict)  # x-ratelimit-limit-* per minute
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # (left, reset s)
     pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
+    first_token: float | None = None  # --stream: seconds from sending to the first event
 
 
 # Retry-After and OpenAI's rate-limit headers --------------------------------------------------
@@ -324,11 +329,21 @@ class Client:
         import aiohttp  # (imported once, by the session)
 
         redact = self.endpoint.redact
+        streamed: Completion | None = None
+        if self.endpoint.stream:
+            body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+        sent = time.monotonic()
         try:
             async with self.session.post(self.endpoint.url, data=orjson.dumps(body)) as response:
-                raw = await response.read()
                 status = response.status
                 headers = response.headers
+                if self.endpoint.stream and status < 400 and _is_event_stream(headers):
+                    from agents.map.streaming import assemble
+
+                    streamed = await assemble(response.content, self.endpoint.idle_timeout, sent)
+                    raw = b""
+                else:
+                    raw = await response.read()
         except TimeoutError:
             raise Retryable("timeout", f"no answer within {self.endpoint.timeout:g}s") from None
         except aiohttp.ClientPayloadError as error:
@@ -348,6 +363,9 @@ class Client:
             raise Retryable("connection_error", f"connection failed: {message}") from None
         if status >= 400:
             raise _http_error(status, raw, headers, redact)
+        if streamed is not None:
+            self.succeeded = True
+            return with_rate_limits(streamed, headers)
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -357,6 +375,12 @@ class Client:
         completion = with_rate_limits(_completion(parsed), headers)
         self.succeeded = True
         return completion
+
+
+def _is_event_stream(headers: Any) -> bool:
+    """Whether the answer is server-sent events (a server that does not stream answers JSON,
+    read as usual)."""
+    return "text/event-stream" in str(headers.get("Content-Type", "")).lower()
 
 
 def _http_error(status: int, raw: bytes, headers: Any, redact: Any) -> CallError:

@@ -236,7 +236,15 @@ def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
         )
     if o.timeout <= 0:
         raise UsageError(f"--timeout must be positive, not {o.timeout:g}")
-    return Endpoint(base_url or DEFAULT_BASE_URL, key, headers(o.header), o.timeout)
+    idle = getattr(o, "idle_timeout", None)
+    stream = bool(getattr(o, "stream", None))
+    if idle is not None and (idle <= 0 or not stream):
+        raise UsageError(
+            f"--idle-timeout {idle:g}: "
+            + ("must be positive" if idle <= 0 else "is the silence allowed in a stream"),
+            "give --stream with it" if idle > 0 else None,
+        )
+    return Endpoint(base_url or DEFAULT_BASE_URL, key, headers(o.header), o.timeout, stream, idle)
 
 
 #: The model for OpenAI's API when none is named.

@@ -142,6 +142,7 @@ class Counters:
     usage: Usage = field(default_factory=Usage)
     requests: int = 0
     latencies: Reservoir = field(default_factory=Reservoir)
+    first_tokens: Reservoir = field(default_factory=Reservoir)  # --stream: time to the first
     by_model: dict[str, Usage] = field(default_factory=dict)  # with fallback models
 
 
@@ -711,6 +712,8 @@ class Mapper:
             if self.fallbacks:
                 self.counters.by_model.setdefault(asked, Usage()).add(completion.usage)
             self.counters.latencies.add(time.monotonic() - started)
+            if completion.first_token is not None:
+                self.counters.first_tokens.add(completion.first_token)
             self.counters.usage.add(completion.usage)
             if debug:
                 usage = completion.usage

@@ -282,7 +282,13 @@ class _Figures:
                 "rate_group": o.rate_group,
             },
             "in_flight": sum(window.in_flight for window in windows),
+            # --stream: the median time to the first token so far (null when not streamed)
+            "first_token_p50": _median(mapper.counters.first_tokens.values),
         }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(sorted(values)[len(values) // 2], 4) if values else None
 
 
 def rate_group(spelling: str) -> GroupStore:

@@ -158,6 +158,16 @@ def cache_stats(cache: CacheUse, price: Price | None) -> dict[str, Any]:
     }
 
 
+def spread(ordered: list[float]) -> dict[str, float]:
+    """Percentiles of sorted seconds, for the statistics."""
+    return {
+        "p50": round(percentile(ordered, 0.50), 4),
+        "p90": round(percentile(ordered, 0.90), 4),
+        "p99": round(percentile(ordered, 0.99), 4),
+        "max": round(ordered[-1], 4) if ordered else 0.0,
+    }
+
+
 def stats_document(
     *,
     usage: Usage,
@@ -173,6 +183,7 @@ def stats_document(
     stopped: str | None,
     by_model: dict[str, Usage] | None = None,
     prices: dict[str, Price | None] | None = None,
+    first_tokens: list[float] | None = None,
 ) -> dict[str, Any]:
     ordered = sorted(latencies)
     cost = round(price.cost(usage), 6) if price is not None else None
@@ -206,12 +217,9 @@ def stats_document(
             "total": usage.prompt + usage.completion,
         },
         "cost_usd": cost,
-        "latency_seconds": {
-            "p50": round(percentile(ordered, 0.50), 4),
-            "p90": round(percentile(ordered, 0.90), 4),
-            "p99": round(percentile(ordered, 0.99), 4),
-            "max": round(ordered[-1], 4) if ordered else 0.0,
-        },
+        "latency_seconds": spread(ordered),
+        # --stream: from sending to the first event (null when not streamed)
+        "first_token_seconds": spread(sorted(first_tokens)) if first_tokens else None,
         "wall_seconds": round(seconds, 3),
         "stopped": stopped,
     }

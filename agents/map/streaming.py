@@ -1,0 +1,127 @@
+"""--stream: an answer asked for as server-sent events (``"stream": true``) and put together
+into the one completion the rest of agents-map knows, so that results are still written one
+whole record at a time.
+
+Each event is a line ``data: {chat.completion.chunk}``; the text is the concatenation of the
+chunks' ``delta.content`` (and ``delta.refusal``), the finish reason the last one given, the
+usage the one the last chunk carries (``stream_options.include_usage``), and the stream ends
+with ``data: [DONE]``. Comments (``:``), ``event:``/``id:`` lines and blank lines are passed
+over.
+
+``--idle-timeout SECONDS`` is the longest silence allowed between two lines (before the first
+too: the prompt's processing), in addition to --timeout for the whole answer: a server that
+stalls mid-answer is given up on and the record retried (``idle_timeout``), without waiting
+for the total. A stream that ends before its finish reason or ``[DONE]`` was cut short
+(``truncated_body``), and an ``error`` event is the server's error; both are retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Protocol
+
+import orjson
+
+from agents.errors import Retryable
+from agents.map.http import Completion, Usage
+
+
+class Body(Protocol):
+    """What aiohttp's response.content offers: whatever bytes came next, b"" at the end."""
+
+    async def readany(self) -> bytes: ...
+
+
+class _Lines:
+    """The lines of a body, whatever their length (aiohttp's readline refuses long ones), each
+    wait for more bytes at most ``idle`` seconds."""
+
+    def __init__(self, body: Body, idle: float | None) -> None:
+        self.body = body
+        self.idle = idle
+        self.buffer = b""
+        self.ended = False
+
+    async def next(self) -> bytes | None:
+        """The next line, without its end; None once the body ended."""
+        while b"\n" not in self.buffer:
+            if self.ended:
+                line, self.buffer = self.buffer, b""
+                return line or None
+            try:
+                more = await asyncio.wait_for(self.body.readany(), self.idle)
+            except TimeoutError:
+                raise Retryable(
+                    "idle_timeout",
+                    f"the answer stalled: nothing for {self.idle:g}s (--idle-timeout)",
+                ) from None
+            self.ended = not more
+            self.buffer += more
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+
+async def assemble(body: Body, idle: float | None, sent: float) -> Completion:
+    """The completion the events of ``body`` make up (``sent``: when the request left, on the
+    monotonic clock, for the time to the first event)."""
+    content: list[str] = []
+    refusal: list[str] = []
+    finish: str | None = None
+    usage = Usage()
+    first: float | None = None
+    lines = _Lines(body, idle)
+    while True:
+        line = await lines.next()
+        if line is None:  # (the connection closed)
+            if finish is not None:
+                break  # (a server that does not send [DONE] after the last chunk)
+            raise Retryable("truncated_body", "the streamed answer was cut short")
+        line = line.strip()
+        if not line.startswith(b"data:"):
+            continue  # (a comment, an event name, the blank line between events)
+        data = line[5:].strip()
+        if first is None:
+            first = time.monotonic() - sent
+        if data == b"[DONE]":
+            break
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise Retryable("invalid_response", "a streamed event is not JSON") from None
+        if not isinstance(chunk, dict):
+            continue
+        if chunk.get("error"):
+            raise Retryable("server_error", f"the stream ended in an error: {_detail(chunk)}")
+        if isinstance(chunk.get("usage"), dict):
+            usage = Usage.from_response(chunk)
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if isinstance(delta, dict):
+                if isinstance(delta.get("content"), str):
+                    content.append(delta["content"])
+                if isinstance(delta.get("refusal"), str):
+                    refusal.append(delta["refusal"])
+            if isinstance(choice.get("finish_reason"), str):
+                finish = choice["finish_reason"]
+    if finish is None and not content and not refusal:
+        raise Retryable("invalid_response", "the streamed answer has no choices")
+    return Completion(
+        content="".join(content) if content or not refusal else None,
+        finish_reason=finish,
+        refusal="".join(refusal) or None,
+        usage=usage,
+        first_token=first,
+    )
+
+
+def _detail(chunk: dict[str, Any]) -> str:
+    error = chunk.get("error")
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:500]
+    return str(error)[:500]
+
+
+__all__ = ["assemble"]

@@ -1,0 +1,142 @@
+"""--stream and --idle-timeout against the fake server's SSE mode (a server that stalls or cuts
+a stream mid-answer on cue); the same against the local model is in test_e2e_local.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BIN
+from fake_llm import FakeLLM, Reply, last_user_message
+from test_rate_limits import environment_for_processes
+
+from agents.errors import Retryable
+from agents.map.streaming import assemble
+
+
+def run_map(
+    tmp: Path, server: FakeLLM, count: int, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    source = tmp / "in.jsonl"
+    source.write_text("".join(f'{{"_id": {n}, "w": "word {n} ü"}}\n' for n in range(count)))
+    return subprocess.run(
+        [str(BIN / "agents-map"), "--base-url", server.url, "--prompt", "{w}", "-q", "-k",
+         "--price", "1,2", "--stats", str(tmp / "stats.json"), *extra],
+        stdin=source.open("rb"), capture_output=True, text=True, timeout=120,
+        env=environment_for_processes(tmp),
+    )  # fmt: skip
+
+
+def long_answers(request: dict[str, Any], number: int) -> Reply:
+    word = last_user_message(request)
+    usage = {"prompt_tokens": 7, "completion_tokens": 30, "total_tokens": 37}
+    return Reply(content=f"a long answer to «{word}», 🙂 " * 5, usage=usage, chunk=4)
+
+
+def test_streamed_answers_are_the_whole_answers(tmp: Path) -> None:
+    with FakeLLM(long_answers) as server:
+        whole = run_map(tmp, server, 30, "-j", "8")
+        whole_stats = json.loads((tmp / "stats.json").read_text())
+        streamed = run_map(tmp, server, 30, "-j", "8", "--stream")
+        stats = json.loads((tmp / "stats.json").read_text())
+        asked = [request.get("stream") for request in server.requests]
+    assert whole.returncode == streamed.returncode == 0, streamed.stderr
+    assert whole.stdout == streamed.stdout
+    assert asked == [None] * 30 + [True] * 30
+    assert stats["tokens"] == whole_stats["tokens"] and stats["cost_usd"] == whole_stats["cost_usd"]
+    assert whole_stats["first_token_seconds"] is None
+    assert 0 < stats["first_token_seconds"]["p50"] <= stats["latency_seconds"]["max"]
+
+
+def test_a_stream_that_stalls_is_given_up_after_the_idle_timeout_and_retried(tmp: Path) -> None:
+    """Each record's first answer stalls after two chunks (and one more is cut off): each is
+    retried after --idle-timeout, long before --timeout, and every result is whole."""
+    seen: dict[str, int] = {}
+
+    def stalling(request: dict[str, Any], number: int) -> Reply:
+        word = last_user_message(request)
+        seen[word] = seen.get(word, 0) + 1
+        reply = Reply(content=f"the answer to {word}", chunk=2, chunk_delay=0.01)
+        if seen[word] == 1:
+            reply.stall = 2
+            reply.stall_action = "cut" if word == "word 3 ü" else "hang"
+        return reply
+
+    with FakeLLM(stalling) as server:
+        began = time.monotonic()
+        done = run_map(tmp, server, 6, "--stream", "--idle-timeout", "0.5", "--timeout", "60")
+        took = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["result"] for r in results] == [f"the answer to word {n} ü" for n in range(6)]
+    stats = json.loads((tmp / "stats.json").read_text())
+    assert stats["retries"] == {"idle_timeout": 5, "truncated_body": 1}
+    assert took < 20  # (not the 60 s of --timeout)
+
+
+def test_idle_timeout_needs_stream_and_a_positive_value(tmp: Path) -> None:
+    for flags in (["--idle-timeout", "5"], ["--stream", "--idle-timeout", "0"]):
+        done = subprocess.run(
+            [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}",
+             *flags],
+            input='{"_id": 1, "w": "x"}\n', capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2 and "--idle-timeout" in done.stderr, done.stderr
+
+
+class Body:
+    """A response body given in pieces, as the network cuts it."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = list(pieces)
+
+    async def readany(self) -> bytes:
+        return self.pieces.pop(0) if self.pieces else b""
+
+
+def events(*chunks: dict[str, Any], done: bool = True) -> bytes:
+    text = b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk in chunks)
+    return text + (b"data: [DONE]\n\n" if done else b"")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_events_cut_anywhere_make_the_same_answer(seed: int) -> None:
+    """The same stream, cut into pieces at random places (inside a line, inside a UTF-8
+    character), with comments and event names between: always the same completion."""
+    import random
+
+    chooser = random.Random(seed)
+    text = "héllo wörld 🙂 " * 40
+    chunks: list[dict[str, Any]] = [{"choices": [{"index": 0, "delta": {"role": "assistant"}}]}]
+    for k in range(0, len(text), 7):
+        chunks.append({"choices": [{"index": 0, "delta": {"content": text[k : k + 7]}}]})
+    chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    chunks.append({"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 9}})
+    raw = b": keep-alive\n\nevent: message\n" + events(*chunks)
+    cuts = sorted(chooser.sample(range(1, len(raw)), 25))
+    pieces = [raw[a:b] for a, b in zip([0, *cuts], [*cuts, len(raw)], strict=True)]
+    completion = asyncio.run(assemble(Body(pieces), None, time.monotonic()))
+    assert completion.content == text and completion.finish_reason == "stop"
+    assert (completion.usage.prompt, completion.usage.completion) == (3, 9)
+    assert completion.first_token is not None
+
+
+def test_a_stream_without_its_end_or_with_an_error_is_retried() -> None:
+    start = {"choices": [{"index": 0, "delta": {"content": "half"}}]}
+    for body, kind in (
+        (events(start, done=False), "truncated_body"),
+        (events(start, {"error": {"message": "overloaded"}}), "server_error"),
+        (b"data: {not json\n\n", "invalid_response"),
+    ):
+        with pytest.raises(Retryable) as failed:
+            asyncio.run(assemble(Body([body]), None, time.monotonic()))
+        assert failed.value.error_type == kind
+    finished = events(
+        {"choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": "stop"}]}, done=False
+    )
+    assert asyncio.run(assemble(Body([finished]), None, time.monotonic())).content == "x"
