@@ -2,6 +2,9 @@
 
     python bench/fake_server.py PORT [LATENCY_SECONDS]
 
+A request with "stream": true is answered as server-sent events: the role at once, then the
+same answer in chunks, its finish reason, the usage and [DONE] after the latency.
+
 Written on raw asyncio (with uvloop) so that the server, not the client under test, is never the
 bottleneck: it parses only what it must (headers, Content-Length) and keeps connections alive.
 """
@@ -36,6 +39,27 @@ RESPONSE = (
 )
 
 
+def _event(choices: list[object], **more: object) -> bytes:
+    chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "model": "bench"}
+    return b"data: " + orjson.dumps({**chunk, "choices": choices, **more}) + b"\n\n"
+
+
+FIRST_EVENT = _event([{"index": 0, "delta": {"role": "assistant"}}])
+LATER_EVENTS = (
+    _event([{"index": 0, "delta": {"content": "bon"}}])
+    + _event([{"index": 0, "delta": {"content": "jour"}}])
+    + _event([{"index": 0, "delta": {}, "finish_reason": "stop"}])
+    + _event([], usage={"prompt_tokens": 12, "completion_tokens": 3, "total_tokens": 15})
+    + b"data: [DONE]\n\n"
+)
+STREAM_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: "
+    + str(len(FIRST_EVENT) + len(LATER_EVENTS)).encode()
+    + b"\r\nConnection: keep-alive\r\n\r\n"
+    + FIRST_EVENT
+)
+
+
 class Handler(asyncio.Protocol):
     def __init__(self, latency: float) -> None:
         self.latency = latency
@@ -66,15 +90,19 @@ class Handler(asyncio.Protocol):
             )
             if len(self.buffer) < end + 4 + length:
                 return
+            streamed = b'"stream":true' in self.buffer[end + 4 : end + 4 + length]
             self.buffer = self.buffer[end + 4 + length :]
+            if streamed:
+                self._write(STREAM_HEAD)
+            answer = LATER_EVENTS if streamed else RESPONSE
             if self.latency:
-                asyncio.get_running_loop().call_later(self.latency, self._answer)
+                asyncio.get_running_loop().call_later(self.latency, self._write, answer)
             else:
-                self._answer()
+                self._write(answer)
 
-    def _answer(self) -> None:
+    def _write(self, data: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(RESPONSE)
+            self.transport.write(data)
 
 
 async def serve(port: int, latency: float) -> None:
