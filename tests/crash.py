@@ -304,7 +304,8 @@ def check(
     if failed:
         report.violations.append(f"error records left after exit 0: {failed[:10]}")
     kills_9 = [
-        at for (kind, _), at in zip(report.kills, kill_moments, strict=True)
+        at
+        for (kind, _), at in zip(report.kills, kill_moments, strict=True)
         if kind.startswith("KILL")
     ]
     for word, payments in ledger.paid.items():

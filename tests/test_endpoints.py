@@ -471,6 +471,8 @@ def test_a_job_files_endpoint_settings_are_checked_one_by_one(
     tmp_path: Path, entry: str, says: str
 ) -> None:
     job = tmp_path / "job.yaml"
-    job.write_text(f"llm:\n  endpoints:\n    - url: http://127.0.0.1:9/v1\n      {entry}\nprompt: x\n")
+    job.write_text(
+        f"llm:\n  endpoints:\n    - url: http://127.0.0.1:9/v1\n      {entry}\nprompt: x\n"
+    )
     result, _ = run("--config", str(job), stdin=words(1))
     assert result.status == 2 and says in result.stderr, result.stderr

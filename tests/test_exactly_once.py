@@ -97,8 +97,12 @@ def test_a_crash_while_failed_records_are_retried_leaves_each_id_once(tmp: Path)
         first = shell(command, tmp)
         assert first.returncode == 3, first.stderr
         process = subprocess.Popen(
-            ["bash", "-c", command], cwd=tmp, env=_env(), process_group=0,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["bash", "-c", command],
+            cwd=tmp,
+            env=_env(),
+            process_group=0,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 20
         while server.answered < 45 and time.monotonic() < deadline:
@@ -178,9 +182,16 @@ def test_a_full_disk_while_columns_widen_leaves_a_whole_table(
     tmp: Path, operation: str, name: str
 ) -> None:
     output = tmp / name
-    assert run("agents-write", str(output), stdin=jsonl(
-        {"_id": 1, "word": "a", "result": "A"}, {"_id": 2, "word": "b", "result": "B"}
-    )).status == 0
+    assert (
+        run(
+            "agents-write",
+            str(output),
+            stdin=jsonl(
+                {"_id": 1, "word": "a", "result": "A"}, {"_id": 2, "word": "b", "result": "B"}
+            ),
+        ).status
+        == 0
+    )
     before = output.read_bytes()
     with durable.using(FullDisk(operation, nth=2 if operation == "write" else 1)):
         failed = run("agents-write", "--append", str(output), stdin=WIDER)
@@ -254,7 +265,7 @@ def test_resume_of_a_database_without_the_default_table_names_the_tables(tmp: Pa
     connection.commit()
     connection.close()
     result = shell(
-        f"echo '{{\"_id\":\"w1\",\"word\":\"w1\"}}' | agents-map --base-url http://127.0.0.1:9 "
+        f'echo \'{{"_id":"w1","word":"w1"}}\' | agents-map --base-url http://127.0.0.1:9 '
         f"--prompt '{{word}}' --resume {output}"
     )
     assert result.returncode == 2
@@ -269,7 +280,12 @@ def test_resume_of_a_database_without_the_default_table_names_the_tables(tmp: Pa
 def test_a_new_results_table_beside_another_is_a_first_run(tmp: Path) -> None:
     output = tmp / "o.db"
     source = words(tmp / "words.csv", 5)
-    assert shell(f"agents-read {source} --id word | agents-write --append {output} --table words").returncode == 0
+    assert (
+        shell(
+            f"agents-read {source} --id word | agents-write --append {output} --table words"
+        ).returncode
+        == 0
+    )
     url = f"'sqlite://{output}?table=results'"
     with FakeLLM(answer) as server:
         first = shell(pipeline(source, server.url, url, f"--append {url}"), tmp)
@@ -281,7 +297,7 @@ def test_a_new_results_table_beside_another_is_a_first_run(tmp: Path) -> None:
 @pytest.mark.parametrize("spelling", ["-", "out.jsonl.gz", "nowhere/out.jsonl", ".", "out"])
 def test_a_resume_of_what_cannot_be_an_output_is_refused_early(tmp: Path, spelling: str) -> None:
     result = shell(
-        f"echo '{{\"_id\":1,\"w\":1}}' | agents-map --base-url http://127.0.0.1:9 "
+        f'echo \'{{"_id":1,"w":1}}\' | agents-map --base-url http://127.0.0.1:9 '
         f"--prompt '{{w}}' --resume {spelling}",
         tmp,
     )
@@ -294,7 +310,7 @@ def test_resume_of_an_output_without_ids_is_refused(tmp: Path) -> None:
     output = tmp / "out.csv"
     output.write_text("word,result\nw1,x\n")
     result = shell(
-        f"echo '{{\"_id\":\"w1\",\"word\":\"w1\"}}' | agents-map --base-url http://127.0.0.1:9 "
+        f'echo \'{{"_id":"w1","word":"w1"}}\' | agents-map --base-url http://127.0.0.1:9 '
         f"--prompt '{{word}}' --resume {output}"
     )
     assert result.returncode == 2
@@ -311,7 +327,9 @@ def test_a_second_writer_is_refused_and_nothing_is_corrupt(tmp: Path, name: str)
     output = tmp / name
     first = subprocess.Popen(
         [str(BIN / "agents-write"), "--append", str(output)],
-        stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
     )
     assert first.stdin is not None
     first.stdin.write(jsonl({"_id": 1, "v": "a"}))
@@ -319,15 +337,16 @@ def test_a_second_writer_is_refused_and_nothing_is_corrupt(tmp: Path, name: str)
     deadline = time.monotonic() + 20
     while not Path(f"{output}.agents-lock").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
-    second = shell(f"echo '{{\"_id\": 2, \"v\": \"b\"}}' | agents-write --append {output}")
+    second = shell(f'echo \'{{"_id": 2, "v": "b"}}\' | agents-write --append {output}')
     assert second.returncode == 2
     assert second.stderr == (
         f"agents-write: error: {output}: another agents-write (pid {first.pid}) is writing to "
         "it\n  hint: wait for it to finish, or add --wait to start when it does\n"
     )
     waiting = subprocess.Popen(
-        ["bash", "-c", f"echo '{{\"_id\": 3, \"v\": \"c\"}}' | agents-write --wait --append {output}"],
-        env=_env(), stderr=subprocess.PIPE,
+        ["bash", "-c", f'echo \'{{"_id": 3, "v": "c"}}\' | agents-write --wait --append {output}'],
+        env=_env(),
+        stderr=subprocess.PIPE,
     )
     time.sleep(0.5)
     assert waiting.poll() is None  # queued behind the first writer
@@ -344,14 +363,18 @@ def test_a_resume_beside_a_writer_of_another_pipeline_is_refused(tmp: Path) -> N
     output = tmp / "out.jsonl"
     writer = subprocess.Popen(  # another job of the shell: a process group of its own
         [str(BIN / "agents-write"), "--append", str(output)],
-        stdin=subprocess.PIPE, env=_env(), process_group=0,
+        stdin=subprocess.PIPE,
+        env=_env(),
+        process_group=0,
     )
     deadline = time.monotonic() + 20
     while not Path(f"{output}.agents-lock").exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.2)  # the PID is written once the lock is held
     source = words(tmp / "words.csv", 3)
-    result = shell(pipeline(source, "http://127.0.0.1:9/v1", str(output), f"--append {output}"), tmp)
+    result = shell(
+        pipeline(source, "http://127.0.0.1:9/v1", str(output), f"--append {output}"), tmp
+    )
     assert writer.stdin is not None
     writer.stdin.close()
     assert writer.wait(20) == 0
@@ -464,13 +487,14 @@ def test_a_sidecar_of_a_newer_version_is_refused(tmp: Path) -> None:
     assert "hint: upgrade agents to resume this output, or write to a new one" in result.stderr
 
 
-
 # What a new user broke (2) ---------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["b.jsonl", "b.csv", "b.db", "b.json"])
 def test_records_before_a_bad_line_in_the_same_batch_are_kept(tmp: Path, name: str) -> None:
-    lines = jsonl({"_id": 1, "w": "a"}, {"_id": 2, "w": "b"}) + b'{"_id":true}\n' + jsonl({"_id": 4})
+    lines = (
+        jsonl({"_id": 1, "w": "a"}, {"_id": 2, "w": "b"}) + b'{"_id":true}\n' + jsonl({"_id": 4})
+    )
     result = run("agents-write", "--append", str(tmp / name), stdin=lines)
     assert result.status == 1
     assert sorted(str(r["_id"]) for r in read_back(tmp / name)) == ["1", "2"]
@@ -478,7 +502,9 @@ def test_records_before_a_bad_line_in_the_same_batch_are_kept(tmp: Path, name: s
 
 def test_records_before_a_duplicate_error_are_kept(tmp: Path) -> None:
     lines = jsonl({"_id": 1}, {"_id": 2}, {"_id": 3}, {"_id": 2}, {"_id": 4})
-    result = run("agents-write", "--append", str(tmp / "o.jsonl"), "--on-duplicate", "error", stdin=lines)
+    result = run(
+        "agents-write", "--append", str(tmp / "o.jsonl"), "--on-duplicate", "error", stdin=lines
+    )
     assert result.status == 1
     assert [str(r["_id"]) for r in read_back(tmp / "o.jsonl")] == ["1", "2", "3"]
 

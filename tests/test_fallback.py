@@ -307,7 +307,9 @@ def test_each_endpoints_cost_prices_each_model_at_its_own_rate(tmp_path: Path) -
     assert result.status == 0, result.stderr
     document = orjson.loads(stats.read_bytes())
     models_cost = {name: figures["cost_usd"] for name, figures in document["models"].items()}
-    assert models_cost["gpt-4o-mini"] > 0 and models_cost["gpt-4o"] > 10 * models_cost["gpt-4o-mini"]
+    assert (
+        models_cost["gpt-4o-mini"] > 0 and models_cost["gpt-4o"] > 10 * models_cost["gpt-4o-mini"]
+    )
     by_endpoint = [endpoint["cost_usd"] for endpoint in document["endpoints"]]
     assert sum(by_endpoint) == pytest.approx(document["cost_usd"])
 
@@ -341,5 +343,7 @@ def test_a_record_whose_fallback_cannot_go_out_keeps_the_paid_failure(tmp_path: 
 
 def test_the_result_field_cannot_be_the_model_key() -> None:
     with FakeLLM() as server:
-        result = run(server, "-m", "a", "--fallback-model", "b", "--field", "_model", stdin=words(1))
+        result = run(
+            server, "-m", "a", "--fallback-model", "b", "--field", "_model", stdin=words(1)
+        )
     assert result.status == 2 and "--field _model" in result.stderr

@@ -59,7 +59,7 @@ def test_agents_map_skips_a_bad_id_like_any_bad_line_and_sends_nothing_for_it() 
 
     with FakeLLM(lambda request, number: Reply("ok")) as server:
         result = shell(
-            "printf '%s\\n' '{\"_id\":null,\"w\":1}' '{\"_id\":2,\"w\":2}' | agents-map "
+            'printf \'%s\\n\' \'{"_id":null,"w":1}\' \'{"_id":2,"w":2}\' | agents-map '
             f"--base-url {server.url} --prompt '{{w}}' -q"
         )
         assert len(server.requests) == 1
@@ -95,7 +95,9 @@ def test_a_sqlite_source_with_a_null_id_is_refused(tmp: Path) -> None:
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     value=st.one_of(
         st.none(),
@@ -150,7 +152,7 @@ def map_dry_run(stdin: bytes) -> list[dict[str, Any]]:
 
 def test_field_cannot_be_the_id_key() -> None:
     result = shell(
-        "echo '{\"_id\":1,\"w\":\"x\"}' | agents-map --base-url http://127.0.0.1:9/v1 "
+        'echo \'{"_id":1,"w":"x"}\' | agents-map --base-url http://127.0.0.1:9/v1 '
         "--prompt '{w}' --field _id"
     )
     assert result.returncode == 2
@@ -165,7 +167,7 @@ def test_an_update_result_cannot_change_the_id() -> None:
 
     with FakeLLM(lambda request, number: Reply('{"_id": "stolen", "x": 1}')) as server:
         result = shell(
-            f"printf '%s\\n' '{{\"_id\":1,\"w\":\"a\"}}' '{{\"_id\":2,\"w\":\"b\"}}' | agents-map "
+            f'printf \'%s\\n\' \'{{"_id":1,"w":"a"}}\' \'{{"_id":2,"w":"b"}}\' | agents-map '
             f"--base-url {server.url} --prompt '{{w}}' --output-format json --merge update -q"
         )
     assert result.returncode == 0, result.stderr
@@ -224,7 +226,7 @@ def test_big_integers_are_kept_exactly_everywhere(tmp: Path) -> None:
 
 def test_a_prompt_gets_every_digit() -> None:
     result = shell(
-        f"echo '{{\"_id\":1,\"n\":{BIG}}}' | agents-map --base-url http://127.0.0.1:9/v1 "
+        f'echo \'{{"_id":1,"n":{BIG}}}\' | agents-map --base-url http://127.0.0.1:9/v1 '
         "--prompt 'n={n}' --dry-run"
     )
     assert result.returncode == 0, result.stderr
@@ -296,12 +298,16 @@ def records_of(path: Path) -> list[dict[str, Any]]:
     return result.records
 
 
-@pytest.mark.parametrize("target", ["p.db", "p.csv --append", "p.jsonl --append", "p.json --append"])
+@pytest.mark.parametrize(
+    "target", ["p.db", "p.csv --append", "p.jsonl --append", "p.json --append"]
+)
 def test_duplicate_ids_keep_the_first_and_are_named(tmp: Path, target: str) -> None:
     source = tmp / "penguins.csv"
     source.write_text(PENGUINS)
     name, *args = target.split()
-    result = shell(f"agents-read {source} --id species | agents-write {tmp / name} {' '.join(args)}")
+    result = shell(
+        f"agents-read {source} --id species | agents-write {tmp / name} {' '.join(args)}"
+    )
     assert result.returncode == 3
     assert result.stderr == (
         "agents-write: warning: 3 records repeat an ID of this input ('Adelie', 'Gentoo'); "
@@ -347,7 +353,10 @@ def test_the_message_tells_a_resume_from_a_duplicate(tmp: Path) -> None:
     target = tmp / "p2.csv"
     assert run("agents-write", "--append", str(target), stdin=jsonl({"_id": "a"})).status == 0
     result = run(
-        "agents-write", "--append", str(target), stdin=jsonl({"_id": "a"}, {"_id": "b"}, {"_id": "b"})
+        "agents-write",
+        "--append",
+        str(target),
+        stdin=jsonl({"_id": "a"}, {"_id": "b"}, {"_id": "b"}),
     )
     assert result.status == 3
     assert result.stderr == (

@@ -210,7 +210,11 @@ def test_the_checkout_commands_run_outside_the_venv(command: str) -> None:
     lacks the dependencies (no venv active) runs them with the checkout's .venv."""
     clean = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/root")}
     ran = subprocess.run(
-        [str(ROOT / "bin" / command), "--version"], env=clean, capture_output=True, text=True, check=False
+        [str(ROOT / "bin" / command), "--version"],
+        env=clean,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.startswith(command), ran.stdout

@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("agents.formats",),
     ("agents.done",),
     ("agents.map", "agents.local"),
-    ("agents.batch",),
+    ("agents.batch", "agents.watch"),
     ("agents.api", "agents.process"),
     ("agents",),
     ("agents.cli",),

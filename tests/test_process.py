@@ -93,7 +93,10 @@ def test_dry_run_creates_no_file(tmp: Path) -> None:
 
 def test_a_sqlite_query_as_input(tmp: Path) -> None:
     words(tmp, 3)
-    assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'w.db'} --table w").returncode == 0
+    assert (
+        shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'w.db'} --table w").returncode
+        == 0
+    )
     source = f"'sqlite://{tmp / 'w.db'}?query=SELECT text FROM w WHERE text != \"w2\"'"
     with FakeLLM(answer()) as server:
         done = agents(f"process {source} out.jsonl --prompt '{{text}}' -q", tmp, server.url)
@@ -218,13 +221,20 @@ def test_the_design_documents_examples_verbatim(tmp: Path) -> None:
                 ["bash", "-c", f"agents {args}"], cwd=tmp, env=env, capture_output=True, text=True
             )
 
-        prompt = agents_env("process input.csv output.csv --prompt \"Translate '{text}' to Spanish\" -q")
+        prompt = agents_env(
+            "process input.csv output.csv --prompt \"Translate '{text}' to Spanish\" -q"
+        )
         assert prompt.returncode == 0, prompt.stderr
         configured = agents_env("process input.csv configured.csv --config job.yaml -q")
         assert configured.returncode == 0, configured.stderr
-        assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'data.db'} --table words").returncode == 0
+        assert (
+            shell(
+                f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'data.db'} --table words"
+            ).returncode
+            == 0
+        )
         query = agents_env(
-            "process \"sqlite://data.db?query=SELECT * FROM words\" from_db.jsonl --config job.yaml -q"
+            'process "sqlite://data.db?query=SELECT * FROM words" from_db.jsonl --config job.yaml -q'
         )
         assert query.returncode == 0, query.stderr
         preview = agents_env("process input.csv preview.csv --config job.yaml --dry-run --limit 5")
@@ -233,7 +243,6 @@ def test_the_design_documents_examples_verbatim(tmp: Path) -> None:
     assert ids_in(tmp / "configured.csv") == ["1", "2"]
     assert ids_in(tmp / "from_db.jsonl") == ["1", "2"]
     assert not (tmp / "preview.csv").exists()
-
 
 
 # What a new user broke -------------------------------------------------------------------------
@@ -257,14 +266,19 @@ def test_a_refused_second_run_leaves_the_first_runs_settings(tmp: Path) -> None:
         first.wait(timeout=30)
         assert second.returncode == 2
         assert "is writing to it" in second.stderr
-        resumed = agents(f"resume {tmp / 'two.csv'}", tmp / ".." , server.url)
+        resumed = agents(f"resume {tmp / 'two.csv'}", tmp / "..", server.url)
         assert resumed.returncode == 0, resumed.stderr
     assert ids_in(tmp / "two.csv") == sorted(str(n) for n in range(1, 31))
 
 
 def test_sqlite_urls_resume_from_any_folder(tmp: Path) -> None:
     words(tmp, 4)
-    assert shell(f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'in.db'} --table w").returncode == 0
+    assert (
+        shell(
+            f"agents-read {tmp / 'input.csv'} | agents-write {tmp / 'in.db'} --table w"
+        ).returncode
+        == 0
+    )
     elsewhere = tmp / "elsewhere"
     elsewhere.mkdir()
     with FakeLLM(answer()) as server:
@@ -320,6 +334,8 @@ def test_force_resume_is_not_recorded_and_a_failed_start_can_be_fixed(tmp: Path)
         assert typo.returncode in (1, 3), typo.stderr
         fixed = agents("process input.csv o.csv --prompt '{text}' -q", tmp, server.url)
         assert fixed.returncode == 0, fixed.stderr  # no result yet: nothing to mix
-        forced = agents("process input.csv o.csv --prompt 'B {text}' --force-resume -q", tmp, server.url)
+        forced = agents(
+            "process input.csv o.csv --prompt 'B {text}' --force-resume -q", tmp, server.url
+        )
         assert forced.returncode == 0, forced.stderr
     assert '"force_resume"' not in (tmp / "o.csv.agents-process.json").read_text()

@@ -177,8 +177,7 @@ class Recorded(Limited):
         began = max(min(t for t, name in self.taken if name == who) for who in names)
         ended = min(max(t for t, name in self.taken if name == who) for who in names)
         counts = {
-            who: sum(began <= t <= ended and name == who for t, name in self.taken)
-            for who in names
+            who: sum(began <= t <= ended and name == who for t, name in self.taken) for who in names
         }
         return ended - began, counts
 
@@ -574,6 +573,7 @@ def test_a_member_with_large_requests_gets_no_more_than_its_share(large: int) ->
     members: dict[str, dict[str, float]] = {"small": {}, "large": {}}
     queue: list[limits.Entry] = []
     cost = {"small": 24.0, "large": float(large)}
+
     def as_member(name: str, now: float) -> limits._Shared:
         return limits._Shared({"tokens": bucket}, now, members, queue, group=True, me=name)
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from agents.errors import CallError, Fatal, RecordFailed, Retryable, UsageError
+from agents.map.streaming import assemble
 
 if TYPE_CHECKING:
     import aiohttp
@@ -329,7 +330,7 @@ class Client:
         import aiohttp  # (imported once, by the session)
 
         redact = self.endpoint.redact
-        streamed: Completion | None = None
+        streamed: tuple[dict[str, Any], float] | None = None
         if self.endpoint.stream:
             body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         sent = time.monotonic()
@@ -338,8 +339,6 @@ class Client:
                 status = response.status
                 headers = response.headers
                 if self.endpoint.stream and status < 400 and _is_event_stream(headers):
-                    from agents.map.streaming import assemble
-
                     streamed = await assemble(response.content, self.endpoint.idle_timeout, sent)
                     raw = b""
                 else:
@@ -364,8 +363,11 @@ class Client:
         if status >= 400:
             raise _http_error(status, raw, headers, redact)
         if streamed is not None:
+            whole, first = streamed
+            completion = with_rate_limits(_completion(whole), headers)
+            completion.first_token = first
             self.succeeded = True
-            return with_rate_limits(streamed, headers)
+            return completion
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError:

@@ -95,8 +95,6 @@ def _tell(target: str, body: bytes, deadline: float, problems: list[str]) -> Non
 
 
 def _post(url: str, body: bytes, deadline: float, problems: list[str]) -> None:
-    from agents import __version__
-
     pause = PAUSE
     why = ""
     for _ in range(ATTEMPTS):
@@ -107,7 +105,7 @@ def _post(url: str, body: bytes, deadline: float, problems: list[str]) -> None:
             url,
             data=body,
             method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": f"agents/{__version__}"},
+            headers={"Content-Type": "application/json", "User-Agent": "agents"},
         )
         try:
             with urllib.request.urlopen(request, timeout=left) as answer:

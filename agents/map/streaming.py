@@ -1,6 +1,7 @@
 """--stream: an answer asked for as server-sent events (``"stream": true``) and put together
-into the one completion the rest of agents-map knows, so that results are still written one
-whole record at a time.
+into the chat.completion body a whole answer would have been, which the client then reads as
+it reads any (:mod:`agents.map.http`), so that results are still written one whole record at a
+time.
 
 Each event is a line ``data: {chat.completion.chunk}``; the text is the concatenation of the
 chunks' ``delta.content`` (and ``delta.refusal``), the finish reason the last one given, the
@@ -24,7 +25,6 @@ from typing import Any, Protocol
 import orjson
 
 from agents.errors import Retryable
-from agents.map.http import Completion, Usage
 
 
 class Body(Protocol):
@@ -62,13 +62,13 @@ class _Lines:
         return line
 
 
-async def assemble(body: Body, idle: float | None, sent: float) -> Completion:
-    """The completion the events of ``body`` make up (``sent``: when the request left, on the
-    monotonic clock, for the time to the first event)."""
+async def assemble(body: Body, idle: float | None, sent: float) -> tuple[dict[str, Any], float]:
+    """The chat.completion body the events of ``body`` make up, and the seconds from ``sent``
+    (when the request left, on the monotonic clock) to the first event."""
     content: list[str] = []
     refusal: list[str] = []
     finish: str | None = None
-    usage = Usage()
+    usage: dict[str, Any] | None = None
     first: float | None = None
     lines = _Lines(body, idle)
     while True:
@@ -94,7 +94,7 @@ async def assemble(body: Body, idle: float | None, sent: float) -> Completion:
         if chunk.get("error"):
             raise Retryable("server_error", f"the stream ended in an error: {_detail(chunk)}")
         if isinstance(chunk.get("usage"), dict):
-            usage = Usage.from_response(chunk)
+            usage = chunk["usage"]
         for choice in chunk.get("choices") or []:
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
@@ -106,15 +106,16 @@ async def assemble(body: Body, idle: float | None, sent: float) -> Completion:
                     refusal.append(delta["refusal"])
             if isinstance(choice.get("finish_reason"), str):
                 finish = choice["finish_reason"]
-    if finish is None and not content and not refusal:
+    if first is None or (finish is None and not content and not refusal):
         raise Retryable("invalid_response", "the streamed answer has no choices")
-    return Completion(
-        content="".join(content) if content or not refusal else None,
-        finish_reason=finish,
-        refusal="".join(refusal) or None,
-        usage=usage,
-        first_token=first,
-    )
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(content) if content or not refusal else None,
+    }
+    if refusal:
+        message["refusal"] = "".join(refusal)
+    choice = {"index": 0, "message": message, "finish_reason": finish}
+    return {"object": "chat.completion", "choices": [choice], "usage": usage}, first
 
 
 def _detail(chunk: dict[str, Any]) -> str:
