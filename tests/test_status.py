@@ -216,3 +216,29 @@ def test_the_watcher_in_tmux_at_80_columns(tmp: Path) -> None:
     assert "2 running" in screen and "/min" in screen
     assert "2 finished" in after and "finished 3" in after  # (w3 failed: exit status 3)
     assert "last error: " in after
+
+
+def test_agents_process_keeps_a_status_file_and_notifies(tmp: Path) -> None:
+    """The one-command interface takes the same flags, and agents resume keeps them."""
+    source = words(tmp / "in.jsonl", 30)
+    told = tmp / "told.json"
+    with FakeLLM(slow(0.01)) as server:
+        done = subprocess.run(
+            [str(BIN / "agents"), "process", str(source), str(tmp / "out.csv"), "--base-url",
+             server.url, "--prompt", "{w}", "-q", "--status", str(tmp / "status.json"),
+             "--notify", f"cmd:cat > {told}", "--price", "1,2"],
+            capture_output=True, text=True, timeout=60, env=environment_for_processes(tmp),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        status = read(tmp / "status.json")
+        assert status["process"]["command"] == "agents" and status["outcome"]["exit_status"] == 0
+        assert status["records"]["done"] == 30
+        assert json.loads(told.read_text())["outcome"]["exit_status"] == 0
+        told.unlink()
+        again = subprocess.run(
+            [str(BIN / "agents"), "resume", str(tmp / "out.csv")],
+            capture_output=True, text=True, timeout=60, env=environment_for_processes(tmp),
+        )  # fmt: skip
+        assert again.returncode == 0, again.stderr
+    assert read(tmp / "status.json")["records"]["done"] == 0  # (all done before: none sent)
+    assert json.loads(told.read_text())["outcome"]["exit_status"] == 0

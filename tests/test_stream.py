@@ -4,6 +4,7 @@ a stream mid-answer on cue); the same against the local model is in test_e2e_loc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import subprocess
 import time
@@ -142,3 +143,41 @@ def test_a_stream_without_its_end_or_with_an_error_is_retried() -> None:
     )
     whole, _ = asyncio.run(assemble(Body([finished]), None, time.monotonic()))
     assert whole["choices"][0]["message"]["content"] == "x"
+
+
+def test_the_status_file_shows_the_answers_being_generated(tmp: Path) -> None:
+    """With --stream, --status shows each record's answer as it comes: its ID, its length so
+    far and its last characters, which are the start of the answer it ends with."""
+    import threading
+
+    def slow_chunks(request: dict[str, Any], number: int) -> Reply:
+        return Reply(
+            content=f"slowly: {last_user_message(request)} " * 6, chunk=5, chunk_delay=0.05
+        )
+
+    status = tmp / "status.json"
+    seen: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.wait(0.05):
+            with contextlib.suppress(OSError, ValueError):
+                seen.append(json.loads(status.read_text()))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with FakeLLM(slow_chunks) as server:
+            done = run_map(tmp, server, 12, "--stream", "-j", "3", "--status", str(status))
+    finally:
+        stop.set()
+        thread.join()
+    assert done.returncode == 0, done.stderr
+    answers = {r["_id"]: r["result"] for r in map(json.loads, done.stdout.splitlines())}
+    shown = [entry for document in seen for entry in document.get("generating") or []]
+    assert shown, "no answer was shown while it was generated"
+    for entry in shown:
+        final = answers[entry["id"]]
+        assert 0 < entry["characters"] < len(final)
+        assert final[: entry["characters"]].endswith(entry["tail"])
+    assert json.loads(status.read_text())["generating"] == []

@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,6 +52,7 @@ from agents.map.prompt import (
     prompt_token_bound,
 )
 from agents.map.sharing import Sharing
+from agents.map.streaming import SO_FAR
 from agents.map.usage import Price
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -145,6 +147,9 @@ class Counters:
     first_tokens: Reservoir = field(default_factory=Reservoir)  # --stream: time to the first
     by_model: dict[str, Usage] = field(default_factory=dict)  # with fallback models
 
+
+#: The ID of the record the current task is for (each record has its own task).
+RECORD_ID: ContextVar[object] = ContextVar("record_id", default=None)
 
 #: A server's Retry-After is waited as given plus up to this share of it (at most
 #: RETRY_AFTER_JITTER_MAX seconds), so that clients refused together do not all come back in
@@ -297,6 +302,10 @@ class Mapper:
         self.warned_long_wait = False
         self.group_down: float | None = None  # since when the rate group cannot be reached
         self.group_answered = False  # whether it ever did
+        #: --stream: the answers being generated, by record ID, as they come (for --status).
+        self.generating: dict[object, list[str]] | None = (
+            {} if any(lane.client.endpoint.stream for lane in self.router.lanes) else None
+        )
         # How the server counts prompt tokens: what rate budgets and --max-cost reserve.
         self.server_count = ServerCount()
         params = shape.params
@@ -381,6 +390,7 @@ class Mapper:
         ``FALLBACK_ERRORS``) is asked of each in turn; its output names the model that
         answered under ``MODEL_KEY``."""
         primary = self.shape.model
+        RECORD_ID.set(record.get(ID_KEY))  # (this record's task: its own context)
         if not self.fallbacks:
             return await self._process(record, prepared, primary)
         output: Record | None = None
@@ -657,6 +667,21 @@ class Mapper:
                 state.next_action.sleep,
             )
 
+    async def _streamed(self, client: Client, body: dict[str, Any]) -> Completion:
+        """A streamed request whose answer, as it comes, is kept in :attr:`generating` under
+        the record's ID until it is whole (for --status)."""
+        assert self.generating is not None
+        key = RECORD_ID.get()
+        so_far: list[str] = []
+        self.generating[key] = so_far
+        token = SO_FAR.set(so_far)
+        try:
+            return await client.complete(body)
+        finally:
+            SO_FAR.reset(token)
+            if self.generating.get(key) is so_far:
+                del self.generating[key]
+
     async def _request(
         self, messages: list[Message], hold: CostHold | None = None, model: str | None = None
     ) -> Completion:
@@ -688,7 +713,10 @@ class Mapper:
                     if debug:
                         LOGGER.debug("request to %s %s", taken.name, orjson.dumps(body).decode())
                     started = time.monotonic()
-                    completion = await taken.client.complete(body)
+                    if self.generating is None:
+                        completion = await taken.client.complete(body)
+                    else:
+                        completion = await self._streamed(taken.client, body)
             except RecordFailed as error:
                 if lane is not None:
                     lane.figures.failed(error.error_type)

@@ -284,7 +284,24 @@ class _Figures:
             "in_flight": sum(window.in_flight for window in windows),
             # --stream: the median time to the first token so far (null when not streamed)
             "first_token_p50": _median(mapper.counters.first_tokens.values),
+            # --stream: the answers being generated (a few), their length and last words
+            "generating": _generating(mapper.generating),
         }
+
+
+#: Answers being generated that a --status document shows, and the characters of each.
+GENERATING_SHOWN = 8
+GENERATING_TAIL = 120
+
+
+def _generating(answers: dict[object, list[str]] | None) -> list[dict[str, object]] | None:
+    if answers is None:
+        return None
+    shown = []
+    for key, pieces in list(answers.items())[:GENERATING_SHOWN]:
+        text = "".join(pieces)
+        shown.append({"id": key, "characters": len(text), "tail": text[-GENERATING_TAIL:]})
+    return shown
 
 
 def _median(values: list[float]) -> float | None:

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from contextvars import ContextVar
 from typing import Any, Protocol
 
 import orjson
 
 from agents.errors import Retryable
+
+#: The text of the answer being streamed in this task, as it comes: a list the caller set
+#: (agents.map.record, for --status to show the answers being generated), else None.
+SO_FAR: ContextVar[list[str] | None] = ContextVar("so_far", default=None)
 
 
 class Body(Protocol):
@@ -65,7 +70,9 @@ class _Lines:
 async def assemble(body: Body, idle: float | None, sent: float) -> tuple[dict[str, Any], float]:
     """The chat.completion body the events of ``body`` make up, and the seconds from ``sent``
     (when the request left, on the monotonic clock) to the first event."""
-    content: list[str] = []
+    content = SO_FAR.get()
+    if content is None:
+        content = []
     refusal: list[str] = []
     finish: str | None = None
     usage: dict[str, Any] | None = None
@@ -125,4 +132,4 @@ def _detail(chunk: dict[str, Any]) -> str:
     return str(error)[:500]
 
 
-__all__ = ["assemble"]
+__all__ = ["SO_FAR", "assemble"]

@@ -62,6 +62,8 @@ class Process:
             "cost_usd": document.get("cost_usd"),
             "in_flight": document.get("in_flight") if self.state == "running" else 0,
             "updated": document.get("updated"),
+            # --stream: the answers being generated, as they come
+            "generating": document.get("generating") if self.state == "running" else None,
         }
 
 
