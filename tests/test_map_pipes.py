@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from conftest import BIN, shell
 from fake_llm import FakeLLM, Reply, last_user_message
 
@@ -90,3 +91,24 @@ def test_ctrl_c_keeps_the_results_in_flight(tmp: Path) -> None:
     assert f"agents-map: interrupted: {answered} results and 0 error records written" in said
     # the fake server counts 10 input and 5 output tokens an answer
     assert f"Tokens used: {15 * answered} (input: {10 * answered} | output: {5 * answered})" in said
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_results_larger_than_a_pipe_reach_a_slow_reader_whole(tmp_path: Path, stream: bool) -> None:
+    """A result of 300 KB into a pipe whose reader is slow to start: every byte arrives (the
+    pipe is watched for its reader leaving, which must not make writes to it non-blocking:
+    they were cut at 64 KiB, silently, with exit status 0)."""
+    from fake_llm import FakeLLM, Reply
+
+    answer = "x" * 300_000
+    with FakeLLM(lambda request, number: Reply(content=answer, chunk=5000)) as server:
+        done = subprocess.run(
+            ["bash", "-o", "pipefail", "-c",
+             f"printf '{{\"_id\": 1, \"w\": \"a\"}}\\n{{\"_id\": 2, \"w\": \"b\"}}\\n' | "
+             f"{BIN}/agents-map --base-url {server.url} --prompt '{{w}}' -q"
+             f"{' --stream' if stream else ''} | (sleep 1; cat) > {tmp_path}/out.jsonl"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = (tmp_path / "out.jsonl").read_text().splitlines()
+    assert [len(orjson.loads(line)["result"]) for line in lines] == [300_000, 300_000]

@@ -471,7 +471,13 @@ class Scheduler:
             fd = self.out.fileno()
             if not stat.S_ISFIFO(os.fstat(fd).st_mode):
                 return None
+            blocking = os.get_blocking(fd)
             loop.add_reader(fd, self._reader_gone, loop, fd)
+            # uvloop makes the pipe non-blocking to watch it, and the flag belongs to the pipe,
+            # not to the loop: results written to a full pipe would then be cut short (at
+            # 64 KiB, silently). Writes must wait for the reader instead.
+            if blocking and not os.get_blocking(fd):
+                os.set_blocking(fd, True)
         except (OSError, ValueError, AttributeError, NotImplementedError):
             return None
         return fd
