@@ -181,3 +181,36 @@ def test_the_status_file_shows_the_answers_being_generated(tmp: Path) -> None:
         assert 0 < entry["characters"] < len(final)
         assert final[: entry["characters"]].endswith(entry["tail"])
     assert json.loads(status.read_text())["generating"] == []
+
+
+@pytest.mark.parametrize("idle", [None, "30"])
+def test_a_stream_past_the_timeout_is_a_timeout_and_retried(tmp: Path, idle: str | None) -> None:
+    """--timeout ends a streamed answer that goes on too long (stalled, or trickling): a
+    timeout, retried, with or without a longer --idle-timeout (not an internal error, and not
+    an idle timeout that did not happen)."""
+    seen: dict[str, int] = {}
+
+    def stalling_once(request: dict[str, Any], number: int) -> Reply:
+        word = last_user_message(request)
+        seen[word] = seen.get(word, 0) + 1
+        reply = Reply(content=f"the answer to {word}", chunk=2)
+        if seen[word] == 1:
+            reply.stall = 2
+        return reply
+
+    flags = ["--stream", "--timeout", "1.5", "--max-retries", "2"]
+    flags += ["--idle-timeout", idle] if idle else []
+    with FakeLLM(stalling_once) as server:
+        done = run_map(tmp, server, 2, *flags)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp / "stats.json").read_text())["retries"] == {"timeout": 2}
+
+
+def test_idle_timeout_must_be_a_finite_positive_number(tmp: Path) -> None:
+    for value in ("nan", "inf", "-1"):
+        done = subprocess.run(
+            [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}",
+             "--stream", "--idle-timeout", value],
+            input='{"_id": 1, "w": "x"}\n', capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2 and "positive number" in done.stderr, (value, done.stderr)

@@ -238,11 +238,12 @@ def endpoint(o: SimpleNamespace, *, need: bool) -> Endpoint:
         raise UsageError(f"--timeout must be positive, not {o.timeout:g}")
     idle = getattr(o, "idle_timeout", None)
     stream = bool(getattr(o, "stream", None))
-    if idle is not None and (idle <= 0 or not stream):
+    if idle is not None and (not 0 < idle < math.inf or not stream):
+        usable = 0 < idle < math.inf
         raise UsageError(
             f"--idle-timeout {idle:g}: "
-            + ("must be positive" if idle <= 0 else "is the silence allowed in a stream"),
-            "give --stream with it" if idle > 0 else None,
+            + ("is the silence allowed in a stream" if usable else "must be a positive number"),
+            "give --stream with it" if usable else None,
         )
     return Endpoint(base_url or DEFAULT_BASE_URL, key, headers(o.header), o.timeout, stream, idle)
 

@@ -54,13 +54,22 @@ class _Lines:
             if self.ended:
                 line, self.buffer = self.buffer, b""
                 return line or None
-            try:
-                more = await asyncio.wait_for(self.body.readany(), self.idle)
-            except TimeoutError:
-                raise Retryable(
-                    "idle_timeout",
-                    f"the answer stalled: nothing for {self.idle:g}s (--idle-timeout)",
-                ) from None
+            if self.idle is None:
+                more = await self.body.readany()  # (--timeout, the whole answer's, still holds)
+            else:
+                # Only this wait's own expiry is the idle timeout: --timeout, which ends the
+                # whole answer, may fire inside it too, and is a timeout as ever.
+                waiting = asyncio.timeout(self.idle)
+                try:
+                    async with waiting:
+                        more = await self.body.readany()
+                except TimeoutError:
+                    if not waiting.expired():
+                        raise
+                    raise Retryable(
+                        "idle_timeout",
+                        f"the answer stalled: nothing for {self.idle:g}s (--idle-timeout)",
+                    ) from None
             self.ended = not more
             self.buffer += more
         line, _, self.buffer = self.buffer.partition(b"\n")

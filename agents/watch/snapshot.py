@@ -156,14 +156,12 @@ class Snapshot:
         return bool(processes) and all(process.state != "running" for process in processes)
 
     def exit_status(self) -> int:
-        """0 when every process finished with 0; else the first other exit status, or 1 for a
-        process that went stale (it never said how it ended)."""
-        for process in self.processes:
-            if process.state == "stale":
-                return 1
-            if process.exit_status:
-                return int(process.exit_status)
-        return 0
+        """0 when every process finished with 0; 1 when one went stale (it never said how it
+        ended); else the highest exit status of those that finished."""
+        processes = self.processes
+        if any(process.state == "stale" for process in processes):
+            return 1
+        return max((int(process.exit_status or 0) for process in processes), default=0)
 
     def document(self) -> dict[str, Any]:
         """One JSON line of ``agents watch`` when its output is not a terminal."""
