@@ -242,3 +242,38 @@ def test_agents_process_keeps_a_status_file_and_notifies(tmp: Path) -> None:
         assert again.returncode == 0, again.stderr
     assert read(tmp / "status.json")["records"]["done"] == 0  # (all done before: none sent)
     assert json.loads(told.read_text())["outcome"]["exit_status"] == 0
+
+
+def test_a_status_path_that_holds_something_else_is_refused_untouched(tmp: Path) -> None:
+    """--status never writes over data: the input, an output, another option's file, any file
+    that is not a status document, a device; nor where it cannot write (said at the start)."""
+    data = tmp / "in.jsonl"
+    data.write_text('{"_id": 1, "w": "x"}\n')
+    other = tmp / "notes.txt"
+    other.write_text("mine\n")
+    fifo = tmp / "fifo.json"  # (not a regular file; a device, such as /dev/null, is refused
+    os.mkfifo(fifo)  # alike, but a test must not risk the machine's own)
+    for path, extra in (
+        (data, []),
+        (other, []),
+        (fifo, []),
+        (tmp / "stats.json", ["--stats", str(tmp / "stats.json")]),
+        (Path("/proc/self/status.json"), []),
+    ):
+        done = subprocess.run(
+            [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}",
+             "--status", str(path), *extra],
+            stdin=data.open("rb"), capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2, (path, done.stderr)
+        assert "--status" in done.stderr
+    assert data.read_text() == '{"_id": 1, "w": "x"}\n' and other.read_text() == "mine\n"
+    assert fifo.is_fifo()
+    assert not (tmp / "stats.json").exists()
+    empty = tmp / "empty.json"
+    empty.touch()  # (an empty file, or a status document of an earlier run, is written over)
+    with FakeLLM(slow(0.0)) as server:
+        for _ in range(2):
+            process = start_map(tmp, server, data, str(empty))
+            assert process.wait(timeout=30) == 0
+    assert read(empty)["outcome"]["exit_status"] == 0

@@ -50,6 +50,7 @@ def test_the_page_shows_a_running_job_and_then_its_end(tmp: Path) -> None:
         try:
             browser.open(url)
             assert browser.wait_for(STATE) == "running"
+            browser.wait_for(f"({DONE} || '').includes('/')")  # (the total, once counted)
             (status,) = folder.glob("*.json")
             before = json.loads(status.read_text())["records"]["done"]
             time.sleep(1.0)  # (the page fetches every 0.3 s)

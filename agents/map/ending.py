@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from agents.errors import ExitStatus
-from agents.map.status import StatusFile, job_id
+from agents.map.status import StatusFile, job_id, process_of
 
 
 class Ending:
@@ -42,9 +42,15 @@ class Ending:
         self.base = {"job": job_id(fingerprint), "model": model}
         spelling = getattr(options, "status", None)
         if spelling and status:
-            self.file = StatusFile(spelling, self.base["job"], model, command)
-            self.file.check()
-            self.base["process"] = self.file.base["process"]
+            file = StatusFile(spelling, self.base["job"], model, command)
+            file.warn = warn
+            others = {
+                f"--{name.replace('_', '-')}": getattr(options, name, None)
+                for name in ("stats", "resume", "errors", "log_file", "schema", "cache")
+            }
+            file.check(others)
+            self.file = file  # (only once checked: a refused path is never written)
+        self.base["process"] = process_of(command)
         return self.file
 
     def finish(self, status: int) -> None:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +50,20 @@ def job_id(fingerprint: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def process_of(command: str) -> dict[str, Any]:
+    """This process, as status documents and notifications name it."""
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "command": command,
+        "started": round(STARTED, 3),
+    }
+
+
+#: When this process started (near enough: when this module was imported).
+STARTED = time.time()
+
+
 def status_path(spelling: str) -> Path:
     """The file to write: ``spelling``, or ``HOST-PID.json`` in it when it names a folder
     (ends with ``/`` or is one)."""
@@ -56,6 +71,45 @@ def status_path(spelling: str) -> Path:
     if spelling.endswith(os.sep) or path.is_dir():
         return path / f"{socket.gethostname()}-{os.getpid()}.json"
     return path
+
+
+#: A status document is a few kilobytes: a file much larger is not one.
+LARGEST = 1 << 20
+
+
+def read_document(path: str | Path) -> dict[str, Any] | None:
+    """The status document at ``path``, or None when it is anything else (not a regular file,
+    too large, not JSON, another program's JSON): never blocks (a FIFO) or reads without end."""
+    try:
+        with open(path, "rb", opener=_nonblocking) as stream:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > LARGEST:
+                return None
+            document = json.loads(stream.read(LARGEST + 1))
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(document, dict)
+        or document.get("version") != VERSION
+        or not isinstance(document.get("process"), dict)
+    ):
+        return None
+    return document
+
+
+def _nonblocking(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_NONBLOCK)
+
+
+def _replaceable(path: Path) -> bool:
+    """Whether ``path`` may be written over: an empty file, or a status document."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return False
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        return True
+    return read_document(path) is not None
 
 
 def _starting() -> dict[str, Any]:
@@ -72,29 +126,38 @@ class StatusFile:
             "version": VERSION,
             "job": job,
             "model": model,
-            "process": {
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "command": command,
-                "started": round(time.time(), 3),
-            },
+            "process": process_of(command),
             "interval": INTERVAL,
         }
         self.figures: Figures = _starting
         self.failed: str | None = None  # why it could not be written (said once)
+        self.checked = False  # written once: later failures are warned of, not refused
+        self.warn: Callable[[str], None] = lambda message: None
         self.finished = False
 
-    def check(self) -> None:
-        """Before anything is sent: a folder that does not exist is a usage error."""
+    def check(self, others: dict[str, str | None]) -> None:
+        """Before anything is sent: the document can be written where it is asked for, and
+        writing it destroys nothing. A path that holds anything but a status document (the
+        input, the output, any other file, a device) or that another option names
+        (``others``: flag -> path) is refused, as is a folder that does not exist."""
         from agents.errors import UsageError
 
-        folder = self.path.parent
+        path, folder = self.path, self.path.parent
+        hint = "give a new file, or a folder ending in / for one file per process"
         if not folder.is_dir():
             raise UsageError(
-                f"--status {self.path}: the folder {folder} does not exist",
-                f"mkdir -p {folder}",
+                f"--status {path}: the folder {folder} does not exist", f"mkdir -p {folder}"
+            )
+        for flag, other in others.items():
+            if other and os.path.realpath(other) == os.path.realpath(path):
+                raise UsageError(f"--status {path}: {flag} names the same file", hint)
+        if os.path.lexists(path) and not _replaceable(path):
+            raise UsageError(
+                f"--status {path}: it holds something else than a status document", hint
             )
         self.write()
+        if self.failed:
+            raise UsageError(self.failed, "give a path that can be written")
 
     def write(self, outcome: dict[str, Any] | None = None) -> None:
         document = {
@@ -111,7 +174,14 @@ class StatusFile:
         except OSError as error:
             with contextlib.suppress(OSError):
                 temporary.unlink()
+            if self.failed is None and self.checked:
+                self.warn(f"--status {self.path}: cannot write: {error.strerror} (the run goes on)")
             self.failed = f"--status {self.path}: cannot write: {error.strerror}"
+            return
+        self.checked = True
+        if self.failed is not None:
+            self.failed = None
+            self.warn(f"--status {self.path}: written again")
 
     async def run(self) -> None:
         while True:
@@ -130,4 +200,4 @@ class StatusFile:
         self.write({"exit_status": status, "meaning": meaning, "stopped": stopped})
 
 
-__all__ = ["INTERVAL", "StatusFile", "job_id", "status_path"]
+__all__ = ["INTERVAL", "StatusFile", "job_id", "read_document", "status_path"]

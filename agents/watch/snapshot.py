@@ -11,13 +11,13 @@ one holds the outcome, and ``stale`` when it stopped being rewritten without one
 from __future__ import annotations
 
 import glob
-import json
 import os
 import socket
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from agents.map.status import read_document
 
 #: A document not rewritten for this many of its intervals (at least STALE_SECONDS) is stale.
 STALE_INTERVALS = 5
@@ -193,7 +193,7 @@ def take(paths: list[str], now: float | None = None) -> Snapshot:
     now = time.time() if now is None else now
     jobs: dict[str, Job] = {}
     for path in status_files(paths):
-        document = _read(path)
+        document = read_document(path)
         if document is None:
             continue
         key = str(document.get("job"))
@@ -202,20 +202,6 @@ def take(paths: list[str], now: float | None = None) -> Snapshot:
     for job in jobs.values():
         job.processes.sort(key=lambda process: process.document["process"].get("started") or 0)
     return Snapshot(now, sorted(jobs.values(), key=lambda job: job.job))
-
-
-def _read(path: str) -> dict[str, Any] | None:
-    try:
-        document = json.loads(Path(path).read_bytes())
-    except (OSError, ValueError):
-        return None
-    if (
-        not isinstance(document, dict)
-        or document.get("version") != 1
-        or not isinstance(document.get("process"), dict)
-    ):
-        return None  # (another program's JSON in the same folder)
-    return document
 
 
 def _state(document: dict[str, Any], now: float) -> str:
