@@ -25,11 +25,12 @@ from agents.map.notify import NOTIFY_SECONDS
 
 
 class Receiver:
-    """Takes POSTs, answering with ``status`` after ``delay`` seconds."""
+    """Takes POSTs, answering with ``status`` after ``delay`` seconds (a 3xx points to /moved)."""
 
     def __init__(self, status: int = 200, delay: float = 0.0) -> None:
         self.status = status
         self.delay = delay
+        self.gets = 0
         self.posts: list[tuple[str, dict[str, str], dict[str, Any]]] = []
         receiver = self
 
@@ -39,6 +40,14 @@ class Receiver:
                 receiver.posts.append((self.path, dict(self.headers), json.loads(body)))
                 time.sleep(receiver.delay)
                 self.send_response(receiver.status)
+                if 300 <= receiver.status < 400:
+                    self.send_header("Location", "/moved?secret=s3cr3t")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                receiver.gets += 1
+                self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -110,15 +119,11 @@ def test_a_capped_run_and_a_ctrl_c_notify_too(tmp: Path, receiver: Receiver) -> 
     assert told["outcome"]["exit_status"] == 130 and told["records"] > 0
 
 
-@pytest.mark.parametrize("kind", ["refused", "failing", "slow", "command"])
+@pytest.mark.parametrize("kind", ["refused", "failing", "slow", "command", "redirect"])
 def test_a_webhook_that_fails_changes_nothing_but_a_warning(tmp: Path, kind: str) -> None:
-    failing = (
-        Receiver(status=500)
-        if kind == "failing"
-        else Receiver(delay=30)
-        if kind == "slow"
-        else None
-    )
+    makers = {"failing": lambda: Receiver(500), "slow": lambda: Receiver(delay=30),
+              "redirect": lambda: Receiver(302)}  # fmt: skip
+    failing = makers[kind]() if kind in makers else None
     if kind == "refused":
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -141,7 +146,23 @@ def test_a_webhook_that_fails_changes_nothing_but_a_warning(tmp: Path, kind: str
     assert "s3cr3t" not in done.stderr  # (a webhook's secret is never shown)
     assert took - plain <= NOTIFY_SECONDS + 1.5, (took, plain)
     if kind == "failing":
+        assert failing is not None
         assert len(failing.posts) == 3 and "HTTP 500" in done.stderr  # (tried again)
+    if kind == "redirect":  # (not followed: a GET without the document would look like success)
+        assert failing is not None
+        assert len(failing.posts) == 1 and failing.gets == 0 and "HTTP 302" in done.stderr
+
+
+def test_a_webhook_with_a_user_and_password_in_its_url(tmp: Path, receiver: Receiver) -> None:
+    url = receiver.url.replace("http://", "http://hook%40me:p%3Ass@")
+    with FakeLLM(slow(0.0)) as server:
+        done, _ = run_map(tmp, server, 3, "--notify", url)
+    assert done.returncode == 0 and "--notify" not in done.stderr, done.stderr
+    ((_, headers, body),) = receiver.posts
+    import base64
+
+    assert headers["Authorization"] == "Basic " + base64.b64encode(b"hook@me:p:ss").decode()
+    assert body["process"]["pid"] > 0 and body["outcome"]["exit_status"] == 0
 
 
 def test_a_target_that_is_neither_a_url_nor_a_command_is_a_usage_error(tmp: Path) -> None:

@@ -13,6 +13,7 @@ URLs are shown without their query, user or password (webhook URLs often carry a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import subprocess
@@ -57,6 +58,8 @@ def shown(target: str) -> str:
     if target.startswith(COMMAND_PREFIX):
         return target
     parts = urllib.parse.urlsplit(target)
+    if not parts.scheme or not parts.hostname:
+        return target.split("?", 1)[0]
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
@@ -75,11 +78,14 @@ def notify(targets: list[str], document: dict[str, Any], warn: Callable[[str], N
     ]
     for thread in threads:
         thread.start()
-    for thread, target in zip(threads, targets, strict=True):
-        # (a moment past the deadline: a thread still at work then says why itself)
-        thread.join(max(0.0, deadline + 0.2 - time.monotonic()))
-        if thread.is_alive():
-            problems.append(f"{shown(target)}: no answer within {NOTIFY_SECONDS:g} s")
+    try:
+        for thread, target in zip(threads, targets, strict=True):
+            # (a moment past the deadline: a thread still at work then says why itself)
+            thread.join(max(0.0, deadline + 0.2 - time.monotonic()))
+            if thread.is_alive():
+                problems.append(f"{shown(target)}: no answer within {NOTIFY_SECONDS:g} s")
+    except KeyboardInterrupt:  # (a second Ctrl-C: the run has ended, stop waiting for them)
+        problems.append("not waited for: interrupted")
     for problem in problems:
         warn(f"--notify {problem} (the run's results and exit status are not affected)")
 
@@ -94,25 +100,42 @@ def _tell(target: str, body: bytes, deadline: float, problems: list[str]) -> Non
         problems.append(f"{shown(target)}: {error!r}")
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed: urllib would follow a 301-303 as a GET without the body,
+    and the hook would never get the document."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
 def _post(url: str, body: bytes, deadline: float, problems: list[str]) -> None:
+    headers = {"Content-Type": "application/json", "User-Agent": "agents"}
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None:  # (https://user:password@host/...: basic authentication)
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+        netloc = parts.netloc.rpartition("@")[2]
+        url = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+    opener = urllib.request.build_opener(_NoRedirects)
     pause = PAUSE
     why = ""
     for _ in range(ATTEMPTS):
         left = deadline - time.monotonic()
         if left <= 0:
             break
-        request = urllib.request.Request(
-            url,
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": "agents"},
-        )
+        request = urllib.request.Request(url, data=body, method="POST", headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=left) as answer:
+            with opener.open(request, timeout=left) as answer:
                 answer.read(1 << 16)
             return
         except urllib.error.HTTPError as error:
             why = f"HTTP {error.code}"
+            if 300 <= error.code < 400:
+                where = shown(error.headers.get("Location") or "") or "its Location"
+                why += f": redirects are not followed; give the URL it points to ({where})"
+                break
             if error.code != 429 and error.code < 500:
                 break  # (the webhook refuses this document: asking again would not help)
         except (OSError, ValueError) as error:
