@@ -240,7 +240,7 @@ def test_agents_process_keeps_a_status_file_and_notifies(tmp: Path) -> None:
             capture_output=True, text=True, timeout=60, env=environment_for_processes(tmp),
         )  # fmt: skip
         assert again.returncode == 0, again.stderr
-    assert read(tmp / "status.json")["records"]["done"] == 0  # (all done before: none sent)
+    assert read(tmp / "status.json")["records"]["done"] == 30  # (all done before: none sent)
     assert json.loads(told.read_text())["outcome"]["exit_status"] == 0
 
 
@@ -277,3 +277,69 @@ def test_a_status_path_that_holds_something_else_is_refused_untouched(tmp: Path)
             process = start_map(tmp, server, data, str(empty))
             assert process.wait(timeout=30) == 0
     assert read(empty)["outcome"]["exit_status"] == 0
+
+
+def test_the_watcher_waits_for_the_next_process_of_parallel_j_1(tmp: Path) -> None:
+    """parallel -j 1 starts each process as the one before ends: the watcher waits for the
+    next instead of leaving after the first. A glob of folders ending in / and one file named
+    twice count each process once."""
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (Debian: apt-get install parallel)")
+    folder = tmp / "status"
+    folder.mkdir()
+    words(tmp / "in.jsonl", 60)
+    env = environment_for_processes(tmp)
+    with FakeLLM(slow(0.02)) as server:
+        job = subprocess.Popen(
+            ["bash", "-o", "pipefail", "-c",
+             f"parallel --pipe -N 20 -j 1 agents-map --base-url {server.url} --prompt '{{w}}' "
+             f"-q --price 1,2 --status {folder}/ < {tmp}/in.jsonl > /dev/null"],
+            env=env,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not list(folder.glob("*.json")):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        (first,) = folder.glob("*.json")
+        watcher = subprocess.run(
+            [str(BIN / "agents"), "watch", f"{tmp}/stat?s/", str(first), "--interval", "0.2"],
+            capture_output=True, text=True, env=env, timeout=120,
+        )  # fmt: skip
+        assert job.wait(timeout=60) == 0
+    assert watcher.returncode == 0, watcher.stdout[-2000:]
+    (last,) = json.loads(watcher.stdout.splitlines()[-1])["jobs"]
+    assert last["processes"] == 3 and last["finished"] == 3
+    assert last["records"] == {"done": 60, "succeeded": 60, "failed": 0, "total": 60}
+
+
+def test_a_killed_run_resumed_is_superseded(tmp: Path) -> None:
+    """A run killed with -9, then the same command again: the killed one is superseded (what it
+    did counts, not how it ended, nor its total), so the watcher says the job succeeded."""
+    folder = tmp / "status"
+    folder.mkdir()
+    words(tmp / "in.jsonl", 80)
+    env = environment_for_processes(tmp)
+    with FakeLLM(slow(0.02)) as server:
+        command = (
+            f"agents-map --base-url {server.url} --prompt '{{w}}' -q -j 2 --status {folder}/ "
+            f"--resume {tmp}/out.jsonl < {tmp}/in.jsonl | agents-write --append {tmp}/out.jsonl"
+        )
+        killed = subprocess.Popen(["bash", "-o", "pipefail", "-c", command], env=env,
+                                  start_new_session=True)  # fmt: skip
+        time.sleep(1.0)
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+        again = subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env, timeout=60)
+        assert again.returncode == 0
+    watcher = subprocess.run(
+        [str(BIN / "agents"), "watch", str(folder), "--interval", "0.2"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert watcher.returncode == 0, watcher.stdout[-2000:]
+    (last,) = json.loads(watcher.stdout.splitlines()[-1])["jobs"]
+    assert [(p["state"], p["superseded"]) for p in last["each"]] == [
+        ("stale", True),
+        ("finished", False),
+    ]
+    assert last["records"]["total"] == 80 == last["records"]["done"]  # (the rerun's: all)
+    assert last["each"][1]["records"]["done"] == 80

@@ -18,6 +18,9 @@ from agents.cli._run import Reporter, Streams
 from agents.watch.snapshot import Snapshot, take
 from agents.watch.view import screen
 
+#: How long every process must have been ended before the watcher exits, in seconds.
+GRACE = 2.0
+
 
 def positive(text: str) -> float:
     try:
@@ -75,6 +78,7 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
         server = Server(args["serve"], paths, interval)
         reporter.say(f"watching on {server.url}")
     drawn = 0
+    ended_since: float | None = None
     try:
         while True:
             snapshot = take(paths)
@@ -83,7 +87,12 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
             elif snapshot.jobs:
                 streams.stdout.write(orjson.dumps(snapshot.document()) + b"\n")
                 streams.stdout.flush()
-            if snapshot.ended and not args["follow"] and server is None:
+            now = time.monotonic()
+            ended_since = (ended_since or now) if snapshot.ended else None
+            # Ended a while, not just now: the next process of the job may be on its way
+            # (parallel -j 1 starts one as the one before ends).
+            settled = ended_since is not None and now - ended_since >= max(GRACE, 2 * interval)
+            if settled and not args["follow"] and server is None:
                 return snapshot.exit_status()
             time.sleep(interval)
     finally:

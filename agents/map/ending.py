@@ -42,7 +42,8 @@ class Ending:
         self.base = {"job": job_id(fingerprint), "model": model}
         spelling = getattr(options, "status", None)
         if spelling and status:
-            file = StatusFile(spelling, self.base["job"], model, command)
+            output = getattr(options, "resume", None)
+            file = StatusFile(spelling, self.base["job"], model, command, output)
             file.warn = warn
             others = {
                 f"--{name.replace('_', '-')}": getattr(options, name, None)

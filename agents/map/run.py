@@ -24,6 +24,7 @@ from agents.map.sharing import Sharing
 from agents.map.window import CircuitBreaker, Outcome, Scheduler
 
 if TYPE_CHECKING:
+    from agents.done.resume import Resumer
     from agents.map.limits import Budgets, GroupStore
     from agents.map.status import StatusFile
 
@@ -170,17 +171,16 @@ async def run_job(
         drawing = asyncio.create_task(progress.run()) if progress else None
         status = telling.status
         if status is not None:
-            figures = _Figures(tally, mapper, budgets, job, total)
+            figures = _Figures(tally, mapper, budgets, job, total, resumer)
             status.figures = figures.document
         writing = asyncio.create_task(status.run()) if status is not None else None
         try:
             outcome = await scheduler.run(stdin)
-            if total is not None and outcome.stopped is None:
-                total = tally.done  # all of it: bad lines and --limit do not count
-                if progress is not None:
-                    progress.total = total
+            if outcome.stopped is None:  # all of it: bad lines and --limit do not count
+                if progress is not None and total is not None:
+                    progress.total = tally.done
                 if status is not None:
-                    figures.total = total
+                    figures.total = figures.done()
         finally:
             if writing is not None:
                 writing.cancel()
@@ -236,7 +236,13 @@ class _Figures:
     mapper: Mapper
     budgets: Budgets
     job: Job
-    total: int | None
+    total: int | None  # the input's records (with --resume, those done before too)
+    resumer: Resumer | None = None
+
+    def done(self) -> int:
+        """Records done: this run's, and with --resume those the output held already (the
+        document of a rerun tells the whole job, and supersedes the one before)."""
+        return self.tally.done + (self.resumer.skipped if self.resumer is not None else 0)
 
     def document(self) -> dict[str, object]:
         from agents.map.usage import models_cost
@@ -244,9 +250,10 @@ class _Figures:
         tally, mapper, o = self.tally, self.mapper, self.job.options
         elapsed = max(1e-9, time.monotonic() - tally.started)
         per_second = tally.done / elapsed
+        done = self.done()
         eta = None
         if self.total is not None and per_second > 0:
-            eta = round(max(0, self.total - tally.done) / per_second, 1)
+            eta = round(max(0, self.total - done) / per_second, 1)
         usage = mapper.counters.usage
         if mapper.fallbacks:
             cost, _ = models_cost(mapper.counters.by_model, mapper.prices)
@@ -257,8 +264,8 @@ class _Figures:
         learned = self.budgets.learned
         return {
             "records": {
-                "done": tally.done,
-                "succeeded": tally.done - tally.failed,
+                "done": done,
+                "succeeded": done - tally.failed,
                 "failed": tally.failed,
                 "total": self.total,
             },

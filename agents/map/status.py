@@ -9,7 +9,8 @@ on several hosts share a folder.
 The document::
 
     {"version": 1, "job": "3f2a…", "model": "…", "state": "running" | "finished",
-     "process": {"host", "pid", "command", "started"}, "updated": 1765000000.5, "interval": 1.0,
+     "process": {"host", "pid", "command", "started"}, "output": "/abs/out.jsonl" | null,
+     "updated": 1765000000.5, "interval": 1.0,
      "records": {"done", "succeeded", "failed", "total"}, "rate_per_minute", "eta_seconds",
      "errors": {type: count}, "last_error", "requests", "retries", "tokens": {"input",
      "output", "total"}, "cost_usd", "limits": {"rpm", "tpm", "concurrency", "rate_group"},
@@ -120,13 +121,18 @@ def _starting() -> dict[str, Any]:
 class StatusFile:
     """The document of one process (see the module's docstring)."""
 
-    def __init__(self, spelling: str, job: str, model: str, command: str) -> None:
+    def __init__(
+        self, spelling: str, job: str, model: str, command: str, output: str | None = None
+    ) -> None:
         self.path = status_path(spelling)
         self.base: dict[str, Any] = {
             "version": VERSION,
             "job": job,
             "model": model,
             "process": process_of(command),
+            # the output it resumes (--resume, agents process's work file): a later process
+            # of the job with the same one is the same work run again
+            "output": os.path.abspath(output) if output else None,
             "interval": INTERVAL,
         }
         self.figures: Figures = _starting

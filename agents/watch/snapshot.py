@@ -5,7 +5,10 @@ A document is read whole or not at all (writers rename a finished file over the 
 reader never meets half of one; anything else that is not a status document is passed over).
 A process is ``running`` while its document keeps being rewritten, ``finished`` once its last
 one holds the outcome, and ``stale`` when it stopped being rewritten without one: killed (kill
--9, a lost host, a full disk), or, on this host, a PID that no longer runs.
+-9, a lost host, a full disk), or, on this host, a PID that no longer runs. A process that
+ended before another of its job with the same output started (the same command run again,
+resuming: the output its --resume names) is ``superseded``: what it did still counts, but
+not how it ended, nor its total (the rerun's input holds it too).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Process:
     path: str
     document: dict[str, Any]
     state: str  # running, finished, stale
+    superseded: bool = False  # it ended before another process of its job started
 
     @property
     def name(self) -> str:
@@ -53,6 +57,7 @@ class Process:
             "process": self.name,
             "path": self.path,
             "state": self.state,
+            "superseded": self.superseded,
             "exit_status": self.exit_status,
             "records": document.get("records"),
             "rate_per_minute": document.get("rate_per_minute") if self.state == "running" else 0,
@@ -77,8 +82,11 @@ class Job:
 
     def totals(self) -> dict[str, Any]:
         processes = self.processes
-        done = sum(process.records("done") for process in processes)
-        totals = [(process.document.get("records") or {}).get("total") for process in processes]
+        # A superseded process's records are in its rerun's figures (done counts those the
+        # output held): only the current ones count. What was spent counts for all.
+        current = [process for process in processes if not process.superseded]
+        done = sum(process.records("done") for process in current)
+        totals = [(process.document.get("records") or {}).get("total") for process in current]
         counted = [value for value in totals if isinstance(value, int)]
         total = sum(counted) if len(counted) == len(totals) else None
         rate = sum(
@@ -116,8 +124,8 @@ class Job:
             "stale": states.count("stale"),
             "records": {
                 "done": done,
-                "succeeded": sum(process.records("succeeded") for process in processes),
-                "failed": sum(process.records("failed") for process in processes),
+                "succeeded": sum(process.records("succeeded") for process in current),
+                "failed": sum(process.records("failed") for process in current),
                 "total": total,
             },
             "rate_per_minute": round(rate, 2),
@@ -157,8 +165,9 @@ class Snapshot:
 
     def exit_status(self) -> int:
         """0 when every process finished with 0; 1 when one went stale (it never said how it
-        ended); else the highest exit status of those that finished."""
-        processes = self.processes
+        ended); else the highest exit status of those that finished. Processes superseded by a
+        rerun do not count."""
+        processes = [process for process in self.processes if not process.superseded]
         if any(process.state == "stale" for process in processes):
             return 1
         return max((int(process.exit_status or 0) for process in processes), default=0)
@@ -177,14 +186,19 @@ class Snapshot:
 def status_files(paths: list[str]) -> list[str]:
     """The documents named by ``paths``: files, folders (their ``*.json``), or globs."""
     found: list[str] = []
+    seen: set[str] = set()  # (one file named twice, or through a link, is one process)
     for spelling in paths:
-        if os.path.isdir(spelling):
-            matches = sorted(glob.glob(os.path.join(glob.escape(spelling), "*.json")))
-        elif glob.has_magic(spelling):
-            matches = sorted(glob.glob(spelling))
+        if glob.has_magic(spelling) and not os.path.exists(spelling):
+            named = sorted(glob.glob(spelling))
         else:
-            matches = [spelling] if os.path.exists(spelling) else []
-        found.extend(match for match in matches if match not in found)
+            named = [spelling] if os.path.exists(spelling) else []
+        for name in named:
+            inside = sorted(glob.glob(os.path.join(glob.escape(name), "*.json")))
+            for match in inside if os.path.isdir(name) else [name]:
+                real = os.path.realpath(match)
+                if real not in seen:
+                    seen.add(real)
+                    found.append(match)
     return found
 
 
@@ -200,8 +214,23 @@ def take(paths: list[str], now: float | None = None) -> Snapshot:
         job = jobs.setdefault(key, Job(key, document.get("model")))
         job.processes.append(Process(path, document, _state(document, now)))
     for job in jobs.values():
-        job.processes.sort(key=lambda process: process.document["process"].get("started") or 0)
+        job.processes.sort(key=_started)
+        for process in job.processes:
+            ended = process.state != "running" and _number(process.document.get("updated"))
+            output = process.document.get("output")
+            process.superseded = bool(ended and output) and any(
+                other.document.get("output") == output and _started(other) > ended
+                for other in job.processes
+            )
     return Snapshot(now, sorted(jobs.values(), key=lambda job: job.job))
+
+
+def _started(process: Process) -> float:
+    return _number(process.document["process"].get("started"))
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _state(document: dict[str, Any], now: float) -> str:

@@ -67,7 +67,9 @@ def _figures(totals: dict[str, Any], running: bool = True) -> str:
 
 def _process_line(process: Process, name_width: int, now: float) -> str:
     document = process.document
-    if process.state == "finished":
+    if process.superseded:
+        state = "earlier" + (f" {process.exit_status}" if process.exit_status is not None else "")
+    elif process.state == "finished":
         state = f"finished {process.exit_status}"
     elif process.state == "stale":
         updated = document.get("updated")
