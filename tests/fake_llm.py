@@ -36,6 +36,7 @@ class Reply:
     # the stream goes silent until the server stops ("cut": the connection is closed instead).
     chunk: int = 3
     chunk_delay: float = 0.0
+    stream_usage: bool = True  # False: a server that ignores stream_options.include_usage
     stall: int | None = None
     stall_action: str = "hang"
 
@@ -214,7 +215,7 @@ class FakeLLM:
             await response.write(
                 event([{"index": 0, "delta": {}, "finish_reason": reply.finish_reason}])
             )
-            if (request.get("stream_options") or {}).get("include_usage"):
+            if reply.stream_usage and (request.get("stream_options") or {}).get("include_usage"):
                 usage = reply.usage or {"prompt_tokens": 10, "completion_tokens": 5,
                                         "total_tokens": 15}  # fmt: skip
                 await response.write(event([], usage=usage))

@@ -214,3 +214,20 @@ def test_idle_timeout_must_be_a_finite_positive_number(tmp: Path) -> None:
             input='{"_id": 1, "w": "x"}\n', capture_output=True, text=True, timeout=30,
         )  # fmt: skip
         assert done.returncode == 2 and "positive number" in done.stderr, (value, done.stderr)
+
+
+def test_answers_without_usage_are_estimated_and_still_capped(tmp: Path) -> None:
+    """A server (a proxy) that streams without the usage: tokens and cost are estimated from
+    the text, said once, and --max-cost still stops the run (it never did: the cost was 0)."""
+
+    def no_usage(request: dict[str, Any], number: int) -> Reply:
+        return Reply(content="x" * 400, stream_usage=False)  # (100 tokens, estimated)
+
+    with FakeLLM(no_usage) as server:
+        done = run_map(tmp, server, 200, "--stream", "--price", "1000,1000", "--max-cost", "2",
+                       "-j", "2")  # fmt: skip
+    assert done.returncode == 4, done.stderr
+    assert done.stderr.count("estimated from the text") == 1
+    stats = json.loads((tmp / "stats.json").read_text())
+    assert stats["tokens"]["output"] >= 100 and 0 < stats["cost_usd"] <= 2
+    assert stats["records"] < 200

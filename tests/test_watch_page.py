@@ -105,3 +105,26 @@ def test_a_page_bound_beyond_loopback_needs_its_token(
         server.close()
     assert loopback("127.0.0.1") and loopback("::1") and loopback("localhost")
     assert not loopback("10.0.0.5") and not loopback("example.org")
+
+
+def test_a_loopback_page_answers_only_loopback_names(tmp: Path) -> None:
+    """A page on another site whose name was pointed at 127.0.0.1 (DNS rebinding) must not
+    read the figures: only requests for a loopback name are answered."""
+    from agents.watch.serve import Server
+
+    server = Server("127.0.0.1:0", [str(tmp)], 0.2)
+    try:
+        port = server.url.rstrip("/").rsplit(":", 1)[1]
+        for host, status in (("evil.example", 403), (f"localhost:{port}", 200),
+                             (f"127.0.0.1:{port}", 200)):  # fmt: skip
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/status.json", headers={"Host": host}
+            )
+            try:
+                with urllib.request.urlopen(request, timeout=5) as answer:
+                    got = answer.status
+            except urllib.error.HTTPError as error:
+                got = error.code
+            assert got == status, host
+    finally:
+        server.close()

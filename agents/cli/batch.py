@@ -38,6 +38,7 @@ def check_batch_options(job: Job, reporter: Reporter) -> None:
             ("--keep-order", bool(o.keep_order)),
             ("--status", bool(o.status)),
             ("--stream", bool(o.stream)),
+            ("--idle-timeout", o.idle_timeout is not None),
         )
         if given
     ]

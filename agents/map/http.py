@@ -150,6 +150,7 @@ class Completion:
     windows: dict[str, tuple[float, float]] = field(default_factory=dict)  # (left, reset s)
     pause: float | None = None  # remaining-* reached 0: seconds until the budget resets
     first_token: float | None = None  # --stream: seconds from sending to the first event
+    usage_given: bool = True  # whether the answer said what it used (not all servers do)
 
 
 # Retry-After and OpenAI's rate-limit headers --------------------------------------------------
@@ -466,4 +467,5 @@ def _completion(body: object) -> Completion:
         else None,
         refusal=refusal if isinstance(refusal, str) and refusal else None,
         usage=Usage.from_response(body),
+        usage_given=isinstance(body.get("usage"), dict),
     )

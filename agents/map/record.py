@@ -300,6 +300,7 @@ class Mapper:
         self.stopping = stopping
         self.paused_until = 0.0
         self.warned_long_wait = False
+        self.warned_no_usage = False
         self.group_down: float | None = None  # since when the rate group cannot be reached
         self.group_answered = False  # whether it ever did
         #: --stream: the answers being generated, by record ID, as they come (for --status).
@@ -667,6 +668,19 @@ class Mapper:
                 state.next_action.sleep,
             )
 
+    def _estimate_usage(self, completion: Completion, prompt: int) -> None:
+        """An answer without usage (a proxy that drops it, a streamed answer from a server that
+        ignores stream_options): its tokens estimated from the text, four characters a token,
+        so that the cost, --max-cost and --tpm still count it; said once."""
+        text = (completion.content or "") + (completion.refusal or "")
+        completion.usage = Usage(prompt=prompt, completion=math.ceil(len(text) / 4))
+        if not self.warned_no_usage:
+            self.warned_no_usage = True
+            self.warn(
+                "the server's answers say nothing of the tokens they used: tokens and cost are "
+                "estimated from the text (four characters a token)"
+            )
+
     async def _streamed(self, client: Client, body: dict[str, Any]) -> Completion:
         """A streamed request whose answer, as it comes, is kept in :attr:`generating` under
         the record's ID until it is whole (for --status)."""
@@ -731,6 +745,8 @@ class Mapper:
                     continue  # that endpoint is out of use, and this request cost nothing
                 raise
             assert lane is not None
+            if not completion.usage_given:
+                self._estimate_usage(completion, prompt)
             self.router.answered(lane)
             lane.figures.answered(time.monotonic() - started, completion.usage, asked)
             self._settle(lane, prompt, reserved, completion)

@@ -173,6 +173,8 @@ class StatusFile:
             **self.figures(),
             "outcome": outcome,
         }
+        if outcome is not None:
+            document.update(eta_seconds=None, in_flight=0, generating=None)  # (nothing left)
         temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             temporary.write_text(json.dumps(document, indent=1) + "\n")

@@ -108,7 +108,12 @@ class Server:
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 given = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
-                if server.token is not None and not hmac.compare_digest(given, server.token):
+                host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+                if server.token is None and not _loopback(host):
+                    # (a page elsewhere whose name was pointed at 127.0.0.1, DNS rebinding,
+                    # would read the figures: only loopback names are answered)
+                    self._send(403, b"only http://127.0.0.1, localhost or [::1] is served\n")
+                elif server.token is not None and not hmac.compare_digest(given, server.token):
                     self._send(403, b"a token is needed: open the URL agents watch printed\n")
                 elif parts.path == "/":
                     self._send(200, server.page, "text/html; charset=utf-8")
