@@ -292,7 +292,7 @@ def test_a_job_file_lists_endpoints(tmp_path: Path) -> None:
         )
         assert status == 0, err.getvalue()
         assert len(one.requests) + len(two.requests) == 40
-        assert len(one.requests) > 1.5 * len(two.requests)  # weight 3 to 1 (not exact: see
+        assert len(one.requests) >= 1.5 * len(two.requests)  # weight 3 to 1 (not exact: see
         assert two.max_in_flight <= 2  # test_requests_split_by_weight for the split)
 
 
