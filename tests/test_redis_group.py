@@ -254,6 +254,7 @@ def test_a_password_changed_mid_run_stops_the_run(tmp: Path) -> None:
             assert "Redis refuses this process" in said and "AGENTS_REDIS_PASSWORD" in said
             kept = len(out.read_text().splitlines())
             assert 5 <= kept < 60
+            assert "internal" not in out.read_text()  # (no record is blamed on a bug)
             again = subprocess.run(
                 ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True,
                 env={**env, "AGENTS_REDIS_PASSWORD": "new"}, timeout=60,
@@ -443,3 +444,92 @@ def test_a_group_document_of_another_shape_is_started_afresh(tmp: Path, redis: R
         process = member(server, tmp, "odd", 10, 0, group=redis.url("odd"))
         assert process.wait(timeout=60) == 0
     assert limit.answered == 10 and limit.refused == 0
+
+
+def test_what_waiting_cannot_fix_is_said_at_the_start(tmp: Path, redis: Redis) -> None:
+    """Exit status 2 before anything is sent, the key left as it was: a key of the group's
+    name that holds someone's data, a user without rights on it, a database Redis does not
+    have, a server that is not Redis, a host that does not resolve, URLs of another shape."""
+    import http.server
+    import threading
+
+    import redis as client
+
+    admin = client.Redis(port=redis.port)
+    admin.set("agents:rate-group:taken", "precious user data")
+    admin.hset("agents:rate-group:hashed", "f", "v")
+    admin.execute_command("ACL", "SETUSER", "bob", "on", ">bobs", "~other:*", "+@all")
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    here = f"127.0.0.1:{redis.port}"
+    cases = {
+        f"redis://{here}/taken": "holds something else",
+        f"redis://{here}/hashed": "holds something else",
+        f"redis://{here}/g?db=99": "?db=N",
+        f"redis://127.0.0.1:{web.server_address[1]}/g": "other than Redis",
+        "redis://no-such-host.invalid:6379/g": "does not resolve",
+        f"redis://{here}/g#part": "NAME of letters",
+        f"unix://{here}/g": "redis://HOST:PORT/NAME",
+        f"redis:/{here}/g": "redis://HOST:PORT/NAME",
+    }
+    try:
+        for group, says in cases.items():
+            done = run_map(tmp, group, None)
+            assert done.returncode == 2, (group, done.stderr)
+            assert says in done.stderr, (group, done.stderr)
+            assert "internal" not in done.stderr
+        bob = run_map(tmp, f"redis://bob@{here}/g", "bobs")
+        assert bob.returncode == 2 and "rights on agents:rate-group:g" in bob.stderr, bob.stderr
+        certificates = run_map(tmp, f"rediss://{here}/g", None, SSL_CERT_FILE=str(tmp / "none"))
+        assert certificates.returncode == 2 and "SSL_CERT_FILE" in certificates.stderr
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert admin.get("agents:rate-group:taken") == b"precious user data"
+    assert admin.ttl("agents:rate-group:taken") == -1  # (no expiry given to someone's key)
+    upper = run_map(tmp, f"REDIS://{here}/g", None)  # (a scheme in capitals is a scheme)
+    assert "rate-group" not in upper.stderr, upper.stderr
+
+
+def test_a_clock_stepped_mid_run_is_measured_again(tmp: Path, redis: Redis) -> None:
+    """A host whose clock is stepped during the run (NTP, by hand), 20 s either way: it is
+    measured against Redis's again at once, so neither member stalls and together they stay
+    within the limit (it was measured every 30 s: one member had the budget for 20 s)."""
+    import threading
+
+    from agents.map.limits import Budgets
+    from agents.map.redis_group import RedisGroup
+
+    for step in (20.0, -20.0):
+        sent: dict[str, list[float]] = {"stepped": [], "steady": []}
+        began = time.monotonic()
+
+        def send(
+            name: str,
+            step: float = step,
+            sent: dict[str, list[float]] = sent,
+            began: float = began,
+        ) -> None:
+            group = RedisGroup(redis.url(f"steps{int(step)}"))
+            if name == "stepped":  # (the clock jumps 1.5 s in)
+                group.local_clock = lambda: (
+                    time.time() + (step if time.monotonic() - began > 1.5 else 0)
+                )
+            budgets = Budgets(rpm=1200, tpm=None, group=group)  # 19.4 a second, used
+            while time.monotonic() - began < 4.0:
+                wait = budgets.reserve(0.0)
+                while wait > 0:
+                    time.sleep(wait)
+                    wait = budgets.still_to_wait()
+                sent[name].append(time.monotonic())
+
+        threads = [threading.Thread(target=send, args=(name,)) for name in sent]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        times = sorted(sent["stepped"] + sent["steady"])
+        most = max(sum(t <= s < t + 1.0 for s in times) for t in times)
+        assert most <= 20, (step, most)
+        after = {name: sum(t - began > 2.0 for t in each) for name, each in sent.items()}
+        assert all(count >= 12 for count in after.values()), (step, after)  # ~19 each

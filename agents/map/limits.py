@@ -255,8 +255,9 @@ class Budgets:
                 bucket.reserve(0.0, shared.now)  # bring the level up to date first
                 bucket.level = min(bucket.level, left - bucket.rate * reset)
 
-        # (a group that cannot be reached is told at the next request's admission, which waits)
-        with contextlib.suppress(GroupUnavailable):
+        # (a group that cannot be reached, or refuses, is told at the next request's
+        # admission, which waits or stops the run; this answer is kept either way)
+        with contextlib.suppress(GroupUnavailable, GroupRefused):
             self._change(lower)
 
     def reserve(self, tokens: float) -> float:
@@ -279,7 +280,7 @@ class Budgets:
         if self.group is None:
             return
         # (a store that cannot be reached forgets it with the member)
-        with contextlib.suppress(GroupUnavailable):
+        with contextlib.suppress(GroupUnavailable, GroupRefused):
             self._change(_Shared.leave)
 
     def correct_tokens(self, reserved: float, actual: float) -> None:
@@ -288,7 +289,7 @@ class Budgets:
         if "tokens" not in self.local or actual <= reserved:
             return
         self.owed += actual - reserved
-        with contextlib.suppress(GroupUnavailable):
+        with contextlib.suppress(GroupUnavailable, GroupRefused):
             self._change(lambda shared: None)  # (charged there; if the group cannot be
             # reached, by the next change that can)
 

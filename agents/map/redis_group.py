@@ -47,8 +47,10 @@ IDLE_MS = 24 * 3600 * 1000
 #: How long one command may take before Redis counts as unreachable (the event loop waits
 #: that long: a cut network, not a stopped Redis, which refuses at once).
 SOCKET_SECONDS = 1.0
-#: How often the distance from this host's clock to Redis's is measured again.
+#: How often the distance from this host's clock to Redis's is measured again; and at once
+#: when this host's clock moves this many seconds unlike its monotonic clock (a step).
 CLOCK_SECONDS = 30.0
+CLOCK_STEP = 0.05
 #: The environment variable that holds Redis's password (never a flag or in the URL: both are
 #: visible to every user of the host through ps).
 PASSWORD_VARIABLE = "AGENTS_REDIS_PASSWORD"
@@ -66,7 +68,9 @@ return {0, current}
 
 
 def is_redis_group(spelling: str) -> bool:
-    return spelling.startswith(("redis://", "rediss://"))
+    """Whether ``spelling`` names Redis (any URL does: only redis:// and rediss:// are taken,
+    the rest are refused with what is expected, not taken for a group's name)."""
+    return "://" in spelling or spelling.lower().startswith(("redis:", "rediss:"))
 
 
 class RedisGroup:
@@ -74,9 +78,18 @@ class RedisGroup:
 
     def __init__(self, spelling: str) -> None:
         parts = urllib.parse.urlsplit(spelling)
+        parts = parts._replace(scheme=parts.scheme.lower())
+        if parts.scheme not in ("redis", "rediss") or not spelling.lower().startswith(
+            ("redis://", "rediss://")
+        ):
+            raise UsageError(
+                f"--rate-group {spelling!r}: a group in Redis is redis://HOST:PORT/NAME "
+                "(rediss:// for TLS); a group of this host's processes is a plain NAME",
+                "e.g. --rate-group redis://10.0.0.5:6379/openai-key-1, or --rate-group key-1",
+            )
         name = parts.path.strip("/")
         example = "e.g. --rate-group redis://10.0.0.5:6379/openai-key-1 (rediss:// for TLS)"
-        if not parts.hostname or not GROUP_NAME.match(name):
+        if not parts.hostname or not GROUP_NAME.match(name) or parts.fragment or "#" in spelling:
             raise UsageError(
                 f"--rate-group {spelling!r}: expected redis://HOST:PORT/NAME, NAME of letters, "
                 "digits, '.', '_' or '-'",
@@ -106,8 +119,8 @@ class RedisGroup:
                 f"--rate-group {spelling}: the Redis client is not installed",
                 "pip install 'agents[redis]' (or pip install redis)",
             ) from None
-        where = f"{parts.hostname}:{port}" + (f"?db={database}" if database else "")
-        self.name = f"{parts.scheme}://{where}/{name}"
+        query = f"?db={database}" if database else ""
+        self.name = f"{parts.scheme}://{parts.hostname}:{port}/{name}{query}"
         # (a random part too: hosts may share a name, and containers on one host PIDs)
         self.member = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.key = f"agents:rate-group:{name}"
@@ -147,6 +160,7 @@ class RedisGroup:
         self.local_clock: Callable[[], float] = time.time
         self.offset = 0.0
         self.measured: float | None = None
+        self.measured_wall = 0.0
 
     @staticmethod
     def _database(spelling: str, query: str) -> int:
@@ -161,11 +175,25 @@ class RedisGroup:
         return int(number)
 
     def check(self) -> None:
-        """At the start: what waiting cannot fix (the password, TLS, a server that is not
-        Redis) is the user's (exit status 2); a Redis that cannot be reached yet is waited
-        for, as later in the run."""
+        """At the start: what waiting cannot fix (the password, the user's rights, TLS, a
+        server that is not Redis, a host name that does not resolve, a key of the group's name
+        that holds something else) is the user's (exit status 2); a Redis that cannot be
+        reached yet is waited for, as later in the run."""
+        certificates = os.environ.get("SSL_CERT_FILE")
+        if self.tls and certificates and not os.path.isfile(certificates):
+            raise UsageError(
+                f"SSL_CERT_FILE={certificates}: no such file", "give a file of certificates"
+            )
+        try:
+            socket.getaddrinfo(self.address[0], self.address[1])
+        except (OSError, UnicodeError) as error:
+            raise UsageError(
+                f"--rate-group {self.name}: the host name does not resolve ({error})",
+                "check the host in the URL",
+            ) from None
         try:
             self._measure_clock()
+            self._check_key()
         except GroupRefused as refused:
             raise UsageError(refused.message, refused.hint) from None
         except GroupUnavailable:
@@ -178,6 +206,23 @@ class RedisGroup:
                 ) from None
             # (said and waited for at the first request)
 
+    def _check_key(self) -> None:
+        """The group's key holds nothing, or a group's document; and this user may run the
+        group's script on it (the script asked with a document it cannot match: it changes
+        nothing)."""
+        kind = self._run(self.client.type, name=self.key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        held = None
+        if kind == "string":
+            held = self._run(self.client.get, name=self.key)
+        if kind not in ("none", "string") or (held and not _is_group_document(held)):
+            raise GroupRefused(
+                f"--rate-group {self.name}: the key {self.key} holds something else "
+                f"(a {kind}), which the group would replace",
+                "give the group another NAME, or delete the key if it is not needed",
+            )
+        self._run(self.script, keys=[self.key], args=["-", "", IDLE_MS])
+
     def _other_scheme(self) -> str | None:
         """When Redis cannot be reached at the start: whether the server there speaks the
         other scheme (plain Redis asked for TLS, or TLS asked in plain: the client only sees
@@ -188,6 +233,21 @@ class RedisGroup:
                 if self.tls:
                     raw.sendall(b"PING\r\n")
                     return "redis://" if raw.recv(16)[:1] in (b"+", b"-") else None
+                raw.sendall(b"PING\r\n")
+                answer = raw.recv(16)
+                if answer and answer[:1] not in (b"+", b"-", b"$", b"*", b"%", b"_", b":"):
+                    # (an HTTP server, sshd...: it will never answer as Redis)
+                    return "something other than Redis"
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE  # (only to see whether it speaks TLS)
+        except (OSError, ssl.SSLError):
+            pass
+        if self.tls:
+            return None
+        try:
+            with socket.create_connection(self.address, timeout=SOCKET_SECONDS) as raw:
+                raw.settimeout(SOCKET_SECONDS)
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE  # (only to see whether it speaks TLS)
@@ -200,7 +260,7 @@ class RedisGroup:
         return self.local_clock() + self.offset
 
     def change(self, decide: Callable[[dict[str, Any]], Decision]) -> Decision:
-        if self.measured is None or time.monotonic() - self.measured > CLOCK_SECONDS:
+        if self.measured is None or self._clock_moved():
             self._measure_clock()
         for _ in range(CHANGE_TRIES):
             try:
@@ -220,6 +280,14 @@ class RedisGroup:
             self.seen = current.decode() if isinstance(current, bytes) else str(current)
         raise GroupBusy(f"the group at {self.name} is busy", BUSY_WAIT)
 
+    def _clock_moved(self) -> bool:
+        """Whether to measure again: every CLOCK_SECONDS, and at once when this host's clock
+        was stepped (NTP, by hand): it then moved unlike the monotonic clock."""
+        assert self.measured is not None
+        since = time.monotonic() - self.measured
+        stepped = abs(self.local_clock() - self.measured_wall - since) > CLOCK_STEP
+        return since > CLOCK_SECONDS or stepped
+
     def _measure_clock(self) -> None:
         """How far Redis's clock is from this host's (half a round trip at most off)."""
         before = self.local_clock()
@@ -227,6 +295,7 @@ class RedisGroup:
         after = self.local_clock()
         self.offset = seconds + microseconds / 1e6 - (before + after) / 2
         self.measured = time.monotonic()
+        self.measured_wall = self.local_clock()
 
     def _run(self, command: Callable[..., Any], **arguments: Any) -> Any:
         redis = self.redis
@@ -253,12 +322,31 @@ class RedisGroup:
             self.measured = None
             raise GroupUnavailable(f"cannot reach Redis at {self.name} ({error})") from None
         except redis.ResponseError as error:
-            # (NOSCRIPT after a restart is retried by the client; what is left is a Redis that
-            # cannot run scripts, or a proxy that is not Redis)
+            # (NOSCRIPT after a restart is retried by the client)
+            text = str(error)
+            hint = "see Redis's words"
+            if "NOPERM" in text or "no permissions" in text:
+                hint = f"give the ACL user rights on {self.key} and on EVAL/EVALSHA"
+            elif "unknown command" in text.lower():
+                hint = "the group needs Redis 5 or later with Lua scripting"
+            elif "DB index" in text:
+                hint = "give a database Redis has (?db=N, from 0 to its 'databases' setting)"
+            raise GroupRefused(f"--rate-group {self.name}: Redis refuses ({text})", hint) from None
+        except redis.RedisError as error:  # (InvalidResponse: a server that is not Redis)
             raise GroupRefused(
-                f"--rate-group {self.name}: Redis refuses the group's script ({error})",
-                "the group needs Redis 5 or later with Lua scripting",
+                f"--rate-group {self.name}: the server does not answer as Redis ({error})",
+                "check the host and port in the URL",
             ) from None
+
+
+def _is_group_document(held: object) -> bool:
+    """Whether a value of the group's key is a group's document (its members, its queue),
+    however old or odd its figures: anything else is someone's data."""
+    try:
+        document = json.loads(held)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return False
+    return isinstance(document, dict) and ("members" in document or "queue" in document)
 
 
 def _cause(error: BaseException, kind: type[BaseException]) -> bool:
