@@ -259,4 +259,9 @@ def load_settings(output: Location) -> dict[str, Any]:
         raise UsageError(f"{path}: cannot read the recorded settings: {error}") from None
     if not isinstance(document, dict) or document.get("version") != SETTINGS_VERSION:
         raise UsageError(f"{path}: settings of another version of agents")
+    if not isinstance(document.get("arguments"), dict):
+        raise UsageError(
+            f"{path}: not the settings agents process records (was it written over?)",
+            "run the agents process command again: the work file beside it is resumed",
+        )
     return document

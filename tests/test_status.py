@@ -90,7 +90,7 @@ def test_a_reader_never_sees_a_torn_document_and_the_figures_are_right(tmp: Path
     stats = read(tmp / "stats.json")
     assert final["state"] == "finished"
     assert final["outcome"]["exit_status"] == 3 and final["outcome"]["stopped"] is None
-    assert final["records"] == {"done": 60, "succeeded": 58, "failed": 2, "total": 60}
+    assert final["records"] == {"done": 60, "succeeded": 58, "failed": 2, "total": 60, "held": 0}
     assert final["errors"] == stats["errors"] and sum(final["errors"].values()) == 2
     assert final["tokens"]["total"] == stats["tokens"]["total"] == 58 * 15
     assert final["cost_usd"] == stats["cost_usd"]
@@ -343,3 +343,77 @@ def test_a_killed_run_resumed_is_superseded(tmp: Path) -> None:
     ]
     assert last["records"]["total"] == 80 == last["records"]["done"]  # (the rerun's: all)
     assert last["each"][1]["records"]["done"] == 80
+
+
+def test_status_and_stats_never_take_the_results_file(tmp: Path) -> None:
+    """`> out.jsonl --status out.jsonl`: the shell has emptied the file already, so it looks
+    new; writing the figures there would lose every result. Refused, as is a file another
+    running process writes, and agents process's OUTPUT and settings."""
+    words(tmp / "in.jsonl", 5)
+    for flag in ("--status", "--stats"):
+        done = subprocess.run(
+            ["bash", "-c", f"{BIN}/agents-map --base-url http://127.0.0.1:9/v1 --prompt '{{w}}' "
+             f"{flag} {tmp}/out.jsonl < {tmp}/in.jsonl > {tmp}/out.jsonl"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 2 and "stdout" in done.stderr, (flag, done.stderr)
+    with FakeLLM(slow(1.5)) as server:
+        first = start_map(tmp, server, tmp / "in.jsonl", str(tmp / "shared.json"))
+        time.sleep(0.5)
+        second = start_map(tmp, server, tmp / "in.jsonl", str(tmp / "shared.json"))
+        assert second.wait(timeout=30) == 2
+        assert second.stderr is not None and b"--status DIR/" in second.stderr.read()
+        assert first.wait(timeout=30) == 0
+        for status, says in (("out.csv", "OUTPUT"), ("out.csv.agents-process.json", "settings")):
+            done = subprocess.run(
+                [str(BIN / "agents"), "process", str(tmp / "in.jsonl"), str(tmp / "out.csv"),
+                 "--base-url", server.url, "--prompt", "{w}", "--status", str(tmp / status)],
+                capture_output=True, text=True, timeout=30, env=environment_for_processes(tmp),
+            )  # fmt: skip
+            assert done.returncode == 2 and says in done.stderr, (status, done.stderr)
+
+
+def test_resumed_pieces_and_reruns_are_told_apart(tmp: Path) -> None:
+    """parallel --pipe -j 1 pieces resuming one output are not reruns of each other (their
+    failures count); a rerun with --keep-failed counts the error records it keeps as failed;
+    one with --force-resume (another prompt) supersedes the runs before."""
+    if shutil.which("parallel") is None:
+        pytest.skip("GNU parallel is not installed (Debian: apt-get install parallel)")
+    folder = tmp / "status"
+    folder.mkdir()
+    words(tmp / "in.jsonl", 30)
+    env = environment_for_processes(tmp)
+
+    def run(command: str) -> int:
+        return subprocess.run(["bash", "-o", "pipefail", "-c", command], env=env,
+                              timeout=60).returncode  # fmt: skip
+
+    def mapping(url: str, *extra: str) -> str:
+        return (f"agents-map --base-url {url} --prompt '{{w}}' -q --max-retries 0 "
+                f"--resume {tmp}/out.jsonl --status {folder}/ {' '.join(extra)}")  # fmt: skip
+
+    def watch() -> tuple[int, dict[str, Any]]:
+        done = subprocess.run([str(BIN / "agents"), "watch", str(folder), "--interval", "0.2"],
+                              capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        return done.returncode, json.loads(done.stdout.splitlines()[-1])["jobs"]
+
+    write = f"agents-write --append {tmp}/out.jsonl"
+    with FakeLLM(slow(0.0, failing="w1 w2 w3")) as server:
+        pieces = f"parallel --pipe -N 10 -j 1 {mapping(server.url)} < {tmp}/in.jsonl | {write}"
+        assert run(pieces) != 0
+        status, jobs = watch()
+        (job,) = jobs
+        assert status == 3 and not any(p["superseded"] for p in job["each"])
+        assert job["records"] == {"done": 30, "succeeded": 27, "failed": 3, "total": 30}
+        kept = f"{mapping(server.url, '--keep-failed')} < {tmp}/in.jsonl | {write}"
+        assert run(kept) == 0  # (nothing to do: every record is in the output)
+        status, jobs = watch()
+        newest = max(jobs[0]["each"], key=lambda p: p["updated"])
+        assert newest["records"]["failed"] == 3 and newest["records"]["held"] == 30
+        assert status == 3  # (the pieces that failed are not superseded: the failures stay)
+    with FakeLLM(slow(0.0)) as server:
+        forced = mapping(server.url, "--force-resume").replace("'{w}'", "'again: {w}'")
+        assert run(f"{forced} < {tmp}/in.jsonl | {write}") == 0
+    status, jobs = watch()
+    assert status == 0, jobs  # (the forced rerun redid the failures: every run before it is
+    # superseded, whatever its job)

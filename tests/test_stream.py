@@ -231,3 +231,20 @@ def test_answers_without_usage_are_estimated_and_still_capped(tmp: Path) -> None
     stats = json.loads((tmp / "stats.json").read_text())
     assert stats["tokens"]["output"] >= 100 and 0 < stats["cost_usd"] <= 2
     assert stats["records"] < 200
+
+
+def test_the_idle_timeout_covers_a_server_that_holds_back_its_headers(tmp: Path) -> None:
+    seen: dict[str, int] = {}
+
+    def slow_headers(request: dict[str, Any], number: int) -> Reply:
+        word = last_user_message(request)
+        seen[word] = seen.get(word, 0) + 1
+        return Reply(content=f"to {word}", delay=5.0 if seen[word] == 1 else 0.0)
+
+    with FakeLLM(slow_headers) as server:
+        began = time.monotonic()
+        done = run_map(tmp, server, 2, "--stream", "--idle-timeout", "0.5", "--timeout", "30")
+        took = time.monotonic() - began
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp / "stats.json").read_text())["retries"] == {"idle_timeout": 2}
+    assert took < 4

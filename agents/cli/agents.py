@@ -39,6 +39,7 @@ from agents.process import (
     process,
     render,
     save_settings,
+    settings_file,
     work_file,
 )
 
@@ -198,6 +199,7 @@ def _process(
     status_file = ending.start(
         job.options, job.fingerprint, job.shape.model, PROG, reporter.warning,
         status=not job.options.batch,
+        files={"OUTPUT": output.path, "its settings": settings_file(output)},
     )  # fmt: skip
     telling = Telling(reporter.warning, reporter.info, streams.stderr, status_file)
     started = time.monotonic()

@@ -77,13 +77,13 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
 
         server = Server(args["serve"], paths, interval)
         reporter.say(f"watching on {server.url}")
-    drawn = 0
+    drawn, width = 0, 0
     ended_since: float | None = None
     try:
         while True:
             snapshot = take(paths)
             if terminal:
-                drawn = _draw(streams, snapshot, paths, drawn)
+                drawn, width = _draw(streams, snapshot, paths, drawn, width)
             elif snapshot.jobs:
                 streams.stdout.write(orjson.dumps(snapshot.document()) + b"\n")
                 streams.stdout.flush()
@@ -100,19 +100,26 @@ def run(args: dict[str, Any], streams: Streams, reporter: Reporter) -> int:
             server.close()
 
 
-def _draw(streams: Streams, snapshot: Snapshot, paths: list[str], drawn: int) -> int:
-    """The view redrawn over the one before (``drawn`` lines): the number of lines now."""
+def _draw(
+    streams: Streams, snapshot: Snapshot, paths: list[str], drawn: int, before: int
+) -> tuple[int, int]:
+    """The view redrawn over the one before (``drawn`` lines at ``before`` columns): the lines
+    and the width now. A terminal that changed width has rewrapped what was drawn, so the
+    screen is cleared instead."""
     try:
         size = os.get_terminal_size(streams.stdout.fileno())
-        width, height = max(20, size.columns - 1), max(3, size.lines - 1)
+        width, height = max(1, size.columns - 1), max(1, size.lines - 1)
     except (OSError, ValueError, AttributeError):
         width, height = 79, 24
     lines = screen(snapshot, width, height, paths)
-    back = f"\x1b[{drawn}A" if drawn else ""
-    text = back + "\r\x1b[J" + "\n".join(lines) + "\n"
+    if before and width != before:
+        back = "\x1b[H\x1b[2J"
+    else:
+        back = (f"\x1b[{drawn}A" if drawn else "") + "\r\x1b[J"
+    text = back + "\n".join(lines) + "\n"
     streams.stdout.write(text.encode())
     streams.stdout.flush()
-    return len(lines)
+    return len(lines), width
 
 
 def _is_terminal(stream: object) -> bool:

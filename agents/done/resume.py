@@ -157,6 +157,7 @@ class Resumer:
     done: DoneIDs = field(default_factory=DoneIDs)
     samples: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
+    skipped_failed: int = 0  # of those skipped, the error records kept (--keep-failed)
     retried: int = 0
     position: int = 0
     sidecar: Sidecar | None = None
@@ -225,6 +226,8 @@ class Resumer:
             self.samples[key] = digest
         if key in self.done.succeeded or (self.keep_failed and key in self.done.failed):
             self.skipped += 1
+            if key not in self.done.succeeded:
+                self.skipped_failed += 1  # (--keep-failed: an error record it keeps)
             return True
         if key in self.done.failed:
             self.retried += 1

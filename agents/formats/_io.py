@@ -274,6 +274,24 @@ def fsync_folder(path: str) -> None:
             os.close(fd)
 
 
+def standard_stream_at(path: str | os.PathLike[str]) -> str | None:
+    """Which standard stream (``stdin``, ``stdout``, ``stderr``) is the file at ``path``, if
+    one is: ``> out.jsonl --stats out.jsonl`` names the results' file again, which the shell
+    has emptied already (so it looks new), and writing it whole would lose them."""
+    try:
+        mine = os.stat(path)
+    except OSError:
+        return None
+    for fd, name in ((1, "stdout"), (2, "stderr"), (0, "stdin")):
+        try:
+            theirs = os.fstat(fd)
+        except OSError:
+            continue
+        if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino) and os.path.isfile(path):
+            return name
+    return None
+
+
 def check_writable(path: str) -> None:
     """Fail early, before reading any input, when ``path`` cannot be created or replaced."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -31,9 +31,12 @@ class Ending:
         command: str,
         warn: Callable[[str], None],
         status: bool = True,
+        files: dict[str, str] | None = None,
     ) -> StatusFile | None:
         """Before anything is sent: the status file made (its folder checked), the
-        notification targets checked. ``status``: whether this run keeps a status file."""
+        notification targets checked. ``status``: whether this run keeps a status file;
+        ``files``: what else the command writes (a name for messages -> its path), which the
+        status file must not be."""
         from agents.map import notify
 
         self.targets = list(getattr(options, "notify", None) or [])
@@ -49,6 +52,7 @@ class Ending:
                 f"--{name.replace('_', '-')}": getattr(options, name, None)
                 for name in ("stats", "resume", "errors", "log_file", "schema", "cache")
             }
+            others.update(files or {})
             file.check(others)
             self.file = file  # (only once checked: a refused path is never written)
         self.base["process"] = process_of(command)

@@ -335,8 +335,18 @@ class Client:
         if self.endpoint.stream:
             body = {**body, "stream": True, "stream_options": {"include_usage": True}}
         sent = time.monotonic()
+        idle = self.endpoint.idle_timeout if self.endpoint.stream else None
+        # --idle-timeout covers the wait for the answer's headers too (a server that holds
+        # them back while it reads the prompt): aiohttp's limit between two reads.
+        extra: dict[str, Any] = (
+            {"timeout": aiohttp.ClientTimeout(total=self.endpoint.timeout, sock_read=idle)}
+            if idle
+            else {}
+        )
         try:
-            async with self.session.post(self.endpoint.url, data=orjson.dumps(body)) as response:
+            async with self.session.post(
+                self.endpoint.url, data=orjson.dumps(body), **extra
+            ) as response:
                 status = response.status
                 headers = response.headers
                 if self.endpoint.stream and status < 400 and _is_event_stream(headers):
@@ -344,6 +354,12 @@ class Client:
                     raw = b""
                 else:
                     raw = await response.read()
+        except aiohttp.ServerTimeoutError:
+            if idle is None:
+                raise Retryable("timeout", f"no answer within {self.endpoint.timeout:g}s") from None
+            raise Retryable(
+                "idle_timeout", f"the answer stalled: nothing for {idle:g}s (--idle-timeout)"
+            ) from None
         except TimeoutError:
             raise Retryable("timeout", f"no answer within {self.endpoint.timeout:g}s") from None
         except aiohttp.ClientPayloadError as error:

@@ -251,6 +251,9 @@ class _Figures:
         elapsed = max(1e-9, time.monotonic() - tally.started)
         per_second = tally.done / elapsed
         done = self.done()
+        resumer = self.resumer
+        held = resumer.skipped if resumer is not None else 0
+        failed = tally.failed + (resumer.skipped_failed if resumer is not None else 0)
         eta = None
         if self.total is not None and per_second > 0:
             eta = round(max(0, self.total - done) / per_second, 1)
@@ -265,9 +268,10 @@ class _Figures:
         return {
             "records": {
                 "done": done,
-                "succeeded": done - tally.failed,
-                "failed": tally.failed,
+                "succeeded": done - failed,
+                "failed": failed,
                 "total": self.total,
+                "held": held,  # --resume: found done in the output (in done)
             },
             "rate_per_minute": round(per_second * 60, 2),
             "eta_seconds": eta,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import ExitStatus
+from agents.formats._io import standard_stream_at
 
 #: How often the document is rewritten, in seconds.
 INTERVAL = 1.0
@@ -102,6 +103,29 @@ def _nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
+def _written_by_another(path: Path) -> bool:
+    """Whether the document at ``path`` is another live process's on this host (processes
+    that share one file overwrite each other's figures)."""
+    document = read_document(path)
+    if document is None or document.get("state") != "running":
+        return False
+    process = document["process"]
+    pid = process.get("pid")
+    if (
+        process.get("host") != socket.gethostname()
+        or not isinstance(pid, int)
+        or pid == os.getpid()
+    ):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _replaceable(path: Path) -> bool:
     """Whether ``path`` may be written over: an empty file, or a status document."""
     try:
@@ -157,6 +181,14 @@ class StatusFile:
         for flag, other in others.items():
             if other and os.path.realpath(other) == os.path.realpath(path):
                 raise UsageError(f"--status {path}: {flag} names the same file", hint)
+        stream = standard_stream_at(path)
+        if stream is not None:
+            raise UsageError(f"--status {path}: it is the file {stream} goes to", hint)
+        if os.path.lexists(path) and _written_by_another(path):
+            raise UsageError(
+                f"--status {path}: another running process writes it",
+                "give the processes of a job a folder: --status DIR/ (one file each)",
+            )
         if os.path.lexists(path) and not _replaceable(path):
             raise UsageError(
                 f"--status {path}: it holds something else than a status document", hint

@@ -108,7 +108,7 @@ class Server:
             def do_GET(self) -> None:
                 parts = urllib.parse.urlsplit(self.path)
                 given = urllib.parse.parse_qs(parts.query).get("token", [""])[0]
-                host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]")
+                host = (self.headers.get("Host") or "").rsplit(":", 1)[0].strip("[]").lower()
                 if server.token is None and not _loopback(host):
                     # (a page elsewhere whose name was pointed at 127.0.0.1, DNS rebinding,
                     # would read the figures: only loopback names are answered)

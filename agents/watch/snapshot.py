@@ -5,10 +5,9 @@ A document is read whole or not at all (writers rename a finished file over the 
 reader never meets half of one; anything else that is not a status document is passed over).
 A process is ``running`` while its document keeps being rewritten, ``finished`` once its last
 one holds the outcome, and ``stale`` when it stopped being rewritten without one: killed (kill
--9, a lost host, a full disk), or, on this host, a PID that no longer runs. A process that
-ended before another of its job with the same output started (the same command run again,
-resuming: the output its --resume names) is ``superseded``: what it did still counts, but
-not how it ended, nor its total (the rerun's input holds it too).
+-9, a lost host, a full disk), or, on this host, a PID that no longer runs. A process whose
+work was run again (see :func:`_reruns`) is ``superseded``: what it spent still counts, but
+not how it ended, nor its records (the rerun's document counts those it found done).
 """
 
 from __future__ import annotations
@@ -165,12 +164,20 @@ class Snapshot:
 
     def exit_status(self) -> int:
         """0 when every process finished with 0; 1 when one went stale (it never said how it
-        ended); else the highest exit status of those that finished. Processes superseded by a
-        rerun do not count."""
+        ended); else the highest exit status of those that finished, at least 3 when one's
+        records include failures. Processes superseded by a rerun do not count."""
         processes = [process for process in self.processes if not process.superseded]
         if any(process.state == "stale" for process in processes):
             return 1
-        return max((int(process.exit_status or 0) for process in processes), default=0)
+        # (a run that kept error records in its output, --keep-failed, exits 0: its job did not
+        # succeed whole, which is 3)
+        return max(
+            (
+                max(int(process.exit_status or 0), 3 if process.records("failed") else 0)
+                for process in processes
+            ),
+            default=0,
+        )
 
     def document(self) -> dict[str, Any]:
         """One JSON line of ``agents watch`` when its output is not a terminal."""
@@ -213,16 +220,31 @@ def take(paths: list[str], now: float | None = None) -> Snapshot:
         key = str(document.get("job"))
         job = jobs.setdefault(key, Job(key, document.get("model")))
         job.processes.append(Process(path, document, _state(document, now)))
+    everyone = [process for job in jobs.values() for process in job.processes]
+    for process in everyone:
+        process.superseded = any(_reruns(other, process) for other in everyone)
     for job in jobs.values():
         job.processes.sort(key=_started)
-        for process in job.processes:
-            ended = process.state != "running" and _number(process.document.get("updated"))
-            output = process.document.get("output")
-            process.superseded = bool(ended and output) and any(
-                other.document.get("output") == output and _started(other) > ended
-                for other in job.processes
-            )
     return Snapshot(now, sorted(jobs.values(), key=lambda job: job.job))
+
+
+def _reruns(later: Process, earlier: Process) -> bool:
+    """Whether ``later`` is ``earlier``'s work run again (the same command, resuming): it
+    resumes the same output, started after ``earlier`` ended, and found done there what
+    ``earlier`` had (the next piece of one input under parallel --pipe -j 1 resumes the same
+    output too, but finds none of its records there). Whatever the job: --force-resume
+    reruns with another prompt."""
+    output = earlier.document.get("output")
+    ended = earlier.state != "running" and _number(earlier.document.get("updated"))
+    if later is earlier or not output or not ended or later.document.get("output") != output:
+        return False
+    held = (later.document.get("records") or {}).get("held")
+    if _started(later) <= ended or not isinstance(held, int):
+        return False
+    if earlier.records("done") == 0:
+        return True  # (it did nothing: stopped at once)
+    succeeded = earlier.records("succeeded")
+    return succeeded > 0 and held >= succeeded
 
 
 def _started(process: Process) -> float:

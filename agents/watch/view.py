@@ -28,6 +28,7 @@ def screen(snapshot: Snapshot, width: int, height: int, paths: list[str]) -> lis
     if len(lines) > height:
         hidden = len(lines) - (height - 1)
         lines = [*lines[: height - 1], f"… {hidden} more lines (a taller terminal shows them)"]
+        lines = lines[-height:]
     return [fit(line, width) for line in lines]
 
 
