@@ -405,6 +405,23 @@ def test_resumed_pieces_and_reruns_are_told_apart(tmp: Path) -> None:
         (job,) = jobs
         assert status == 3 and not any(p["superseded"] for p in job["each"])
         assert job["records"] == {"done": 30, "succeeded": 27, "failed": 3, "total": 30}
+        assert run(pieces) != 0  # (the same pieces again: each reruns its own, still failing)
+        status, jobs = watch()
+        (job,) = jobs
+        assert status == 3 and sum(p["superseded"] for p in job["each"]) == 3
+        assert job["records"] == {"done": 30, "succeeded": 27, "failed": 3, "total": 30}
+        # shards resuming another output (and status folder), then shard 1 again
+        shards = mapping(server.url).replace(f"{tmp}/out.jsonl", f"{tmp}/sharded.jsonl")
+        shards = shards.replace(f"{folder}/", f"{tmp}/shards/")
+        (tmp / "shards").mkdir()
+        for k in (1, 2, 3, 1):
+            run(f"agents-read {tmp}/in.jsonl --shard {k}/3 | {shards} "
+                f"| agents-write --append {tmp}/sharded.jsonl")  # fmt: skip
+        shown = subprocess.run([str(BIN / "agents"), "watch", f"{tmp}/shards", "--interval",
+                                "0.2"], capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+        each = json.loads(shown.stdout.splitlines()[-1])["jobs"][0]["each"]
+        assert [p["superseded"] for p in each] == [True, False, False, False]
+        assert shown.returncode == 3  # (shards 2 and 3 are not shard 1's rerun: theirs stay)
         kept = f"{mapping(server.url, '--keep-failed')} < {tmp}/in.jsonl | {write}"
         assert run(kept) == 0  # (nothing to do: every record is in the output)
         status, jobs = watch()
@@ -413,7 +430,61 @@ def test_resumed_pieces_and_reruns_are_told_apart(tmp: Path) -> None:
         assert status == 3  # (the pieces that failed are not superseded: the failures stay)
     with FakeLLM(slow(0.0)) as server:
         forced = mapping(server.url, "--force-resume").replace("'{w}'", "'again: {w}'")
+        forced = forced.replace(f"--status {folder}/", f"--status {folder}/ --keep-failed")
+        forced = forced.replace(" --keep-failed", "")
         assert run(f"{forced} < {tmp}/in.jsonl | {write}") == 0
     status, jobs = watch()
     assert status == 0, jobs  # (the forced rerun redid the failures: every run before it is
     # superseded, whatever its job)
+
+
+def test_a_run_that_failed_every_record_is_superseded_by_its_fixed_rerun(tmp: Path) -> None:
+    """The first run's prompt was wrong (every record it tried failed, and it stopped); the
+    same job run again with the prompt fixed: the watcher says the job succeeded."""
+    folder = tmp / "status"
+    folder.mkdir()
+    source = words(tmp / "in.jsonl", 20)
+    def refusing_bad(request: dict[str, Any], number: int) -> Reply:
+        if last_user_message(request).startswith("bad"):
+            return Reply(status=400, body={"error": {"message": "bad prompt"}})
+        return Reply(content="fine")
+
+    with FakeLLM(refusing_bad) as server:
+        for prompt in ("bad {w}", "{w}"):
+            done = subprocess.run(
+                [str(BIN / "agents"), "process", str(source), str(tmp / "out.jsonl"),
+                 "--base-url", server.url, "--prompt", prompt, "-q", "--max-retries", "0",
+                 "--status", f"{folder}/", "--force-resume"],
+                capture_output=True, text=True, timeout=60, env=environment_for_processes(tmp),
+            )  # fmt: skip
+            assert done.returncode == (0 if prompt == "{w}" else 1), done.stderr
+    watcher = subprocess.run([str(BIN / "agents"), "watch", str(folder), "--interval", "0.2"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert watcher.returncode == 0, watcher.stdout[-1500:]
+
+
+def test_stats_never_takes_another_file_of_the_run(tmp: Path) -> None:
+    """--stats is written whole at the end: the --resume output, the --errors or --log-file
+    file, the input, a status file, agents process's work file are refused before anything is
+    sent, and left as they were."""
+    source = words(tmp / "in.jsonl", 5)
+    (tmp / "out.jsonl").write_text('{"_id": "w0", "result": "paid"}\n')
+    base = [str(BIN / "agents-map"), "--base-url", "http://127.0.0.1:9/v1", "--prompt", "{w}"]
+    for extra in (
+        ["--resume", str(tmp / "out.jsonl"), "--stats", str(tmp / "out.jsonl")],
+        ["--errors", str(tmp / "e.jsonl"), "--stats", str(tmp / "e.jsonl")],
+        ["--log-file", str(tmp / "log.txt"), "--stats", str(tmp / "log.txt")],
+        ["--stats", str(source)],
+    ):
+        done = subprocess.run([*base, *extra], stdin=source.open("rb"), capture_output=True,
+                              text=True, timeout=30)  # fmt: skip
+        assert done.returncode == 2 and "--stats" in done.stderr, (extra, done.stderr)
+    assert (tmp / "out.jsonl").read_text() == '{"_id": "w0", "result": "paid"}\n'
+    assert source.read_text().count("\n") == 5
+    work = f"{tmp}/p.jsonl.agents-work.jsonl"
+    done = subprocess.run(
+        [str(BIN / "agents"), "process", str(source), f"{tmp}/p.jsonl", "--base-url",
+         "http://127.0.0.1:9/v1", "--prompt", "{w}", "--stats", work],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 2 and "--stats" in done.stderr, done.stderr

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 from agents.cli._run import Reporter, Streams, exit_with, run, save_stats
 from agents.cli.map_options import PROG, build_parser
 from agents.errors import DataError, ExitStatus, TargetError, UsageError
-from agents.formats._io import check_writable, standard_stream_at
+from agents.formats._io import check_writable
 from agents.formats._options import BadRowHandler
 from agents.map.ending import Ending
 from agents.map.job import Job, build, merge
@@ -115,9 +115,6 @@ def side_outputs(job: Job, prog: str) -> Iterator[BinaryIO | None]:
                 check_writable(path)
             except TargetError as error:
                 raise UsageError(f"{flag} {error.message}") from None
-    stream = standard_stream_at(o.stats) if o.stats else None
-    if stream is not None:  # (written whole at the end: over the results, or the input)
-        raise UsageError(f"--stats {o.stats}: it is the file {stream} goes to", "give another file")
     keys = [job.endpoint.api_key, *(server.api_key for _, server in job.endpoints)]
     handler = logs.configure(o.log_level, o.log_file, keys, prog)
     try:

@@ -158,6 +158,9 @@ class Resumer:
     samples: dict[str, str] = field(default_factory=dict)
     skipped: int = 0
     skipped_failed: int = 0  # of those skipped, the error records kept (--keep-failed)
+    #: The first record's ID, canonical: the same for every run over one input (a rerun of a
+    #: piece or a shard of it starts where that piece starts).
+    first: str | None = None
     retried: int = 0
     position: int = 0
     sidecar: Sidecar | None = None
@@ -205,6 +208,8 @@ class Resumer:
             key = canonical_id(record[ID_KEY])
         except InvalidID:
             return False
+        if self.first is None:
+            self.first = key
         if key in self.here:  # sent once already in this run: never paid for twice
             self.duplicates.note(key)
             return True

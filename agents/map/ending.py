@@ -4,11 +4,26 @@ included), when its exit status is known: the --status file's last document, and
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from agents.errors import ExitStatus
-from agents.map.status import StatusFile, job_id, process_of
+from agents.map.status import StatusFile, check_target, job_id, process_of
+
+
+def _stats_document(path: Path) -> bool:
+    """Whether ``path`` may be written over by --stats: empty, or the figures of a run."""
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            return True
+        if not path.is_file() or path.stat().st_size > 1 << 20:
+            return False
+        document = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and "wall_seconds" in document and "records" in document
 
 
 class Ending:
@@ -43,17 +58,23 @@ class Ending:
         notify.check(self.targets)
         self.warn = warn
         self.base = {"job": job_id(fingerprint), "model": model}
+        others = {
+            f"--{name.replace('_', '-')}": getattr(options, name, None)
+            for name in ("stats", "status", "resume", "errors", "log_file", "schema", "cache")
+        }
+        others.update(files or {})
+        stats = getattr(options, "stats", None)
+        if stats:
+            check_target(
+                "--stats", stats, {k: v for k, v in others.items() if k != "--stats"},
+                _stats_document, "give a new file",
+            )  # fmt: skip
         spelling = getattr(options, "status", None)
         if spelling and status:
             output = getattr(options, "resume", None)
             file = StatusFile(spelling, self.base["job"], model, command, output)
             file.warn = warn
-            others = {
-                f"--{name.replace('_', '-')}": getattr(options, name, None)
-                for name in ("stats", "resume", "errors", "log_file", "schema", "cache")
-            }
-            others.update(files or {})
-            file.check(others)
+            file.check({k: v for k, v in others.items() if k != "--status"})
             self.file = file  # (only once checked: a refused path is never written)
         self.base["process"] = process_of(command)
         return self.file

@@ -273,6 +273,8 @@ class _Figures:
                 "total": self.total,
                 "held": held,  # --resume: found done in the output (in done)
             },
+            # --resume: the first input record's ID (a rerun of the same input starts there too)
+            "first": resumer.first if resumer is not None else None,
             "rate_per_minute": round(per_second * 60, 2),
             "eta_seconds": eta,
             "errors": dict(sorted(tally.errors.items())),

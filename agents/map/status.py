@@ -103,6 +103,29 @@ def _nonblocking(path: str, flags: int) -> int:
     return os.open(path, flags | os.O_NONBLOCK)
 
 
+def check_target(
+    flag: str,
+    path: str | Path,
+    others: dict[str, str | None],
+    ours: Callable[[Path], bool],
+    hint: str,
+) -> None:
+    """A file a run writes whole (--status, --stats) must destroy nothing: not another
+    option's file (``others``: its name -> its path), not the file a standard stream goes to
+    (the shell has emptied it already, so it looks new), not anything but what ``ours`` says
+    may be written over."""
+    from agents.errors import UsageError
+
+    for name, other in others.items():
+        if other and os.path.realpath(other) == os.path.realpath(path):
+            raise UsageError(f"{flag} {path}: {name} names the same file", hint)
+    stream = standard_stream_at(path)
+    if stream is not None:
+        raise UsageError(f"{flag} {path}: it is the file {stream} goes to", hint)
+    if os.path.lexists(path) and not ours(Path(path)):
+        raise UsageError(f"{flag} {path}: it holds something else, which would be lost", hint)
+
+
 def _written_by_another(path: Path) -> bool:
     """Whether the document at ``path`` is another live process's on this host (processes
     that share one file overwrite each other's figures)."""
@@ -178,21 +201,12 @@ class StatusFile:
             raise UsageError(
                 f"--status {path}: the folder {folder} does not exist", f"mkdir -p {folder}"
             )
-        for flag, other in others.items():
-            if other and os.path.realpath(other) == os.path.realpath(path):
-                raise UsageError(f"--status {path}: {flag} names the same file", hint)
-        stream = standard_stream_at(path)
-        if stream is not None:
-            raise UsageError(f"--status {path}: it is the file {stream} goes to", hint)
         if os.path.lexists(path) and _written_by_another(path):
             raise UsageError(
                 f"--status {path}: another running process writes it",
                 "give the processes of a job a folder: --status DIR/ (one file each)",
             )
-        if os.path.lexists(path) and not _replaceable(path):
-            raise UsageError(
-                f"--status {path}: it holds something else than a status document", hint
-            )
+        check_target("--status", path, others, _replaceable, hint)
         self.write()
         if self.failed:
             raise UsageError(self.failed, "give a path that can be written")
@@ -240,4 +254,4 @@ class StatusFile:
         self.write({"exit_status": status, "meaning": meaning, "stopped": stopped})
 
 
-__all__ = ["INTERVAL", "StatusFile", "job_id", "read_document", "status_path"]
+__all__ = ["INTERVAL", "StatusFile", "check_target", "job_id", "read_document", "status_path"]

@@ -230,21 +230,18 @@ def take(paths: list[str], now: float | None = None) -> Snapshot:
 
 def _reruns(later: Process, earlier: Process) -> bool:
     """Whether ``later`` is ``earlier``'s work run again (the same command, resuming): it
-    resumes the same output, started after ``earlier`` ended, and found done there what
-    ``earlier`` had (the next piece of one input under parallel --pipe -j 1 resumes the same
-    output too, but finds none of its records there). Whatever the job: --force-resume
-    reruns with another prompt."""
+    resumes the same output, started after ``earlier`` ended, over the same input: its first
+    record is the same (the next piece of one input under parallel --pipe, or another shard,
+    resumes the same output but starts elsewhere). Whatever the job: --force-resume reruns
+    with another prompt. A run that read nothing is run again by any later one."""
     output = earlier.document.get("output")
     ended = earlier.state != "running" and _number(earlier.document.get("updated"))
     if later is earlier or not output or not ended or later.document.get("output") != output:
         return False
-    held = (later.document.get("records") or {}).get("held")
-    if _started(later) <= ended or not isinstance(held, int):
+    if _started(later) <= ended:
         return False
-    if earlier.records("done") == 0:
-        return True  # (it did nothing: stopped at once)
-    succeeded = earlier.records("succeeded")
-    return succeeded > 0 and held >= succeeded
+    first = earlier.document.get("first")
+    return first is None or later.document.get("first") == first
 
 
 def _started(process: Process) -> float:
