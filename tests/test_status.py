@@ -444,6 +444,7 @@ def test_a_run_that_failed_every_record_is_superseded_by_its_fixed_rerun(tmp: Pa
     folder = tmp / "status"
     folder.mkdir()
     source = words(tmp / "in.jsonl", 20)
+
     def refusing_bad(request: dict[str, Any], number: int) -> Reply:
         if last_user_message(request).startswith("bad"):
             return Reply(status=400, body={"error": {"message": "bad prompt"}})
@@ -488,3 +489,25 @@ def test_stats_never_takes_another_file_of_the_run(tmp: Path) -> None:
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert done.returncode == 2 and "--stats" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("width", "height"), [(5, 1), (19, 2), (40, 3), (200, 50)])
+def test_the_view_fits_any_terminal(tmp: Path, width: int, height: int) -> None:
+    """Every line within the width, no more lines than the height, and the job's own line
+    first however low the terminal (a long error, wide characters and several processes)."""
+    from agents.watch.snapshot import take
+    from agents.watch.view import screen
+
+    folder = tmp / "status"
+    folder.mkdir()
+    with FakeLLM(slow(0.0, failing="w3")) as server:
+        for k in range(3):
+            process = start_map(tmp, server, words(tmp / f"in{k}.jsonl", 5), f"{folder}/",
+                                "--max-retries", "0")  # fmt: skip
+            assert process.wait(timeout=30) == 3
+    lines = screen(take([str(folder)]), width, height, [str(folder)])
+    from agents.map.progress import columns
+
+    assert 1 <= len(lines) <= height
+    assert all(columns(line) <= width for line in lines), lines
+    assert lines[0].startswith("job"[:width])

@@ -51,6 +51,7 @@ def test_streamed_answers_are_the_whole_answers(tmp: Path) -> None:
     assert asked == [None] * 30 + [True] * 30
     assert stats["tokens"] == whole_stats["tokens"] and stats["cost_usd"] == whole_stats["cost_usd"]
     assert whole_stats["first_token_seconds"] is None
+    assert whole_stats["estimated_usage"] == stats["estimated_usage"] == 0
     assert 0 < stats["first_token_seconds"]["p50"] <= stats["latency_seconds"]["max"]
 
 
@@ -231,6 +232,7 @@ def test_answers_without_usage_are_estimated_and_still_capped(tmp: Path) -> None
     stats = json.loads((tmp / "stats.json").read_text())
     assert stats["tokens"]["output"] >= 100 and 0 < stats["cost_usd"] <= 2
     assert stats["records"] < 200
+    assert stats["estimated_usage"] == stats["records"]
 
 
 def test_the_idle_timeout_covers_a_server_that_holds_back_its_headers(tmp: Path) -> None:

@@ -239,6 +239,8 @@ def stats_of(job: Job, outcome: Outcome, mapper: Mapper, seconds: float) -> dict
         document["cache"] = cache_stats(mapper.cache, job.price)
     # requests not sent because an identical one was in flight (null: --no-dedup)
     document["shared"] = mapper.sharing.shared if mapper.sharing is not None else None
+    # answers that said nothing of their usage: their tokens (and cost) are estimates
+    document["estimated_usage"] = counters.estimated
     if mapper.router.several:
         document["endpoints"] = endpoint_stats(mapper.router.lanes, mapper.prices)
     return document

@@ -145,6 +145,7 @@ class Counters:
     requests: int = 0
     latencies: Reservoir = field(default_factory=Reservoir)
     first_tokens: Reservoir = field(default_factory=Reservoir)  # --stream: time to the first
+    estimated: int = 0  # answers without usage, whose tokens were estimated from the text
     by_model: dict[str, Usage] = field(default_factory=dict)  # with fallback models
 
 
@@ -674,6 +675,7 @@ class Mapper:
         so that the cost, --max-cost and --tpm still count it; said once."""
         text = (completion.content or "") + (completion.refusal or "")
         completion.usage = Usage(prompt=prompt, completion=math.ceil(len(text) / 4))
+        self.counters.estimated += 1
         if not self.warned_no_usage:
             self.warned_no_usage = True
             self.warn(

@@ -26,9 +26,11 @@ def screen(snapshot: Snapshot, width: int, height: int, paths: list[str]) -> lis
         for job in snapshot.jobs:
             lines.extend(_job_lines(job, snapshot.time))
     if len(lines) > height:
-        hidden = len(lines) - (height - 1)
-        lines = [*lines[: height - 1], f"… {hidden} more lines (a taller terminal shows them)"]
-        lines = lines[-height:]
+        if height < 3:  # (too low to say what is hidden: the job's first lines, its totals)
+            lines = lines[:height]
+        else:
+            hidden = len(lines) - (height - 1)
+            lines = [*lines[: height - 1], f"… {hidden} more lines (a taller terminal shows them)"]
     return [fit(line, width) for line in lines]
 
 
