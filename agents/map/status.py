@@ -133,19 +133,21 @@ def _written_by_another(path: Path) -> bool:
     if document is None or document.get("state") != "running":
         return False
     process = document["process"]
+    return process.get("pid") != os.getpid() and runs_here(process) is True
+
+
+def runs_here(process: dict[str, Any]) -> bool | None:
+    """Whether the process a document names (its ``process``) still runs: None when it is on
+    another host, or names no PID, where this host cannot tell."""
     pid = process.get("pid")
-    if (
-        process.get("host") != socket.gethostname()
-        or not isinstance(pid, int)
-        or pid == os.getpid()
-    ):
-        return False
+    if process.get("host") != socket.gethostname() or not isinstance(pid, int):
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        return True  # (another user's: it runs)
     return True
 
 
@@ -254,4 +256,12 @@ class StatusFile:
         self.write({"exit_status": status, "meaning": meaning, "stopped": stopped})
 
 
-__all__ = ["INTERVAL", "StatusFile", "check_target", "job_id", "read_document", "status_path"]
+__all__ = [
+    "INTERVAL",
+    "StatusFile",
+    "check_target",
+    "job_id",
+    "read_document",
+    "runs_here",
+    "status_path",
+]

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.map.status import read_document
+from agents.map.status import read_document, runs_here
 
 #: A document not rewritten for this many of its intervals (at least STALE_SECONDS) is stale.
 STALE_INTERVALS = 5
@@ -260,21 +259,9 @@ def _state(document: dict[str, Any], now: float) -> str:
     patience = max(STALE_SECONDS, STALE_INTERVALS * float(interval or 1.0))
     if not isinstance(updated, int | float) or now - updated > patience:
         return "stale"
-    process = document["process"]
-    here = process.get("host") == socket.gethostname() and isinstance(process.get("pid"), int)
-    if here and not _alive(process["pid"]):
+    if runs_here(document["process"]) is False:
         return "stale"  # (killed here: no need to wait for the document to age)
     return "running"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # (another user's: it runs)
-    return True
 
 
 __all__ = ["Job", "Process", "Snapshot", "status_files", "take"]
